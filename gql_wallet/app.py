@@ -1,0 +1,45 @@
+"""create_app(settings): the Starlette application. Its lifespan owns the database engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from gql_wallet.db import create_engine
+from gql_wallet.graphql.http import GraphQLEndpoint
+from gql_wallet.graphql.schema import schema
+from gql_wallet.migrate import ensure_schema
+from gql_wallet.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings()
+    engine = create_engine(settings)
+    endpoint = GraphQLEndpoint(schema, engine, settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await ensure_schema(engine)
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    async def root(_request: object) -> Response:
+        return RedirectResponse("/graphql")
+
+    return Starlette(
+        routes=[
+            Route("/", root, methods=["GET"]),
+            Route(
+                "/graphql",
+                endpoint.handle,
+                methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            ),
+        ],
+        lifespan=lifespan,
+    )

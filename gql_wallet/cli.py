@@ -1,0 +1,137 @@
+"""gql-wallet serve | api-keys create | export-schema | verify."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import uvicorn
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gql_wallet import repository as repo
+from gql_wallet.audit import audit
+from gql_wallet.auth import create_api_key
+from gql_wallet.db import create_engine, read_transaction
+from gql_wallet.migrate import ensure_schema
+from gql_wallet.settings import Settings
+
+T = TypeVar("T")
+
+
+def _with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    async def run() -> T:
+        engine = create_engine(settings)
+        try:
+            await ensure_schema(engine)
+            return await work(engine)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    async def key_count(engine: AsyncEngine) -> int:
+        async with read_transaction(engine) as conn:
+            return await repo.count_api_keys(conn)
+
+    # Migrate once here, before any worker starts, then hint at the first step if needed.
+    if _with_engine(settings, key_count) == 0:
+        print(
+            "No API keys yet. Create one with: gql-wallet api-keys create --organization NAME",
+            file=sys.stderr,
+        )
+    print(f"GraphiQL: http://{args.host}:{args.port}/graphql", file=sys.stderr)
+    uvicorn.run(
+        "gql_wallet.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="info",
+    )
+    return 0
+
+
+def _create_key(settings: Settings, args: argparse.Namespace) -> int:
+    organization = args.organization.strip()
+    if not organization or len(organization) > 200:
+        print("--organization must be 1-200 characters", file=sys.stderr)
+        return 2
+
+    async def create(engine: AsyncEngine) -> str:
+        return await create_api_key(engine, organization)
+
+    secret = _with_engine(settings, create)
+    print(f"Created an API key for organization {organization!r}. It is shown only once:")
+    print(secret)
+    return 0
+
+
+def _export_schema(_settings: Settings, _args: argparse.Namespace) -> int:
+    from gql_wallet.graphql.schema import schema
+
+    sys.stdout.write(schema.as_str() + "\n")
+    return 0
+
+
+def _verify(settings: Settings, _args: argparse.Namespace) -> int:
+    report = _with_engine(settings, audit)
+    for problem in report.problems:
+        print(f"INCONSISTENT {problem}")
+    print(
+        f"verified {report.wallets} wallets and {report.transactions} transactions: "
+        f"{len(report.problems)} problems"
+    )
+    return 1 if report.problems else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gql-wallet",
+        description="GraphQL API server for customer wallets. The database comes from "
+        "GQL_WALLET_DATABASE_URL (default: sqlite:///gql_wallet.db in the working directory).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the server (GraphiQL at /graphql)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    serve.set_defaults(run=_serve)
+
+    keys = commands.add_parser("api-keys", help="manage organization API keys")
+    key_commands = keys.add_subparsers(dest="key_command", required=True)
+    create = key_commands.add_parser(
+        "create", help="create a key (and the organization if needed); prints the key last"
+    )
+    create.add_argument("--organization", required=True, help="organization name")
+    create.set_defaults(run=_create_key)
+
+    export = commands.add_parser("export-schema", help="print the GraphQL SDL")
+    export.set_defaults(run=_export_schema)
+
+    verify = commands.add_parser("verify", help="audit every wallet's ledger; non-zero on problems")
+    verify.set_defaults(run=_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        print(f"gql-wallet: invalid configuration:\n{error}", file=sys.stderr)
+        return 2
+    result: int = args.run(settings, args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Database engines per dialect and the transaction helpers every repository call runs in.
+
+SQLite: WAL, synchronous=FULL and a busy timeout. pysqlite's own transaction handling starts no
+transaction on SELECT, so a read-then-write could lose updates; the driver runs in autocommit mode
+and we issue the BEGIN ourselves: BEGIN IMMEDIATE for writes (the write lock is taken up front, so
+writers queue instead of failing on upgrade), a deferred BEGIN for reads (a consistent snapshot).
+
+PostgreSQL: READ COMMITTED; writes are single conditional UPDATE ... RETURNING statements whose row
+lock serialises writers of one wallet (see repository.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from gql_wallet.settings import Settings
+
+_WRITE = "gql_wallet_write"
+
+
+def async_url(database_url: str) -> URL:
+    """The async-driver URL for a user-facing `sqlite:///...` or `postgresql://...` URL."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        return url.set(drivername="sqlite+aiosqlite")
+    return url.set(drivername="postgresql+asyncpg")
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    url = async_url(settings.database_url)
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, settings)
+    return create_async_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        # Overflow connections churn under load: size the pool to the concurrency instead.
+        max_overflow=0,
+        pool_timeout=settings.db_pool_timeout_seconds,
+        pool_pre_ping=True,
+    )
+
+
+def _sqlite_engine(url: URL, settings: Settings) -> AsyncEngine:
+    engine = create_async_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=0,
+        pool_timeout=settings.db_pool_timeout_seconds,
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # autocommit: we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(settings.sqlite_busy_timeout_ms)}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+@asynccontextmanager
+async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """One write transaction: committed when the block ends, rolled back if it raises."""
+    async with engine.connect() as conn:
+        await conn.execution_options(**{_WRITE: True})
+        async with conn.begin():
+            yield conn
+
+
+@asynccontextmanager
+async def read_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A read-only snapshot; never holds a write lock."""
+    async with engine.connect() as conn, conn.begin():
+        yield conn

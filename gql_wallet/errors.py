@@ -1,0 +1,26 @@
+"""Domain errors with stable codes; each code maps 1:1 to the GraphQL enum WalletErrorCode."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class ErrorCode(enum.Enum):
+    INVALID_AMOUNT = "INVALID_AMOUNT"
+    INVALID_CURRENCY = "INVALID_CURRENCY"
+    INVALID_CUSTOMER_ID = "INVALID_CUSTOMER_ID"
+    INVALID_INPUT = "INVALID_INPUT"
+    INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
+    BALANCE_LIMIT_EXCEEDED = "BALANCE_LIMIT_EXCEEDED"
+    WALLET_NOT_FOUND = "WALLET_NOT_FOUND"
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+
+
+@dataclass(frozen=True)
+class UserError:
+    """An expected refusal, reported to the caller in the payload's userErrors."""
+
+    code: ErrorCode
+    message: str
+    field: tuple[str, ...] | None = None

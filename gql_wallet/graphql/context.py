@@ -1,0 +1,29 @@
+"""The typed per-request context every resolver receives."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from strawberry.dataloader import DataLoader
+
+from gql_wallet import repository as repo
+from gql_wallet.auth import Principal
+from gql_wallet.db import read_transaction
+from gql_wallet.repository import WalletRecord
+
+
+@dataclass
+class Context:
+    engine: AsyncEngine
+    principal: Principal
+    wallets_by_seq: DataLoader[int, WalletRecord] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.wallets_by_seq = DataLoader(load_fn=self._load_wallets)
+
+    async def _load_wallets(self, seqs: Sequence[int]) -> list[WalletRecord]:
+        async with read_transaction(self.engine) as conn:
+            found = {w.seq: w for w in await repo.get_wallets_by_seq(conn, seqs)}
+        return [found[seq] for seq in seqs]

@@ -1,0 +1,175 @@
+"""Mutation: one per business action. Expected refusals are userErrors on the payload."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import strawberry
+from strawberry.types import Info
+
+from gql_wallet import ledger
+from gql_wallet.errors import UserError
+from gql_wallet.graphql.context import Context
+from gql_wallet.graphql.types import (
+    CustomerWallet,
+    SafeInt,
+    WalletTransaction,
+    WalletUserError,
+    error_code,
+)
+
+_CUSTOMER_ID = (
+    "The organization's own ID for the customer: 1-128 characters, no control characters."
+)
+_CURRENCY = "ISO 4217 code in any case (usd, USD); stored lowercase."
+_AMOUNT = "Amount in the currency's minor unit (cents for usd), 1 to 2^53-1."
+_KEY = (
+    "Your unique ID for this write (1-255 characters), scoped to your organization and shared by "
+    "top-ups and charges. A retry with the same key and input replays the first outcome and "
+    "writes nothing; the same key with another input is refused (IDEMPOTENCY_KEY_REUSED)."
+)
+_DESCRIPTION = "Free text shown in the ledger, up to 500 characters."
+_REFERENCE = "Your reference (an invoice or payment ID), up to 255 characters."
+
+
+@strawberry.input(description="Add funds to a customer's wallet, e.g. after a payment succeeded.")
+class TopUpWalletInput:
+    customer_id: str = strawberry.field(description=_CUSTOMER_ID)
+    currency: str = strawberry.field(description=_CURRENCY)
+    amount: SafeInt = strawberry.field(description=_AMOUNT)
+    idempotency_key: str = strawberry.field(description=_KEY)
+    description: str | None = strawberry.field(default=None, description=_DESCRIPTION)
+    reference: str | None = strawberry.field(default=None, description=_REFERENCE)
+
+
+@strawberry.input(description="Pay for a customer's usage from their wallet's balance.")
+class ChargeWalletInput:
+    customer_id: str = strawberry.field(description=_CUSTOMER_ID)
+    currency: str = strawberry.field(description=_CURRENCY)
+    amount: SafeInt = strawberry.field(description=_AMOUNT)
+    idempotency_key: str = strawberry.field(description=_KEY)
+    description: str | None = strawberry.field(default=None, description=_DESCRIPTION)
+    reference: str | None = strawberry.field(default=None, description=_REFERENCE)
+
+
+@strawberry.input(description="Create an empty wallet for a customer in one currency.")
+class CreateWalletInput:
+    customer_id: str = strawberry.field(description=_CUSTOMER_ID)
+    currency: str = strawberry.field(description=_CURRENCY)
+
+
+@strawberry.type(description="The result of topUpWallet.")
+class TopUpWalletPayload:
+    wallet: CustomerWallet | None = strawberry.field(
+        description="The wallet as it is now; null when the input was invalid."
+    )
+    transaction: WalletTransaction | None = strawberry.field(
+        description="The ledger entry of this top-up (the same one on every replay of its key)."
+    )
+    user_errors: list[WalletUserError] = strawberry.field(
+        description="Why the top-up was refused; empty on success."
+    )
+
+
+@strawberry.type(description="The result of chargeWallet.")
+class ChargeWalletPayload:
+    wallet: CustomerWallet | None = strawberry.field(
+        description="The wallet as it is now; null when the input was invalid or there is none."
+    )
+    transaction: WalletTransaction | None = strawberry.field(
+        description="The ledger entry of this charge (the same one on every replay of its key)."
+    )
+    user_errors: list[WalletUserError] = strawberry.field(
+        description="Why the charge was refused; empty on success."
+    )
+
+
+@strawberry.type(description="The result of createWallet.")
+class CreateWalletPayload:
+    wallet: CustomerWallet | None = strawberry.field(
+        description="The new wallet, or the one that already existed."
+    )
+    user_errors: list[WalletUserError] = strawberry.field(
+        description="Why the wallet was not created; empty on success."
+    )
+
+
+def _user_errors(errors: tuple[UserError, ...]) -> list[WalletUserError]:
+    return [
+        WalletUserError(
+            code=error_code(e.code),
+            field=list(e.field) if e.field else None,
+            message=e.message,
+        )
+        for e in errors
+    ]
+
+
+def _change(data: TopUpWalletInput | ChargeWalletInput) -> ledger.BalanceChange:
+    return ledger.BalanceChange(
+        customer_id=data.customer_id,
+        currency=data.currency,
+        amount=data.amount,
+        idempotency_key=data.idempotency_key,
+        description=data.description,
+        reference=data.reference,
+    )
+
+
+def _parts(
+    result: ledger.WriteResult,
+) -> tuple[CustomerWallet | None, WalletTransaction | None, list[WalletUserError]]:
+    return (
+        CustomerWallet.from_record(result.wallet) if result.wallet else None,
+        WalletTransaction.from_record(result.transaction) if result.transaction else None,
+        _user_errors(result.errors),
+    )
+
+
+@strawberry.type(description="Change wallets. Every balance change needs an idempotencyKey.")
+class Mutation:
+    @strawberry.mutation(
+        description="Create a customer's wallet in a currency; returns the existing one if present."
+    )
+    async def create_wallet(
+        self,
+        info: Info[Context, None],
+        input: Annotated[CreateWalletInput, strawberry.argument(description="The wallet's owner.")],
+    ) -> CreateWalletPayload:
+        result = await ledger.create_wallet(
+            info.context.engine,
+            info.context.principal.organization_id,
+            input.customer_id,
+            input.currency,
+        )
+        wallet, _, errors = _parts(result)
+        return CreateWalletPayload(wallet=wallet, user_errors=errors)
+
+    @strawberry.mutation(
+        description="Add funds to a wallet; creates the wallet on its first top-up. Idempotent."
+    )
+    async def top_up_wallet(
+        self,
+        info: Info[Context, None],
+        input: Annotated[TopUpWalletInput, strawberry.argument(description="The top-up.")],
+    ) -> TopUpWalletPayload:
+        result = await ledger.top_up(
+            info.context.engine, info.context.principal.organization_id, _change(input)
+        )
+        wallet, transaction, errors = _parts(result)
+        return TopUpWalletPayload(wallet=wallet, transaction=transaction, user_errors=errors)
+
+    @strawberry.mutation(
+        description="Pay for usage from a wallet's balance; refused whole if the balance does not "
+        "cover it (INSUFFICIENT_FUNDS). Idempotent."
+    )
+    async def charge_wallet(
+        self,
+        info: Info[Context, None],
+        input: Annotated[ChargeWalletInput, strawberry.argument(description="The charge.")],
+    ) -> ChargeWalletPayload:
+        result = await ledger.charge(
+            info.context.engine, info.context.principal.organization_id, _change(input)
+        )
+        wallet, transaction, errors = _parts(result)
+        return ChargeWalletPayload(wallet=wallet, transaction=transaction, user_errors=errors)

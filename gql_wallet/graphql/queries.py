@@ -1,0 +1,119 @@
+"""Query: read the caller's wallets. Another organization's wallet looks exactly like none."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+import strawberry
+from strawberry.types import Info
+
+from gql_wallet import repository as repo
+from gql_wallet.db import read_transaction
+from gql_wallet.graphql.context import Context
+from gql_wallet.graphql.types import (
+    DEFAULT_PAGE_SIZE,
+    CustomerWallet,
+    CustomerWalletConnection,
+    CustomerWalletEdge,
+    decode_cursor,
+    encode_cursor,
+    page_info,
+    page_size,
+)
+from gql_wallet.money import normalize_currency
+
+CustomerIdArg = Annotated[
+    str, strawberry.argument(description="The organization's own ID for the customer.")
+]
+
+
+@strawberry.type(description="Read wallets and their ledgers.")
+class Query:
+    @strawberry.field(
+        description="Every wallet of a customer, one per currency, oldest first. "
+        "Empty when the customer has none."
+    )
+    async def customer_wallets(
+        self, info: Info[Context, None], customer_id: CustomerIdArg
+    ) -> list[CustomerWallet]:
+        async with read_transaction(info.context.engine) as conn:
+            records = await repo.list_wallets(
+                conn, info.context.principal.organization_id, customer_id=customer_id
+            )
+        return [CustomerWallet.from_record(r) for r in records]
+
+    @strawberry.field(description="A customer's wallet in one currency; null if there is none.")
+    async def customer_wallet(
+        self,
+        info: Info[Context, None],
+        customer_id: CustomerIdArg,
+        currency: Annotated[
+            str, strawberry.argument(description="ISO 4217 code, in any case (usd, USD).")
+        ],
+    ) -> CustomerWallet | None:
+        code = normalize_currency(currency)
+        if code is None:
+            return None
+        async with read_transaction(info.context.engine) as conn:
+            record = await repo.get_wallet_by_owner(
+                conn, info.context.principal.organization_id, customer_id, code
+            )
+        return CustomerWallet.from_record(record) if record else None
+
+    @strawberry.field(description="A wallet by its ID; null if there is none or it is not yours.")
+    async def wallet(
+        self,
+        info: Info[Context, None],
+        id: Annotated[strawberry.ID, strawberry.argument(description="The wallet's ID.")],
+    ) -> CustomerWallet | None:
+        try:
+            wallet_id = uuid.UUID(str(id))
+        except ValueError:
+            return None
+        async with read_transaction(info.context.engine) as conn:
+            record = await repo.get_wallet_by_id(
+                conn, info.context.principal.organization_id, wallet_id
+            )
+        return CustomerWallet.from_record(record) if record else None
+
+    @strawberry.field(description="The organization's wallets, oldest first, cursor-paginated.")
+    async def wallets(
+        self,
+        info: Info[Context, None],
+        first: Annotated[
+            int | None, strawberry.argument(description="Page size, 1 to 100 (default 20).")
+        ] = DEFAULT_PAGE_SIZE,
+        after: Annotated[
+            str | None, strawberry.argument(description="Return wallets after this cursor.")
+        ] = None,
+        customer_id: Annotated[
+            str | None, strawberry.argument(description="Only this customer's wallets.")
+        ] = None,
+        currency: Annotated[
+            str | None, strawberry.argument(description="Only wallets in this currency (any case).")
+        ] = None,
+    ) -> CustomerWalletConnection:
+        size = page_size(first)
+        after_seq = decode_cursor("w", after)
+        code = None
+        if currency is not None:
+            code = normalize_currency(currency)
+            if code is None:
+                return CustomerWalletConnection(edges=[], page_info=page_info([], False))
+        async with read_transaction(info.context.engine) as conn:
+            records = await repo.list_wallets(
+                conn,
+                info.context.principal.organization_id,
+                customer_id=customer_id,
+                currency=code,
+                after_seq=after_seq,
+                limit=size + 1,
+            )
+        edges = [
+            CustomerWalletEdge(cursor=encode_cursor("w", r.seq), node=CustomerWallet.from_record(r))
+            for r in records[:size]
+        ]
+        return CustomerWalletConnection(
+            edges=edges, page_info=page_info([e.cursor for e in edges], len(records) > size)
+        )

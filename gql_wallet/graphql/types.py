@@ -1,0 +1,328 @@
+"""GraphQL object types, scalars and connections. Every type, field and value is described."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+from datetime import UTC, datetime
+from typing import Annotated, Any, NewType
+
+import strawberry
+from graphql import GraphQLError, IntValueNode, ValueNode
+from strawberry.types import Info
+
+from gql_wallet import repository as repo
+from gql_wallet.db import read_transaction
+from gql_wallet.errors import ErrorCode
+from gql_wallet.graphql.context import Context
+from gql_wallet.graphql.errors import RequestError
+from gql_wallet.money import MAX_SAFE_INT
+from gql_wallet.repository import TransactionRecord, WalletRecord
+
+SafeInt = NewType("SafeInt", int)
+
+# Longer integer literals are far outside any amount; refusing them early bounds the work.
+_MAX_LITERAL_DIGITS = 30
+
+
+def _serialize_safe_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) > MAX_SAFE_INT:
+        raise GraphQLError(f"SafeInt cannot represent {value!r}.")
+    return value
+
+
+def _parse_safe_int(value: Any) -> int:
+    # Integers beyond 2^53-1 get through here so that the operation can refuse them with a
+    # typed userError (INVALID_AMOUNT); floats, strings and booleans are never money.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise GraphQLError(f"SafeInt must be an integer JSON number, not {type(value).__name__}.")
+    return value
+
+
+def _parse_safe_int_literal(node: ValueNode, _variables: dict[str, Any] | None = None) -> int:
+    if not isinstance(node, IntValueNode):
+        raise GraphQLError("SafeInt must be an integer literal.")
+    if len(node.value.lstrip("-")) > _MAX_LITERAL_DIGITS:
+        raise GraphQLError("SafeInt literal is far outside the range ±9007199254740991.")
+    return int(node.value)
+
+
+SAFE_INT_SCALAR = strawberry.scalar(
+    name="SafeInt",
+    description=(
+        "An integer in -(2^53-1)..2^53-1 (±9007199254740991), serialized as a JSON number: "
+        "the range every JSON and JavaScript client reads exactly. Money amounts are SafeInts "
+        "in the currency's minor unit (cents for usd); never floats."
+    ),
+    serialize=_serialize_safe_int,
+    parse_value=_parse_safe_int,
+    parse_literal=_parse_safe_int_literal,
+)
+
+
+def _serialize_datetime(value: Any) -> str:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise GraphQLError(f"DateTime cannot represent {value!r}.")
+    return value.astimezone(UTC).isoformat()
+
+
+def _parse_datetime(value: Any) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise GraphQLError("DateTime must be an ISO 8601 string with a UTC offset.")
+    return parsed
+
+
+DATETIME_SCALAR = strawberry.scalar(
+    name="DateTime",
+    description="A point in time: ISO 8601 text with its UTC offset, "
+    "e.g. 2026-11-26T04:28:47.123456+00:00. Always given in UTC.",
+    serialize=_serialize_datetime,
+    parse_value=_parse_datetime,
+)
+
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
+
+
+def page_size(first: int | None) -> int:
+    size = DEFAULT_PAGE_SIZE if first is None else first
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise RequestError(f"first must be between 1 and {MAX_PAGE_SIZE}.")
+    return size
+
+
+def encode_cursor(kind: str, seq: int) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{seq}".encode()).decode()
+
+
+def decode_cursor(kind: str, cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    try:
+        prefix, _, seq = base64.urlsafe_b64decode(cursor.encode("ascii")).decode().partition(":")
+        if prefix == kind and seq.isdigit() and len(seq) < 20:
+            return int(seq)
+    except (binascii.Error, UnicodeError, ValueError):
+        pass
+    raise RequestError("after is not a cursor of this connection.")
+
+
+@strawberry.enum(
+    description="Why a write was refused. Stable codes: switch on these, not on messages."
+)
+class WalletErrorCode(enum.Enum):
+    INVALID_AMOUNT = strawberry.enum_value(
+        "INVALID_AMOUNT", description="amount is not a whole number from 1 to 2^53-1."
+    )
+    INVALID_CURRENCY = strawberry.enum_value(
+        "INVALID_CURRENCY",
+        description="currency is not an active ISO 4217 code (xts and xxx are refused).",
+    )
+    INVALID_CUSTOMER_ID = strawberry.enum_value(
+        "INVALID_CUSTOMER_ID",
+        description="customerId is empty, longer than 128 characters or has control characters.",
+    )
+    INVALID_INPUT = strawberry.enum_value(
+        "INVALID_INPUT",
+        description="A text field is too long (description > 500, reference > 255) or the "
+        "idempotencyKey is empty or longer than 255; `field` names it.",
+    )
+    INSUFFICIENT_FUNDS = strawberry.enum_value(
+        "INSUFFICIENT_FUNDS",
+        description="The balance does not cover the charge. Final for its key.",
+    )
+    BALANCE_LIMIT_EXCEEDED = strawberry.enum_value(
+        "BALANCE_LIMIT_EXCEEDED",
+        description="The top-up would take the balance past 2^53-1. Final for its key.",
+    )
+    WALLET_NOT_FOUND = strawberry.enum_value(
+        "WALLET_NOT_FOUND",
+        description="A charge to a wallet that does not exist. Final for its key.",
+    )
+    IDEMPOTENCY_KEY_REUSED = strawberry.enum_value(
+        "IDEMPOTENCY_KEY_REUSED",
+        description="The idempotencyKey was used before with a different input. Nothing written.",
+    )
+
+
+def error_code(code: ErrorCode) -> WalletErrorCode:
+    return WalletErrorCode[code.name]
+
+
+@strawberry.enum(description="What kind of ledger entry a transaction is.")
+class WalletTransactionType(enum.Enum):
+    TOP_UP = strawberry.enum_value("TOP_UP", description="Funds added; amount is positive.")
+    CHARGE = strawberry.enum_value(
+        "CHARGE", description="Usage paid from the balance; amount is negative."
+    )
+
+
+@strawberry.type(description="Relay page information of a connection.")
+class PageInfo:
+    has_next_page: bool = strawberry.field(description="Whether more items follow this page.")
+    has_previous_page: bool = strawberry.field(
+        description="Always false: these connections paginate forward only (first/after)."
+    )
+    start_cursor: str | None = strawberry.field(
+        description="Cursor of the first item of this page; null when the page is empty."
+    )
+    end_cursor: str | None = strawberry.field(
+        description="Cursor of the last item of this page: pass it as `after` for the next page."
+    )
+
+
+def page_info(cursors: list[str], has_next_page: bool) -> PageInfo:
+    return PageInfo(
+        has_next_page=has_next_page,
+        has_previous_page=False,
+        start_cursor=cursors[0] if cursors else None,
+        end_cursor=cursors[-1] if cursors else None,
+    )
+
+
+@strawberry.type(
+    description="A wallet: a customer's prepaid balance with an organization, in one currency. "
+    "The customer tops it up; the organization pays the customer's usage from it. "
+    "Every change is an entry in its append-only ledger (`transactions`)."
+)
+class CustomerWallet:
+    id: strawberry.ID = strawberry.field(description="The ID of the wallet (a UUID).")
+    created_at: datetime = strawberry.field(
+        description="Creation timestamp of the wallet, ISO 8601 with UTC offset."
+    )
+    modified_at: datetime = strawberry.field(
+        description="Last modification of the wallet: the time of its last committed transaction."
+    )
+    customer_id: str = strawberry.field(
+        description="The organization's own ID for the customer that owns the wallet."
+    )
+    balance: SafeInt = strawberry.field(
+        description="The current balance in the currency's minor unit (cents for usd). "
+        "Never negative; always the sum of the ledger's amounts."
+    )
+    currency: str = strawberry.field(description="ISO 4217 currency code, lowercase (usd).")
+    seq: strawberry.Private[int]
+
+    @classmethod
+    def from_record(cls, record: WalletRecord) -> CustomerWallet:
+        return cls(
+            id=strawberry.ID(str(record.id)),
+            created_at=record.created_at,
+            modified_at=record.modified_at,
+            customer_id=record.customer_id,
+            balance=SafeInt(record.balance),
+            currency=record.currency,
+            seq=record.seq,
+        )
+
+    @strawberry.field(description="The wallet's ledger, newest entry first.")
+    async def transactions(
+        self,
+        info: Info[Context, None],
+        first: Annotated[
+            int | None,
+            strawberry.argument(description="Page size, 1 to 100 (default 20)."),
+        ] = DEFAULT_PAGE_SIZE,
+        after: Annotated[
+            str | None,
+            strawberry.argument(description="Return entries after (older than) this cursor."),
+        ] = None,
+    ) -> WalletTransactionConnection:
+        size = page_size(first)
+        before_seq = decode_cursor("tx", after)
+        async with read_transaction(info.context.engine) as conn:
+            rows = await repo.list_transactions(
+                conn, self.seq, before_seq=before_seq, limit=size + 1
+            )
+        edges = [
+            WalletTransactionEdge(
+                cursor=encode_cursor("tx", row.seq), node=WalletTransaction.from_record(row)
+            )
+            for row in rows[:size]
+        ]
+        return WalletTransactionConnection(
+            edges=edges, page_info=page_info([e.cursor for e in edges], len(rows) > size)
+        )
+
+
+@strawberry.type(
+    description="One entry of a wallet's append-only ledger. Entries are never updated or "
+    "deleted; in ledger order, balanceAfter[i] == balanceAfter[i-1] + amount[i]."
+)
+class WalletTransaction:
+    id: strawberry.ID = strawberry.field(description="The ID of the transaction (a UUID).")
+    created_at: datetime = strawberry.field(
+        description="When the transaction was committed, ISO 8601 with UTC offset."
+    )
+    type: WalletTransactionType = strawberry.field(description="What kind of entry this is.")
+    amount: SafeInt = strawberry.field(
+        description="Signed amount in minor units: positive for a top-up, negative for a charge."
+    )
+    balance_after: SafeInt = strawberry.field(
+        description="The wallet's balance right after this entry."
+    )
+    description: str | None = strawberry.field(description="Free text given with the write.")
+    reference: str | None = strawberry.field(
+        description="The caller's reference given with the write (an invoice or payment ID)."
+    )
+    idempotency_key: str = strawberry.field(
+        description="The idempotency key of the write that created this entry."
+    )
+    wallet_seq: strawberry.Private[int]
+
+    @classmethod
+    def from_record(cls, record: TransactionRecord) -> WalletTransaction:
+        return cls(
+            id=strawberry.ID(str(record.id)),
+            created_at=record.created_at,
+            type=WalletTransactionType(record.type),
+            amount=SafeInt(record.amount),
+            balance_after=SafeInt(record.balance_after),
+            description=record.description,
+            reference=record.reference,
+            idempotency_key=record.idempotency_key,
+            wallet_seq=record.wallet_seq,
+        )
+
+    @strawberry.field(description="The wallet this entry belongs to.")
+    async def wallet(self, info: Info[Context, None]) -> CustomerWallet:
+        return CustomerWallet.from_record(await info.context.wallets_by_seq.load(self.wallet_seq))
+
+
+@strawberry.type(description="A wallet transaction and its cursor.")
+class WalletTransactionEdge:
+    cursor: str = strawberry.field(description="Opaque cursor of this entry.")
+    node: WalletTransaction = strawberry.field(description="The ledger entry.")
+
+
+@strawberry.type(description="A page of a wallet's ledger, newest first.")
+class WalletTransactionConnection:
+    edges: list[WalletTransactionEdge] = strawberry.field(description="The entries of this page.")
+    page_info: PageInfo = strawberry.field(description="Where this page sits in the ledger.")
+
+
+@strawberry.type(description="A wallet and its cursor.")
+class CustomerWalletEdge:
+    cursor: str = strawberry.field(description="Opaque cursor of this wallet.")
+    node: CustomerWallet = strawberry.field(description="The wallet.")
+
+
+@strawberry.type(description="A page of wallets, oldest first.")
+class CustomerWalletConnection:
+    edges: list[CustomerWalletEdge] = strawberry.field(description="The wallets of this page.")
+    page_info: PageInfo = strawberry.field(description="Where this page sits in the list.")
+
+
+@strawberry.type(description="Why a write was refused: an expected outcome, not a server fault.")
+class WalletUserError:
+    code: WalletErrorCode = strawberry.field(description="Stable machine-readable reason.")
+    field: list[str] | None = strawberry.field(
+        description='Path to the input field at fault, e.g. ["input", "amount"]; '
+        "null when no single field is."
+    )
+    message: str = strawberry.field(description="Human-readable explanation, in English.")

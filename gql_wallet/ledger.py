@@ -1,0 +1,219 @@
+"""The ledger service: top_up, charge, create_wallet.
+
+Each write is: validate (nothing written on a bad input) -> claim the idempotency key -> one
+atomic conditional balance UPDATE plus the ledger INSERT -> record the outcome, all in one
+database transaction. The first attempt that gets past validation decides the outcome for its
+key; every retry with the same input replays it.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gql_wallet import repository as repo
+from gql_wallet.db import write_transaction
+from gql_wallet.errors import ErrorCode, UserError
+from gql_wallet.money import (
+    MAX_DESCRIPTION_LENGTH,
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    MAX_REFERENCE_LENGTH,
+    check_amount,
+    check_owner,
+    check_text,
+    normalize_currency,
+)
+from gql_wallet.repository import TransactionRecord, WalletRecord
+
+
+class TransactionType(enum.Enum):
+    TOP_UP = "TOP_UP"
+    CHARGE = "CHARGE"
+
+
+@dataclass(frozen=True)
+class BalanceChange:
+    """The input of a top-up or a charge, as the caller sent it."""
+
+    customer_id: str
+    currency: str
+    amount: int
+    idempotency_key: str
+    description: str | None = None
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    wallet: WalletRecord | None = None
+    transaction: TransactionRecord | None = None
+    errors: tuple[UserError, ...] = ()
+
+
+# Where a refusal decided against the ledger points the caller.
+_OUTCOME_FIELDS: dict[ErrorCode, tuple[str, ...] | None] = {
+    ErrorCode.INSUFFICIENT_FUNDS: ("input", "amount"),
+    ErrorCode.BALANCE_LIMIT_EXCEEDED: ("input", "amount"),
+    ErrorCode.WALLET_NOT_FOUND: ("input", "customerId"),
+}
+
+
+def _validate(change: BalanceChange) -> list[UserError]:
+    return [
+        *check_owner(change.customer_id, change.currency),
+        *check_amount(change.amount),
+        *check_text(
+            change.idempotency_key, "idempotencyKey", MAX_IDEMPOTENCY_KEY_LENGTH, required=True
+        ),
+        *check_text(change.description, "description", MAX_DESCRIPTION_LENGTH, required=False),
+        *check_text(change.reference, "reference", MAX_REFERENCE_LENGTH, required=False),
+    ]
+
+
+def _canonical_request(kind: TransactionType, change: BalanceChange, currency: str) -> str:
+    """The normalised input as canonical JSON: equal text means the same request."""
+    return json.dumps(
+        {
+            "type": kind.value,
+            "customerId": change.customer_id,
+            "currency": currency,
+            "amount": change.amount,
+            "description": change.description,
+            "reference": change.reference,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+async def top_up(
+    engine: AsyncEngine, organization_id: uuid.UUID, change: BalanceChange
+) -> WriteResult:
+    """Add funds; the wallet is created by its first top-up."""
+    return await _write(engine, organization_id, TransactionType.TOP_UP, change)
+
+
+async def charge(
+    engine: AsyncEngine, organization_id: uuid.UUID, change: BalanceChange
+) -> WriteResult:
+    """Pay for usage from the balance; refused whole when the balance does not cover it."""
+    return await _write(engine, organization_id, TransactionType.CHARGE, change)
+
+
+async def _write(
+    engine: AsyncEngine, organization_id: uuid.UUID, kind: TransactionType, change: BalanceChange
+) -> WriteResult:
+    if errors := _validate(change):
+        return WriteResult(errors=tuple(errors))
+    currency = normalize_currency(change.currency)
+    assert currency is not None  # validated above
+    request = _canonical_request(kind, change, currency)
+    now = repo.now_utc()
+
+    async with write_transaction(engine) as conn:
+        key = change.idempotency_key
+        if not await repo.claim_idempotency_key(conn, organization_id, key, request, now):
+            return await _replay(conn, organization_id, change, currency, request)
+
+        delta = change.amount if kind is TransactionType.TOP_UP else -change.amount
+        wallet = await repo.change_balance(
+            conn, organization_id, change.customer_id, currency, delta, now
+        )
+        if wallet is None and kind is TransactionType.TOP_UP:
+            # The cheap path above covers existing wallets; create one on the first top-up.
+            await repo.insert_wallet_if_missing(
+                conn, organization_id, change.customer_id, currency, now
+            )
+            wallet = await repo.change_balance(
+                conn, organization_id, change.customer_id, currency, delta, now
+            )
+
+        if wallet is None:
+            current = await repo.get_wallet_by_owner(
+                conn, organization_id, change.customer_id, currency
+            )
+            refusal = _refusal(kind, current)
+            await repo.record_outcome(
+                conn,
+                organization_id,
+                key,
+                error_code=refusal.code.value,
+                error_message=refusal.message,
+            )
+            return WriteResult(wallet=current, errors=(refusal,))
+
+        transaction = await repo.insert_transaction(
+            conn,
+            organization_id=organization_id,
+            wallet_seq=wallet.seq,
+            type_=kind.value,
+            amount=delta,
+            balance_after=wallet.balance,
+            description=change.description,
+            reference=change.reference,
+            idempotency_key=key,
+            now=now,
+        )
+        await repo.record_outcome(conn, organization_id, key, transaction_seq=transaction.seq)
+        return WriteResult(wallet=wallet, transaction=transaction)
+
+
+def _refusal(kind: TransactionType, current: WalletRecord | None) -> UserError:
+    if current is None:
+        code, message = ErrorCode.WALLET_NOT_FOUND, "This customer has no wallet in this currency."
+    elif kind is TransactionType.CHARGE:
+        code, message = ErrorCode.INSUFFICIENT_FUNDS, "The balance does not cover this charge."
+    else:
+        code = ErrorCode.BALANCE_LIMIT_EXCEEDED
+        message = "This top-up would take the balance past 9007199254740991."
+    return UserError(code, message, _OUTCOME_FIELDS[code])
+
+
+async def _replay(
+    conn: AsyncConnection,
+    organization_id: uuid.UUID,
+    change: BalanceChange,
+    currency: str,
+    request: str,
+) -> WriteResult:
+    record = await repo.get_idempotency_record(conn, organization_id, change.idempotency_key)
+    if record.request != request:
+        return WriteResult(
+            errors=(
+                UserError(
+                    ErrorCode.IDEMPOTENCY_KEY_REUSED,
+                    "This idempotencyKey was already used with a different input.",
+                    ("input", "idempotencyKey"),
+                ),
+            )
+        )
+    wallet = await repo.get_wallet_by_owner(conn, organization_id, change.customer_id, currency)
+    if record.transaction_seq is not None:
+        transaction = await repo.get_transaction_by_seq(conn, record.transaction_seq)
+        return WriteResult(wallet=wallet, transaction=transaction)
+    code = ErrorCode(record.error_code)
+    return WriteResult(
+        wallet=wallet,
+        errors=(UserError(code, record.error_message or code.value, _OUTCOME_FIELDS[code]),),
+    )
+
+
+async def create_wallet(
+    engine: AsyncEngine, organization_id: uuid.UUID, customer_id: str, currency: str
+) -> WriteResult:
+    """Create an empty wallet, or return the one that exists."""
+    if errors := check_owner(customer_id, currency):
+        return WriteResult(errors=tuple(errors))
+    code = normalize_currency(currency)
+    assert code is not None  # validated above
+    async with write_transaction(engine) as conn:
+        await repo.insert_wallet_if_missing(
+            conn, organization_id, customer_id, code, repo.now_utc()
+        )
+        return WriteResult(
+            wallet=await repo.get_wallet_by_owner(conn, organization_id, customer_id, code)
+        )

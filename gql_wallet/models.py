@@ -1,0 +1,156 @@
+"""SQLModel tables. Amounts and balances are 64-bit integers in the currency's minor unit.
+
+Internal integer keys (`seq`) order rows and join tables; the UUID `id` is the public identity.
+The ledger order of a wallet is `wallet_transactions.seq`: it is taken under the wallet's write
+lock, so within a wallet it is the commit order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlmodel import Field, SQLModel
+
+# BIGINT on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY (which is 64-bit there).
+BigSeq = BigInteger().with_variant(Integer(), "sqlite")
+UtcDateTime = DateTime(timezone=True)
+
+
+class Organization(SQLModel, table=True):
+    __tablename__ = "organizations"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    name: str = Field(sa_column=Column(String(200), nullable=False, unique=True))
+    created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    organization_id: uuid.UUID = Field(foreign_key="organizations.id", index=True)
+    prefix: str = Field(sa_column=Column(String(32), nullable=False))
+    key_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+    revoked_at: datetime | None = Field(default=None, sa_column=Column(UtcDateTime))
+
+
+class Wallet(SQLModel, table=True):
+    __tablename__ = "wallets"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "customer_id", "currency", name="uq_wallets_owner"),
+        CheckConstraint("balance >= 0", name="ck_wallets_balance_non_negative"),
+        CheckConstraint("balance <= 9007199254740991", name="ck_wallets_balance_safe_int"),
+    )
+
+    seq: int | None = Field(
+        default=None, sa_column=Column(BigSeq, primary_key=True, autoincrement=True)
+    )
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, unique=True)
+    organization_id: uuid.UUID = Field(foreign_key="organizations.id")
+    customer_id: str = Field(sa_column=Column(String(128), nullable=False))
+    currency: str = Field(sa_column=Column(String(3), nullable=False))
+    balance: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+    modified_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+
+
+class WalletTransaction(SQLModel, table=True):
+    """One ledger entry. Append-only: database triggers refuse UPDATE and DELETE."""
+
+    __tablename__ = "wallet_transactions"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "idempotency_key", name="uq_wallet_tx_key"),
+        CheckConstraint("type IN ('TOP_UP', 'CHARGE')", name="ck_wallet_tx_type"),
+        CheckConstraint("amount <> 0", name="ck_wallet_tx_amount_nonzero"),
+        CheckConstraint("balance_after >= 0", name="ck_wallet_tx_balance_after"),
+        Index("ix_wallet_tx_wallet_seq", "wallet_seq", "seq"),
+    )
+
+    seq: int | None = Field(
+        default=None, sa_column=Column(BigSeq, primary_key=True, autoincrement=True)
+    )
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, unique=True)
+    organization_id: uuid.UUID = Field(foreign_key="organizations.id")
+    wallet_seq: int = Field(sa_column=Column(BigSeq, ForeignKey("wallets.seq"), nullable=False))
+    type: str = Field(sa_column=Column(String(16), nullable=False))
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+    balance_after: int = Field(sa_column=Column(BigInteger, nullable=False))
+    description: str | None = Field(default=None, sa_column=Column(Text))
+    reference: str | None = Field(default=None, sa_column=Column(String(255)))
+    idempotency_key: str = Field(sa_column=Column(String(255), nullable=False))
+    created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """The first outcome of a balance-changing write, replayed for every retry with its key.
+
+    `request` is the normalised input as canonical JSON: a retry matches only if it is equal.
+    A success points at its ledger entry; a refusal decided against the ledger keeps its error.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    organization_id: uuid.UUID = Field(foreign_key="organizations.id", primary_key=True)
+    key: str = Field(sa_column=Column(String(255), primary_key=True))
+    request: str = Field(sa_column=Column(Text, nullable=False))
+    transaction_seq: int | None = Field(
+        default=None, sa_column=Column(BigSeq, ForeignKey("wallet_transactions.seq"))
+    )
+    error_code: str | None = Field(default=None, sa_column=Column(String(64)))
+    error_message: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+
+
+metadata = SQLModel.metadata
+
+
+def _append_only_ddl() -> None:
+    """Make the database itself refuse to rewrite history, whatever code talks to it."""
+    from sqlalchemy import DDL, event
+
+    table = WalletTransaction.__table__  # type: ignore[attr-defined]
+    for op in ("UPDATE", "DELETE"):
+        event.listen(
+            table,
+            "after_create",
+            DDL(
+                f"CREATE TRIGGER wallet_transactions_no_{op.lower()} BEFORE {op} "
+                "ON wallet_transactions BEGIN "
+                "SELECT RAISE(ABORT, 'wallet_transactions is append-only'); END"
+            ).execute_if(dialect="sqlite"),
+        )
+    event.listen(
+        table,
+        "after_create",
+        DDL(
+            "CREATE OR REPLACE FUNCTION wallet_transactions_append_only() RETURNS trigger "
+            "LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION 'wallet_transactions is append-only'; END $$"
+        ).execute_if(dialect="postgresql"),
+    )
+    event.listen(
+        table,
+        "after_create",
+        DDL(
+            "CREATE TRIGGER wallet_transactions_append_only BEFORE UPDATE OR DELETE "
+            "ON wallet_transactions FOR EACH ROW "
+            "EXECUTE FUNCTION wallet_transactions_append_only()"
+        ).execute_if(dialect="postgresql"),
+    )
+
+
+_append_only_ddl()

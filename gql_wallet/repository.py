@@ -1,0 +1,404 @@
+"""All SQL of gql_wallet. Callers pass a connection inside a transaction from db.py.
+
+Balances change only through one conditional `UPDATE ... RETURNING` per write: the condition
+(enough funds, room below the limit) is checked by the database against the row it locks, so
+concurrent writers can neither lose an update nor take a balance below zero, on any dialect.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Row, Table, and_, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gql_wallet.models import ApiKey, IdempotencyKey, Organization, Wallet, WalletTransaction
+from gql_wallet.money import MAX_SAFE_INT
+
+wallets: Table = Wallet.__table__  # type: ignore[attr-defined]
+transactions: Table = WalletTransaction.__table__  # type: ignore[attr-defined]
+idempotency_keys: Table = IdempotencyKey.__table__  # type: ignore[attr-defined]
+api_keys: Table = ApiKey.__table__  # type: ignore[attr-defined]
+organizations: Table = Organization.__table__  # type: ignore[attr-defined]
+
+
+def utc(value: datetime) -> datetime:
+    """SQLite hands datetimes back without their offset; every value we store is UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class WalletRecord:
+    seq: int
+    id: uuid.UUID
+    organization_id: uuid.UUID
+    customer_id: str
+    currency: str
+    balance: int
+    created_at: datetime
+    modified_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Row[Any, Any, Any, Any, Any, Any, Any, Any]) -> WalletRecord:
+        return cls(
+            seq=row.seq,
+            id=row.id,
+            organization_id=row.organization_id,
+            customer_id=row.customer_id,
+            currency=row.currency,
+            balance=row.balance,
+            created_at=utc(row.created_at),
+            modified_at=utc(row.modified_at),
+        )
+
+
+@dataclass(frozen=True)
+class TransactionRecord:
+    seq: int
+    id: uuid.UUID
+    wallet_seq: int
+    type: str
+    amount: int
+    balance_after: int
+    description: str | None
+    reference: str | None
+    idempotency_key: str
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> TransactionRecord:
+        return cls(
+            seq=row.seq,
+            id=row.id,
+            wallet_seq=row.wallet_seq,
+            type=row.type,
+            amount=row.amount,
+            balance_after=row.balance_after,
+            description=row.description,
+            reference=row.reference,
+            idempotency_key=row.idempotency_key,
+            created_at=utc(row.created_at),
+        )
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    request: str
+    transaction_seq: int | None
+    error_code: str | None
+    error_message: str | None
+
+
+_WALLET_COLUMNS = (
+    wallets.c.seq,
+    wallets.c.id,
+    wallets.c.organization_id,
+    wallets.c.customer_id,
+    wallets.c.currency,
+    wallets.c.balance,
+    wallets.c.created_at,
+    wallets.c.modified_at,
+)
+
+
+def _insert(conn: AsyncConnection, table: Any) -> Any:
+    """A dialect-specific INSERT, so that ON CONFLICT is available on both databases."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+# --- organizations and API keys -------------------------------------------------------------
+
+
+async def get_or_create_organization(conn: AsyncConnection, name: str, now: datetime) -> uuid.UUID:
+    await conn.execute(
+        _insert(conn, organizations)
+        .values(id=uuid.uuid4(), name=name, created_at=now)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    org_id: uuid.UUID = (
+        await conn.execute(select(organizations.c.id).where(organizations.c.name == name))
+    ).scalar_one()
+    return org_id
+
+
+async def insert_api_key(
+    conn: AsyncConnection, organization_id: uuid.UUID, prefix: str, key_hash: str, now: datetime
+) -> None:
+    await conn.execute(
+        api_keys.insert().values(
+            id=uuid.uuid4(),
+            organization_id=organization_id,
+            prefix=prefix,
+            key_hash=key_hash,
+            created_at=now,
+        )
+    )
+
+
+async def find_active_key_organization(conn: AsyncConnection, key_hash: str) -> uuid.UUID | None:
+    org_id: uuid.UUID | None = (
+        await conn.execute(
+            select(api_keys.c.organization_id).where(
+                api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None)
+            )
+        )
+    ).scalar_one_or_none()
+    return org_id
+
+
+async def count_api_keys(conn: AsyncConnection) -> int:
+    return int((await conn.execute(select(func.count()).select_from(api_keys))).scalar_one())
+
+
+# --- idempotency ----------------------------------------------------------------------------
+
+
+async def claim_idempotency_key(
+    conn: AsyncConnection, organization_id: uuid.UUID, key: str, request: str, now: datetime
+) -> bool:
+    """Claim `key` for this write; False when an earlier write holds it.
+
+    On PostgreSQL a concurrent claim of the same key waits here until the first commits or
+    rolls back, so exactly one attempt decides the outcome.
+    """
+    claimed = await conn.execute(
+        _insert(conn, idempotency_keys)
+        .values(organization_id=organization_id, key=key, request=request, created_at=now)
+        .on_conflict_do_nothing(index_elements=["organization_id", "key"])
+        .returning(idempotency_keys.c.key)
+    )
+    return claimed.first() is not None
+
+
+async def get_idempotency_record(
+    conn: AsyncConnection, organization_id: uuid.UUID, key: str
+) -> IdempotencyRecord:
+    row = (
+        await conn.execute(
+            select(
+                idempotency_keys.c.request,
+                idempotency_keys.c.transaction_seq,
+                idempotency_keys.c.error_code,
+                idempotency_keys.c.error_message,
+            ).where(
+                idempotency_keys.c.organization_id == organization_id,
+                idempotency_keys.c.key == key,
+            )
+        )
+    ).one()
+    return IdempotencyRecord(row.request, row.transaction_seq, row.error_code, row.error_message)
+
+
+async def record_outcome(
+    conn: AsyncConnection,
+    organization_id: uuid.UUID,
+    key: str,
+    *,
+    transaction_seq: int | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> None:
+    await conn.execute(
+        update(idempotency_keys)
+        .where(
+            idempotency_keys.c.organization_id == organization_id,
+            idempotency_keys.c.key == key,
+        )
+        .values(transaction_seq=transaction_seq, error_code=error_code, error_message=error_message)
+    )
+
+
+# --- wallets: writes ------------------------------------------------------------------------
+
+
+def _owner(organization_id: uuid.UUID, customer_id: str, currency: str) -> Any:
+    return and_(
+        wallets.c.organization_id == organization_id,
+        wallets.c.customer_id == customer_id,
+        wallets.c.currency == currency,
+    )
+
+
+async def insert_wallet_if_missing(
+    conn: AsyncConnection,
+    organization_id: uuid.UUID,
+    customer_id: str,
+    currency: str,
+    now: datetime,
+) -> None:
+    await conn.execute(
+        _insert(conn, wallets)
+        .values(
+            id=uuid.uuid4(),
+            organization_id=organization_id,
+            customer_id=customer_id,
+            currency=currency,
+            balance=0,
+            created_at=now,
+            modified_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["organization_id", "customer_id", "currency"])
+    )
+
+
+async def change_balance(
+    conn: AsyncConnection,
+    organization_id: uuid.UUID,
+    customer_id: str,
+    currency: str,
+    delta: int,
+    now: datetime,
+) -> WalletRecord | None:
+    """Add `delta` (signed) to the wallet's balance if the result stays in 0..2^53-1.
+
+    Returns the updated wallet, or None when there is no such wallet or the condition failed.
+    """
+    condition = (
+        wallets.c.balance <= MAX_SAFE_INT - delta if delta > 0 else wallets.c.balance >= -delta
+    )
+    row = (
+        await conn.execute(
+            update(wallets)
+            .where(_owner(organization_id, customer_id, currency), condition)
+            .values(balance=wallets.c.balance + delta, modified_at=now)
+            .returning(*_WALLET_COLUMNS)
+        )
+    ).first()
+    return WalletRecord.from_row(row) if row else None
+
+
+async def insert_transaction(
+    conn: AsyncConnection,
+    *,
+    organization_id: uuid.UUID,
+    wallet_seq: int,
+    type_: str,
+    amount: int,
+    balance_after: int,
+    description: str | None,
+    reference: str | None,
+    idempotency_key: str,
+    now: datetime,
+) -> TransactionRecord:
+    row = (
+        await conn.execute(
+            transactions.insert()
+            .values(
+                id=uuid.uuid4(),
+                organization_id=organization_id,
+                wallet_seq=wallet_seq,
+                type=type_,
+                amount=amount,
+                balance_after=balance_after,
+                description=description,
+                reference=reference,
+                idempotency_key=idempotency_key,
+                created_at=now,
+            )
+            .returning(*transactions.c)
+        )
+    ).one()
+    return TransactionRecord.from_row(row)
+
+
+# --- wallets: reads -------------------------------------------------------------------------
+
+
+async def get_wallet_by_owner(
+    conn: AsyncConnection, organization_id: uuid.UUID, customer_id: str, currency: str
+) -> WalletRecord | None:
+    row = (
+        await conn.execute(
+            select(*_WALLET_COLUMNS).where(_owner(organization_id, customer_id, currency))
+        )
+    ).first()
+    return WalletRecord.from_row(row) if row else None
+
+
+async def get_wallet_by_id(
+    conn: AsyncConnection, organization_id: uuid.UUID, wallet_id: uuid.UUID
+) -> WalletRecord | None:
+    row = (
+        await conn.execute(
+            select(*_WALLET_COLUMNS).where(
+                wallets.c.id == wallet_id, wallets.c.organization_id == organization_id
+            )
+        )
+    ).first()
+    return WalletRecord.from_row(row) if row else None
+
+
+async def get_wallets_by_seq(conn: AsyncConnection, seqs: Sequence[int]) -> list[WalletRecord]:
+    rows = (await conn.execute(select(*_WALLET_COLUMNS).where(wallets.c.seq.in_(seqs)))).all()
+    return [WalletRecord.from_row(row) for row in rows]
+
+
+async def list_wallets(
+    conn: AsyncConnection,
+    organization_id: uuid.UUID,
+    *,
+    customer_id: str | None = None,
+    currency: str | None = None,
+    after_seq: int | None = None,
+    limit: int | None = None,
+) -> list[WalletRecord]:
+    """The organization's wallets, oldest first, keyset-paginated by `seq`."""
+    query = select(*_WALLET_COLUMNS).where(wallets.c.organization_id == organization_id)
+    if customer_id is not None:
+        query = query.where(wallets.c.customer_id == customer_id)
+    if currency is not None:
+        query = query.where(wallets.c.currency == currency)
+    if after_seq is not None:
+        query = query.where(wallets.c.seq > after_seq)
+    query = query.order_by(wallets.c.seq)
+    if limit is not None:
+        query = query.limit(limit)
+    return [WalletRecord.from_row(row) for row in (await conn.execute(query)).all()]
+
+
+# --- ledger: reads --------------------------------------------------------------------------
+
+
+async def get_transaction_by_seq(conn: AsyncConnection, seq: int) -> TransactionRecord:
+    row = (await conn.execute(select(*transactions.c).where(transactions.c.seq == seq))).one()
+    return TransactionRecord.from_row(row)
+
+
+async def list_transactions(
+    conn: AsyncConnection, wallet_seq: int, *, before_seq: int | None, limit: int
+) -> list[TransactionRecord]:
+    """A wallet's ledger, newest first, keyset-paginated by `seq`."""
+    query = select(*transactions.c).where(transactions.c.wallet_seq == wallet_seq)
+    if before_seq is not None:
+        query = query.where(transactions.c.seq < before_seq)
+    query = query.order_by(transactions.c.seq.desc()).limit(limit)
+    return [TransactionRecord.from_row(row) for row in (await conn.execute(query)).all()]
+
+
+# --- audit ----------------------------------------------------------------------------------
+
+
+async def all_wallets(conn: AsyncConnection) -> list[WalletRecord]:
+    rows = (await conn.execute(select(*_WALLET_COLUMNS).order_by(wallets.c.seq))).all()
+    return [WalletRecord.from_row(row) for row in rows]
+
+
+async def ledger_of(conn: AsyncConnection, wallet_seq: int) -> list[tuple[int, int]]:
+    """(amount, balance_after) of every entry of a wallet, in ledger order."""
+    rows = await conn.execute(
+        select(transactions.c.amount, transactions.c.balance_after)
+        .where(transactions.c.wallet_seq == wallet_seq)
+        .order_by(transactions.c.seq)
+    )
+    return [(row.amount, row.balance_after) for row in rows]
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
