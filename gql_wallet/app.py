@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def root(_request: object) -> Response:
         return RedirectResponse("/graphql")
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/", root, methods=["GET"]),
             Route(
@@ -43,3 +43,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
         lifespan=lifespan,
     )
+    app.state.engine = engine
+    return app

@@ -12,7 +12,6 @@ from typing import Any
 
 import orjson
 from graphql import GraphQLError
-from graphql.language import OperationType
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -20,6 +19,7 @@ from strawberry.exceptions import MissingQueryError
 from strawberry.http.ides import get_graphql_ide_html
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from gql_wallet.auth import authenticate, bearer_token
 from gql_wallet.graphql.context import Context
@@ -52,16 +52,37 @@ def _error_payload(message: str, code: str | None = None) -> dict[str, Any]:
     return {"errors": [error]}
 
 
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    return False
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _loads(body: bytes | str) -> Any:
+    """Parse JSON, keeping every integer exact.
+
+    orjson turns integers beyond 64 bits into floats and refuses some; when a float shows up we
+    parse again with the stdlib, which keeps integers exact, so an oversized amount reaches
+    validation and gets its typed INVALID_AMOUNT rather than a confusing type error.
+    """
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
+        if not _has_float(value):
+            return value
     except orjson.JSONDecodeError:
-        # orjson refuses integers beyond 64 bits; the stdlib reads them, so an oversized amount
-        # reaches validation and gets its typed INVALID_AMOUNT instead of a parse error.
-        try:
-            return json.loads(body)
-        except (ValueError, RecursionError) as error:
-            raise BadRequest(400, "The request body is not valid JSON.") from error
+        pass
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as error:
+        raise BadRequest(400, "The request body is not valid JSON.") from error
 
 
 class GraphQLEndpoint:

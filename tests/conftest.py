@@ -1,0 +1,208 @@
+"""Fixtures: an app per test on its own database, API clients, and real server processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gql_wallet.app import create_app
+from gql_wallet.auth import create_api_key
+from gql_wallet.db import read_transaction
+from gql_wallet.repository import idempotency_keys, transactions, wallets
+from gql_wallet.settings import Settings
+
+CLI = str(Path(sys.executable).with_name("gql-wallet"))
+
+TOP_UP = """
+mutation TopUp($input: TopUpWalletInput!) {
+  topUpWallet(input: $input) {
+    wallet { id customerId currency balance createdAt modifiedAt }
+    transaction { id type amount balanceAfter description reference idempotencyKey createdAt }
+    userErrors { code field message }
+  }
+}"""
+
+CHARGE = """
+mutation Charge($input: ChargeWalletInput!) {
+  chargeWallet(input: $input) {
+    wallet { id customerId currency balance createdAt modifiedAt }
+    transaction { id type amount balanceAfter description reference idempotencyKey createdAt }
+    userErrors { code field message }
+  }
+}"""
+
+
+@dataclass
+class Api:
+    """A GraphQL client for one organization's API key."""
+
+    client: httpx.AsyncClient
+    key: str
+
+    async def post(self, query: str, variables: dict[str, Any] | None = None) -> httpx.Response:
+        return await self.client.post(
+            "/graphql",
+            json={"query": query, "variables": variables or {}},
+            headers={"Authorization": f"Bearer {self.key}"},
+        )
+
+    async def __call__(self, query: str, variables: dict[str, Any] | None = None) -> Any:
+        response = await self.post(query, variables)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert "errors" not in body, body
+        return body["data"]
+
+    async def top_up(self, customer_id: str, amount: int, key: str, **extra: Any) -> Any:
+        data = await self(
+            TOP_UP,
+            {
+                "input": {
+                    "customerId": customer_id,
+                    "currency": extra.pop("currency", "usd"),
+                    "amount": amount,
+                    "idempotencyKey": key,
+                    **extra,
+                }
+            },
+        )
+        return data["topUpWallet"]
+
+    async def charge(self, customer_id: str, amount: int, key: str, **extra: Any) -> Any:
+        data = await self(
+            CHARGE,
+            {
+                "input": {
+                    "customerId": customer_id,
+                    "currency": extra.pop("currency", "usd"),
+                    "amount": amount,
+                    "idempotencyKey": key,
+                    **extra,
+                }
+            },
+        )
+        return data["chargeWallet"]
+
+
+@dataclass
+class Env:
+    client: httpx.AsyncClient
+    engine: AsyncEngine
+    api: Api
+    other: Api  # a second organization
+
+    async def counts(self) -> tuple[int, int, int]:
+        """(wallets, ledger entries, idempotency records): what a write leaves behind."""
+        async with read_transaction(self.engine) as conn:
+            return tuple(  # type: ignore[return-value]
+                [
+                    (await conn.execute(select(func.count()).select_from(t))).scalar_one()
+                    for t in (wallets, transactions, idempotency_keys)
+                ]
+            )
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'wallet.db'}"
+
+
+@pytest.fixture
+async def env(database_url: str) -> AsyncIterator[Env]:
+    app = create_app(Settings(database_url=database_url))
+    async with app.router.lifespan_context(app):
+        engine = app.state.engine
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield Env(
+                client=client,
+                engine=engine,
+                api=Api(client, await create_api_key(engine, "org-a")),
+                other=Api(client, await create_api_key(engine, "org-b")),
+            )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def cli(database_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, *args],
+        env={**os.environ, "GQL_WALLET_DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=check,
+    )
+
+
+@dataclass
+class LiveServer:
+    url: str
+    database_url: str
+    process: subprocess.Popen[bytes]
+
+    def new_key(self, organization: str) -> str:
+        return cli(
+            self.database_url, "api-keys", "create", "--organization", organization
+        ).stdout.splitlines()[-1]
+
+
+def start_server(database_url: str, workers: int, log: Path) -> LiveServer:
+    port = free_port()
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [CLI, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+            env={**os.environ, "GQL_WALLET_DATABASE_URL": database_url},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()}")
+        try:
+            if httpx.get(f"{url}/graphql", headers={"Accept": "text/html"}).status_code == 200:
+                return LiveServer(url, database_url, process)
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"server did not start: {log.read_text()}")
+
+
+def stop_server(server: LiveServer) -> None:
+    if server.process.poll() is None:
+        os.killpg(server.process.pid, 15)
+        try:
+            server.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.process.pid, 9)
+            server.process.wait()
+
+
+@pytest.fixture
+def live_server(database_url: str, tmp_path: Path) -> Iterator[LiveServer]:
+    """`gql-wallet serve --workers 2` on its own database, as a user runs it."""
+    server = start_server(database_url, workers=2, log=tmp_path / "server.log")
+    try:
+        yield server
+    finally:
+        stop_server(server)

@@ -1,0 +1,286 @@
+"""Write semantics of topUpWallet, chargeWallet and createWallet (CONTRACT: Semantics of writes)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from tests.conftest import CHARGE, TOP_UP, Env
+
+MAX = 2**53 - 1
+
+
+def codes(payload: dict) -> list[str]:
+    return [e["code"] for e in payload["userErrors"]]
+
+
+class TestTopUp:
+    async def test_first_top_up_creates_the_wallet_and_one_entry(self, env: Env) -> None:
+        payload = await env.api.top_up("cus_1", 5000, "k1", currency="USD", description="card")
+        assert payload["userErrors"] == []
+        wallet, tx = payload["wallet"], payload["transaction"]
+        assert (wallet["customerId"], wallet["currency"], wallet["balance"]) == (
+            "cus_1",
+            "usd",
+            5000,
+        )
+        assert (tx["type"], tx["amount"], tx["balanceAfter"]) == ("TOP_UP", 5000, 5000)
+        assert (
+            tx["description"] == "card" and tx["reference"] is None and tx["idempotencyKey"] == "k1"
+        )
+        assert wallet["createdAt"].endswith("+00:00")
+        assert datetime.fromisoformat(wallet["modifiedAt"]) == datetime.fromisoformat(
+            tx["createdAt"]
+        )
+        assert await env.counts() == (1, 1, 1)
+
+    async def test_every_write_moves_modified_at(self, env: Env) -> None:
+        first = (await env.api.top_up("cus_1", 100, "k1"))["wallet"]
+        second = (await env.api.charge("cus_1", 40, "k2"))["wallet"]
+        assert second["createdAt"] == first["createdAt"]
+        assert datetime.fromisoformat(second["modifiedAt"]) > datetime.fromisoformat(
+            first["modifiedAt"]
+        )
+
+    async def test_balance_up_to_the_safe_integer_limit(self, env: Env) -> None:
+        assert (await env.api.top_up("cus_1", MAX, "k1"))["wallet"]["balance"] == MAX
+        before = await env.counts()
+        refused = await env.api.top_up("cus_1", 1, "k2")
+        assert codes(refused) == ["BALANCE_LIMIT_EXCEEDED"]
+        assert refused["wallet"]["balance"] == MAX and refused["transaction"] is None
+        assert (await env.counts())[:2] == before[:2]
+
+    @pytest.mark.parametrize("amount", [0, -1, -MAX, MAX + 1, 2**63, 10**25])
+    async def test_amount_outside_1_to_max_is_invalid_and_writes_nothing(
+        self, env: Env, amount: int
+    ) -> None:
+        payload = await env.api.top_up("cus_1", amount, "k1")
+        assert codes(payload) == ["INVALID_AMOUNT"]
+        assert payload["userErrors"][0]["field"] == ["input", "amount"]
+        assert payload["wallet"] is None and payload["transaction"] is None
+        assert await env.counts() == (0, 0, 0)
+        # An invalid write does not use up its key.
+        assert (await env.api.top_up("cus_1", 10, "k1"))["userErrors"] == []
+
+    async def test_amount_just_above_the_limit_as_a_literal(self, env: Env) -> None:
+        data = await env.api(
+            'mutation { topUpWallet(input: {customerId: "c", currency: "usd", '
+            f'amount: {MAX + 1}, idempotencyKey: "k"}}) {{ userErrors {{ code }} }} }}'
+        )
+        assert data["topUpWallet"]["userErrors"] == [{"code": "INVALID_AMOUNT"}]
+        assert await env.counts() == (0, 0, 0)
+
+    @pytest.mark.parametrize("amount", [1.5, 100.0, "100", True, None])
+    async def test_non_integer_amounts_are_request_errors(self, env: Env, amount: object) -> None:
+        response = await env.api.post(
+            TOP_UP,
+            {
+                "input": {
+                    "customerId": "c",
+                    "currency": "usd",
+                    "amount": amount,
+                    "idempotencyKey": "k",
+                }
+            },
+        )
+        assert response.status_code == 200
+        body = response.json()
+        assert "data" not in body and body["errors"]
+        assert await env.counts() == (0, 0, 0)
+
+
+class TestValidation:
+    @pytest.mark.parametrize(
+        ("field", "value", "code"),
+        [
+            ("currency", "xts", "INVALID_CURRENCY"),
+            ("currency", "XXX", "INVALID_CURRENCY"),
+            ("currency", "dollars", "INVALID_CURRENCY"),
+            ("currency", "", "INVALID_CURRENCY"),
+            ("customerId", "", "INVALID_CUSTOMER_ID"),
+            ("customerId", "x" * 129, "INVALID_CUSTOMER_ID"),
+            ("customerId", "cus\n1", "INVALID_CUSTOMER_ID"),
+            ("customerId", "cus\x001", "INVALID_CUSTOMER_ID"),
+            ("description", "d" * 501, "INVALID_INPUT"),
+            ("reference", "r" * 256, "INVALID_INPUT"),
+            ("idempotencyKey", "", "INVALID_INPUT"),
+            ("idempotencyKey", "k" * 256, "INVALID_INPUT"),
+        ],
+    )
+    @pytest.mark.parametrize("mutation", ["top_up", "charge"])
+    async def test_each_invalid_field_is_a_typed_error_and_writes_nothing(
+        self, env: Env, mutation: str, field: str, value: str, code: str
+    ) -> None:
+        await env.api.top_up("cus_1", 100, "seed")
+        before = await env.counts()
+        args = {"customerId": "cus_1", "currency": "usd", "idempotencyKey": "k1", field: value}
+        customer, key = args.pop("customerId"), args.pop("idempotencyKey")
+        payload = await getattr(env.api, mutation)(customer, 50, key, **args)
+        assert payload["userErrors"] == [
+            {
+                "code": code,
+                "field": ["input", field],
+                "message": payload["userErrors"][0]["message"],
+            }
+        ]
+        assert payload["wallet"] is None and payload["transaction"] is None
+        assert await env.counts() == before
+
+    async def test_limits_are_inclusive(self, env: Env) -> None:
+        payload = await env.api.top_up(
+            "x" * 128, 1, "k" * 255, description="d" * 500, reference="r" * 255
+        )
+        assert payload["userErrors"] == []
+
+    async def test_customer_id_counts_code_points_and_allows_unicode(self, env: Env) -> None:
+        assert (await env.api.top_up("ü" * 128, 1, "k1"))["userErrors"] == []
+        assert codes(await env.api.top_up("ü" * 129, 1, "k2")) == ["INVALID_CUSTOMER_ID"]
+
+    async def test_several_invalid_fields_each_get_an_error(self, env: Env) -> None:
+        payload = await env.api.charge("", 0, "", currency="zzz", reference="r" * 256)
+        assert sorted(codes(payload)) == sorted(
+            [
+                "INVALID_CUSTOMER_ID",
+                "INVALID_CURRENCY",
+                "INVALID_AMOUNT",
+                "INVALID_INPUT",
+                "INVALID_INPUT",
+            ]
+        )
+        assert await env.counts() == (0, 0, 0)
+
+
+class TestCharge:
+    async def test_charge_draws_from_the_balance(self, env: Env) -> None:
+        await env.api.top_up("cus_1", 5000, "k1")
+        payload = await env.api.charge("cus_1", 1250, "k2", reference="inv_1")
+        assert payload["userErrors"] == []
+        assert payload["wallet"]["balance"] == 3750
+        assert (payload["transaction"]["type"], payload["transaction"]["amount"]) == (
+            "CHARGE",
+            -1250,
+        )
+        assert payload["transaction"]["balanceAfter"] == 3750
+
+    async def test_charge_of_the_whole_balance_leaves_zero(self, env: Env) -> None:
+        await env.api.top_up("cus_1", 5000, "k1")
+        assert (await env.api.charge("cus_1", 5000, "k2"))["wallet"]["balance"] == 0
+
+    async def test_insufficient_funds_writes_nothing_to_the_ledger(self, env: Env) -> None:
+        await env.api.top_up("cus_1", 100, "k1")
+        payload = await env.api.charge("cus_1", 101, "k2")
+        assert codes(payload) == ["INSUFFICIENT_FUNDS"]
+        assert payload["transaction"] is None and payload["wallet"]["balance"] == 100
+        wallets, entries, _ = await env.counts()
+        assert (wallets, entries) == (1, 1)
+
+    async def test_charge_to_a_missing_wallet(self, env: Env) -> None:
+        payload = await env.api.charge("nobody", 1, "k1")
+        assert codes(payload) == ["WALLET_NOT_FOUND"]
+        assert payload["wallet"] is None
+        assert (await env.counts())[:2] == (0, 0)
+
+    async def test_charge_in_another_currency_is_another_wallet(self, env: Env) -> None:
+        await env.api.top_up("cus_1", 100, "k1", currency="usd")
+        assert codes(await env.api.charge("cus_1", 1, "k2", currency="eur")) == ["WALLET_NOT_FOUND"]
+
+
+class TestIdempotency:
+    async def test_replay_returns_the_identical_payload_and_writes_nothing(self, env: Env) -> None:
+        first = await env.api.top_up("cus_1", 5000, "k1", description="d")
+        before = await env.counts()
+        again = await env.api.top_up("cus_1", 5000, "k1", currency="USD", description="d")
+        assert again == first
+        assert await env.counts() == before
+
+    async def test_replay_shows_the_wallet_as_it_is_now(self, env: Env) -> None:
+        first = await env.api.top_up("cus_1", 5000, "k1")
+        await env.api.charge("cus_1", 1000, "k2")
+        again = await env.api.top_up("cus_1", 5000, "k1")
+        assert again["transaction"] == first["transaction"]
+        assert again["wallet"]["balance"] == 4000
+
+    async def test_insufficient_funds_is_final_for_its_key(self, env: Env) -> None:
+        await env.api.top_up("cus_1", 100, "k1")
+        refused = await env.api.charge("cus_1", 500, "k2")
+        assert codes(refused) == ["INSUFFICIENT_FUNDS"]
+        await env.api.top_up("cus_1", 1000, "k3")
+        before = await env.counts()
+        replay = await env.api.charge("cus_1", 500, "k2")
+        assert replay["userErrors"] == refused["userErrors"] and replay["transaction"] is None
+        assert replay["wallet"]["balance"] == 1100
+        assert await env.counts() == before
+
+    async def test_wallet_not_found_is_final_for_its_key(self, env: Env) -> None:
+        assert codes(await env.api.charge("cus_1", 5, "k1")) == ["WALLET_NOT_FOUND"]
+        await env.api.top_up("cus_1", 100, "k2")
+        assert codes(await env.api.charge("cus_1", 5, "k1")) == ["WALLET_NOT_FOUND"]
+        assert (await env.api.charge("cus_1", 5, "k3"))["wallet"]["balance"] == 95
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"amount": 5001},
+            {"currency": "eur"},
+            {"customerId": "cus_2"},
+            {"description": "other"},
+            {"reference": "inv_9"},
+        ],
+    )
+    async def test_same_key_with_different_input_is_refused(self, env: Env, change: dict) -> None:
+        first = {"customerId": "cus_1", "currency": "usd", "amount": 5000, "idempotencyKey": "k1"}
+        await env.api(TOP_UP, {"input": first})
+        before = await env.counts()
+        data = await env.api(TOP_UP, {"input": {**first, **change}})
+        payload = data["topUpWallet"]
+        assert codes(payload) == ["IDEMPOTENCY_KEY_REUSED"]
+        assert payload["userErrors"][0]["field"] == ["input", "idempotencyKey"]
+        assert payload["transaction"] is None
+        assert await env.counts() == before
+
+    async def test_absent_optional_field_equals_null(self, env: Env) -> None:
+        first = await env.api.top_up("cus_1", 10, "k1")
+        assert await env.api.top_up("cus_1", 10, "k1", description=None) == first
+
+    async def test_top_ups_and_charges_share_one_key_space(self, env: Env) -> None:
+        await env.api.top_up("cus_1", 100, "k1")
+        assert codes(await env.api.charge("cus_1", 100, "k1")) == ["IDEMPOTENCY_KEY_REUSED"]
+
+    async def test_keys_are_scoped_to_the_organization(self, env: Env) -> None:
+        await env.api.top_up("cus_1", 100, "k1")
+        payload = await env.other.top_up("cus_1", 100, "k1")
+        assert payload["userErrors"] == [] and payload["wallet"]["balance"] == 100
+
+
+class TestCreateWallet:
+    QUERY = """mutation($input: CreateWalletInput!) { createWallet(input: $input) {
+        wallet { id balance currency customerId } userErrors { code field } } }"""
+
+    async def test_creates_an_empty_wallet_once(self, env: Env) -> None:
+        inp = {"input": {"customerId": "cus_1", "currency": "EUR"}}
+        first = (await env.api(self.QUERY, inp))["createWallet"]
+        assert first["userErrors"] == [] and first["wallet"]["balance"] == 0
+        assert first["wallet"]["currency"] == "eur"
+        again = (await env.api(self.QUERY, inp))["createWallet"]
+        assert again["wallet"]["id"] == first["wallet"]["id"]
+        assert await env.counts() == (1, 0, 0)
+
+    async def test_invalid_owner(self, env: Env) -> None:
+        data = await env.api(self.QUERY, {"input": {"customerId": "", "currency": "xts"}})
+        assert sorted(codes(data["createWallet"])) == ["INVALID_CURRENCY", "INVALID_CUSTOMER_ID"]
+        assert await env.counts() == (0, 0, 0)
+
+    async def test_a_created_wallet_can_be_topped_up_and_charged(self, env: Env) -> None:
+        await env.api(self.QUERY, {"input": {"customerId": "cus_1", "currency": "usd"}})
+        assert codes(await env.api.charge("cus_1", 1, "k1")) == ["INSUFFICIENT_FUNDS"]
+        assert (await env.api.top_up("cus_1", 7, "k2"))["wallet"]["balance"] == 7
+
+
+async def test_charge_mutation_text_is_valid_graphql(env: Env) -> None:
+    """The shared operation texts used across the suite run without request errors."""
+    response = await env.api.post(
+        CHARGE,
+        {"input": {"customerId": "c", "currency": "usd", "amount": 1, "idempotencyKey": "k"}},
+    )
+    assert response.status_code == 200 and "errors" not in response.json()
