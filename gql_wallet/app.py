@@ -12,7 +12,7 @@ from starlette.routing import Route
 from gql_wallet.db import create_engine
 from gql_wallet.graphql.http import GraphQLEndpoint
 from gql_wallet.graphql.schema import schema
-from gql_wallet.migrate import ensure_schema
+from gql_wallet.migrate import upgrade_to_head
 from gql_wallet.settings import Settings
 
 
@@ -23,7 +23,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        await ensure_schema(engine)
+        if settings.migrate_on_start:
+            await upgrade_to_head(engine)
         try:
             yield
         finally:

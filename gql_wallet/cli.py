@@ -17,17 +17,20 @@ from gql_wallet import repository as repo
 from gql_wallet.audit import audit
 from gql_wallet.auth import create_api_key
 from gql_wallet.db import create_engine, read_transaction
-from gql_wallet.migrate import ensure_schema
+from gql_wallet.migrate import head_revision, upgrade_to_head
 from gql_wallet.settings import Settings
 
 T = TypeVar("T")
 
 
-def _with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+def _with_engine(
+    settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]], *, migrate: bool = True
+) -> T:
     async def run() -> T:
         engine = create_engine(settings)
         try:
-            await ensure_schema(engine)
+            if migrate:
+                await upgrade_to_head(engine)
             return await work(engine)
         finally:
             await engine.dispose()
@@ -41,7 +44,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             return await repo.count_api_keys(conn)
 
     # Migrate once here, before any worker starts, then hint at the first step if needed.
-    if _with_engine(settings, key_count) == 0:
+    if _with_engine(settings, key_count, migrate=settings.migrate_on_start) == 0:
         print(
             "No API keys yet. Create one with: gql-wallet api-keys create --organization NAME",
             file=sys.stderr,
@@ -70,6 +73,15 @@ def _create_key(settings: Settings, args: argparse.Namespace) -> int:
     secret = _with_engine(settings, create)
     print(f"Created an API key for organization {organization!r}. It is shown only once:")
     print(secret)
+    return 0
+
+
+def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    async def done(_engine: AsyncEngine) -> None:
+        return None
+
+    _with_engine(settings, done)
+    print(f"database schema is at revision {head_revision()}")
     return 0
 
 
@@ -112,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--organization", required=True, help="organization name")
     create.set_defaults(run=_create_key)
+
+    migrate = commands.add_parser(
+        "migrate", help="bring the database schema to the newest revision"
+    )
+    migrate.set_defaults(run=_migrate)
 
     export = commands.add_parser("export-schema", help="print the GraphQL SDL")
     export.set_defaults(run=_export_schema)

@@ -43,6 +43,13 @@ def create_engine(settings: Settings) -> AsyncEngine:
         max_overflow=0,
         pool_timeout=settings.db_pool_timeout_seconds,
         pool_pre_ping=True,
+        connect_args={
+            "timeout": settings.db_connect_timeout_seconds,
+            "server_settings": {
+                "application_name": "gql_wallet",
+                "statement_timeout": str(settings.db_statement_timeout_ms),
+            },
+        },
     )
 
 

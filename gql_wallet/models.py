@@ -54,6 +54,7 @@ class Wallet(SQLModel, table=True):
         UniqueConstraint("organization_id", "customer_id", "currency", name="uq_wallets_owner"),
         CheckConstraint("balance >= 0", name="ck_wallets_balance_non_negative"),
         CheckConstraint("balance <= 9007199254740991", name="ck_wallets_balance_safe_int"),
+        Index("ix_wallets_org_seq", "organization_id", "seq"),
     )
 
     seq: int | None = Field(
@@ -69,7 +70,8 @@ class Wallet(SQLModel, table=True):
 
 
 class WalletTransaction(SQLModel, table=True):
-    """One ledger entry. Append-only: database triggers refuse UPDATE and DELETE."""
+    """One ledger entry. Append-only: triggers (created by the migrations) refuse UPDATE and
+    DELETE on both databases."""
 
     __tablename__ = "wallet_transactions"
     __table_args__ = (
@@ -116,41 +118,3 @@ class IdempotencyKey(SQLModel, table=True):
 
 
 metadata = SQLModel.metadata
-
-
-def _append_only_ddl() -> None:
-    """Make the database itself refuse to rewrite history, whatever code talks to it."""
-    from sqlalchemy import DDL, event
-
-    table = WalletTransaction.__table__  # type: ignore[attr-defined]
-    for op in ("UPDATE", "DELETE"):
-        event.listen(
-            table,
-            "after_create",
-            DDL(
-                f"CREATE TRIGGER wallet_transactions_no_{op.lower()} BEFORE {op} "
-                "ON wallet_transactions BEGIN "
-                "SELECT RAISE(ABORT, 'wallet_transactions is append-only'); END"
-            ).execute_if(dialect="sqlite"),
-        )
-    event.listen(
-        table,
-        "after_create",
-        DDL(
-            "CREATE OR REPLACE FUNCTION wallet_transactions_append_only() RETURNS trigger "
-            "LANGUAGE plpgsql AS $$ BEGIN "
-            "RAISE EXCEPTION 'wallet_transactions is append-only'; END $$"
-        ).execute_if(dialect="postgresql"),
-    )
-    event.listen(
-        table,
-        "after_create",
-        DDL(
-            "CREATE TRIGGER wallet_transactions_append_only BEFORE UPDATE OR DELETE "
-            "ON wallet_transactions FOR EACH ROW "
-            "EXECUTE FUNCTION wallet_transactions_append_only()"
-        ).execute_if(dialect="postgresql"),
-    )
-
-
-_append_only_ddl()

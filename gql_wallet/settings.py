@@ -24,6 +24,19 @@ class Settings(BaseSettings):
     db_pool_timeout_seconds: float = Field(
         default=30.0, gt=0, description="How long a request waits for a pooled connection."
     )
+    db_connect_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="How long opening a PostgreSQL connection may take."
+    )
+    db_statement_timeout_ms: int = Field(
+        default=30_000,
+        ge=0,
+        description="PostgreSQL statement_timeout for every statement (0 turns it off).",
+    )
+    migrate_on_start: bool = Field(
+        default=True,
+        description="Run the database migrations when the server starts. Turn off when "
+        "migrations run as a separate deploy step (gql-wallet migrate).",
+    )
     sqlite_busy_timeout_ms: int = Field(
         default=30_000,
         ge=0,

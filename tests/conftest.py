@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, make_url, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet.app import create_app
@@ -24,6 +28,13 @@ from gql_wallet.repository import idempotency_keys, transactions, wallets
 from gql_wallet.settings import Settings
 
 CLI = str(Path(sys.executable).with_name("gql-wallet"))
+
+# The PostgreSQL server the tests create their databases on (one per test, from a template).
+POSTGRES_URL = os.environ.get(
+    "GQL_WALLET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+# CI sets this: there a missing PostgreSQL is a failure, never a skip.
+REQUIRE_POSTGRES = os.environ.get("GQL_WALLET_TEST_REQUIRE_POSTGRES") == "1"
 
 TOP_UP = """
 mutation TopUp($input: TopUpWalletInput!) {
@@ -114,9 +125,72 @@ class Env:
             )
 
 
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'wallet.db'}"
+def postgres_admin(*statements: str) -> None:
+    """Run statements on the PostgreSQL server's maintenance database, outside any loop."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(POSTGRES_URL, timeout=5)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def postgres_url(database: str) -> str:
+    return make_url(POSTGRES_URL).set(database=database).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str | None]:
+    """A migrated template database that every PostgreSQL test database is copied from.
+
+    None when PostgreSQL is not reachable (and not required): those tests are then skipped.
+    """
+    name = f"gqlw_template_{os.getpid()}"
+    try:
+        postgres_admin(f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}")
+    except (OSError, asyncpg.PostgresError) as error:
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"PostgreSQL is required but not reachable at {POSTGRES_URL}: {error}")
+        yield None
+        return
+    cli(postgres_url(name), "migrate")
+    yield name
+    postgres_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "wallet.db"
+    cli(f"sqlite:///{path}", "migrate")
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    sqlite_template: Path,
+    postgres_template: str | None,
+) -> Iterator[str]:
+    """A fresh, migrated database of each kind for every test."""
+    if request.param == "sqlite":
+        shutil.copy(sqlite_template, tmp_path / "wallet.db")
+        yield f"sqlite:///{tmp_path / 'wallet.db'}"
+        return
+    if postgres_template is None:
+        pytest.skip(
+            f"PostgreSQL not reachable at {POSTGRES_URL} (set GQL_WALLET_TEST_POSTGRES_URL)"
+        )
+    name = f"gqlw_test_{uuid.uuid4().hex[:12]}"
+    postgres_admin(f"CREATE DATABASE {name} TEMPLATE {postgres_template}")
+    try:
+        yield postgres_url(name)
+    finally:
+        postgres_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture
