@@ -5,8 +5,13 @@ transaction on SELECT, so a read-then-write could lose updates; the driver runs 
 and we issue the BEGIN ourselves: BEGIN IMMEDIATE for writes (the write lock is taken up front, so
 writers queue instead of failing on upgrade), a deferred BEGIN for reads (a consistent snapshot).
 
-PostgreSQL: READ COMMITTED; writes are single conditional UPDATE ... RETURNING statements whose row
-lock serialises writers of one wallet (see repository.py).
+PostgreSQL: READ COMMITTED, on purpose. Every balance change is one conditional
+`UPDATE ... WHERE <condition> RETURNING`: it waits for the wallet's row lock and then re-checks the
+condition against the newest committed row, so concurrent writers of one wallet serialise on that
+lock and none can lose an update or overdraw. An idempotency key is claimed with
+`INSERT ... ON CONFLICT DO NOTHING`, which waits for a concurrent claim of the same key to commit or
+roll back. SERIALIZABLE would add nothing to these single-row guarantees but serialization failures
+to retry. Locks are always taken in the order key -> wallet, so writes cannot deadlock.
 """
 
 from __future__ import annotations
