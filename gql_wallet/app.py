@@ -6,12 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from gql_wallet.db import create_engine
 from gql_wallet.graphql.http import GraphQLEndpoint
-from gql_wallet.graphql.schema import schema
+from gql_wallet.graphql.schema import build_schema
 from gql_wallet.migrate import upgrade_to_head
 from gql_wallet.settings import Settings
 
@@ -19,7 +21,7 @@ from gql_wallet.settings import Settings
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     engine = create_engine(settings)
-    endpoint = GraphQLEndpoint(schema, engine, settings)
+    endpoint = GraphQLEndpoint(build_schema(settings), engine, settings)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -43,6 +45,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ),
         ],
         lifespan=lifespan,
+        middleware=[
+            # Browsers send bearer tokens, never cookies: credentials stay off, so no origin is
+            # ever trusted with the user's cookies, and a configured "*" is still safe.
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_allow_origins,
+                allow_origin_regex=settings.cors_origin_regex,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-ID"],
+                expose_headers=["X-Request-ID", "Retry-After"],
+                allow_credentials=False,
+                max_age=600,
+            )
+        ],
     )
     app.state.engine = engine
     return app

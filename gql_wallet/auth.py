@@ -1,33 +1,101 @@
-"""API keys and the principals they stand for.
+"""Tokens and the principals they stand for.
 
-A key is shown once, at creation; the database keeps only its SHA-256 digest (the keys are
-256-bit random, so a plain digest cannot be reversed or guessed) and a short prefix for listings.
+Two kinds of bearer token, told apart by their prefix:
+- `gqlw_sk_...`: an organization API key with scopes (wallets:read, wallets:write);
+- `gqlw_cs_...`: a customer session token, made by an organization for one customer, short-lived,
+  read-only and limited to that customer's wallets.
+
+A token is `<prefix><public id>_<secret><checksum>`. The checksum (CRC32 of the rest) lets us
+refuse a mistyped or made-up token without touching the database; the public id finds the row;
+the database keeps only HMAC-SHA256(server secret, token), compared in constant time. A stolen
+database therefore yields no usable token, and neither does a stolen token hash without the secret.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import re
 import secrets
 import uuid
+import zlib
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet import repository as repo
 from gql_wallet.db import read_transaction, write_transaction
 
-KEY_PREFIX = "gqlw_sk_"
+API_KEY_PREFIX = "gqlw_sk_"
+SESSION_PREFIX = "gqlw_cs_"
+SCOPE_READ = "wallets:read"
+SCOPE_WRITE = "wallets:write"
+SCOPES = (SCOPE_READ, SCOPE_WRITE)
+
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_PUBLIC_ID_LENGTH = 12
+_SECRET_LENGTH = 32  # about 190 bits
+_CHECKSUM_LENGTH = 6
+_TOKEN = re.compile(
+    rf"^(gqlw_sk_|gqlw_cs_)([0-9A-Za-z]{{{_PUBLIC_ID_LENGTH}}})_"
+    rf"([0-9A-Za-z]{{{_SECRET_LENGTH}}})([0-9A-Za-z]{{{_CHECKSUM_LENGTH}}})$"
+)
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: an organization's backend, through one of its API keys."""
+    """Who is calling, and what they may see and do."""
 
     organization_id: uuid.UUID
+    token_id: uuid.UUID  # the API key or customer session; rate limits are kept per token
+    scopes: frozenset[str]
+    customer_id: str | None = None  # set for a customer session: everything is limited to it
+
+    @property
+    def kind(self) -> str:
+        return "customer_session" if self.customer_id is not None else "api_key"
+
+    def can(self, scope: str) -> bool:
+        return scope in self.scopes
 
 
-def hash_key(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+def _base62(number: int, length: int) -> str:
+    digits = []
+    for _ in range(length):
+        number, digit = divmod(number, 62)
+        digits.append(_ALPHABET[digit])
+    return "".join(reversed(digits))
+
+
+def _checksum(body: str) -> str:
+    return _base62(zlib.crc32(body.encode()), _CHECKSUM_LENGTH)
+
+
+def _random(length: int) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def new_token(prefix: str) -> tuple[str, str]:
+    """A fresh token and its public id."""
+    public_id = _random(_PUBLIC_ID_LENGTH)
+    body = f"{prefix}{public_id}_{_random(_SECRET_LENGTH)}"
+    return body + _checksum(body), public_id
+
+
+def parse_token(token: str) -> tuple[str, str] | None:
+    """(prefix, public id) of a well-formed token with a valid checksum, else None."""
+    match = _TOKEN.match(token)
+    if match is None:
+        return None
+    prefix, public_id, secret, checksum = match.groups()
+    if not hmac.compare_digest(_checksum(f"{prefix}{public_id}_{secret}"), checksum):
+        return None
+    return prefix, public_id
+
+
+def token_hash(secret_key: bytes, token: str) -> str:
+    return hmac.new(secret_key, token.encode(), hashlib.sha256).hexdigest()
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -39,19 +107,77 @@ def bearer_token(authorization: str | None) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-async def authenticate(engine: AsyncEngine, token: str | None) -> Principal | None:
-    if not token or not token.startswith(KEY_PREFIX) or len(token) > 200:
-        return None
-    async with read_transaction(engine) as conn:
-        organization_id = await repo.find_active_key_organization(conn, hash_key(token))
-    return Principal(organization_id) if organization_id else None
+class Authenticator:
+    """Turns a bearer token into a Principal, or None for anything not currently valid."""
+
+    def __init__(self, engine: AsyncEngine, secret_key: bytes) -> None:
+        self.engine = engine
+        self.secret_key = secret_key
+
+    async def authenticate(self, token: str | None, now: datetime) -> Principal | None:
+        parsed = parse_token(token) if token else None
+        if parsed is None or token is None:
+            return None
+        prefix, public_id = parsed
+        async with read_transaction(self.engine) as conn:
+            if prefix == API_KEY_PREFIX:
+                key = await repo.find_api_key(conn, public_id)
+                if key is None or key.revoked_at is not None:
+                    return None
+                stored = key.token_hash
+                principal = Principal(key.organization_id, key.id, frozenset(key.scopes.split()))
+            else:
+                session = await repo.find_customer_session(conn, public_id)
+                if session is None or not session.active(now):
+                    return None
+                stored = session.token_hash
+                principal = Principal(
+                    session.organization_id,
+                    session.id,
+                    frozenset({SCOPE_READ}),
+                    customer_id=session.customer_id,
+                )
+        expected = token_hash(self.secret_key, token)
+        return principal if hmac.compare_digest(stored, expected) else None
 
 
-async def create_api_key(engine: AsyncEngine, organization: str) -> str:
-    """Create the organization if needed and a new key for it; returns the secret."""
-    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+async def create_api_key(
+    engine: AsyncEngine, secret_key: bytes, organization: str, scopes: tuple[str, ...] = SCOPES
+) -> str:
+    """Create the organization if needed and a new key for it; returns the token (shown once)."""
+    token, public_id = new_token(API_KEY_PREFIX)
     async with write_transaction(engine) as conn:
         now = repo.now_utc()
         organization_id = await repo.get_or_create_organization(conn, organization, now)
-        await repo.insert_api_key(conn, organization_id, secret[:12], hash_key(secret), now)
-    return secret
+        await repo.insert_api_key(
+            conn,
+            organization_id=organization_id,
+            public_id=public_id,
+            token_hash=token_hash(secret_key, token),
+            scopes=" ".join(sorted(set(scopes))),
+            now=now,
+        )
+    return token
+
+
+async def create_customer_session(
+    engine: AsyncEngine,
+    secret_key: bytes,
+    principal: Principal,
+    customer_id: str,
+    lifetime: timedelta,
+) -> tuple[str, repo.CustomerSessionRecord]:
+    token, public_id = new_token(SESSION_PREFIX)
+    now = repo.now_utc()
+    async with write_transaction(engine) as conn:
+        session = await repo.insert_customer_session(
+            conn,
+            organization_id=principal.organization_id,
+            api_key_id=principal.token_id,
+            customer_id=customer_id,
+            public_id=public_id,
+            token_hash=token_hash(secret_key, token),
+            now=now,
+            expires_at=now + lifetime,
+        )
+    return token, session

@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet import repository as repo
 from gql_wallet.audit import audit
-from gql_wallet.auth import create_api_key
-from gql_wallet.db import create_engine, read_transaction
+from gql_wallet.auth import API_KEY_PREFIX, SCOPE_READ, SCOPE_WRITE, SCOPES, create_api_key
+from gql_wallet.db import create_engine, read_transaction, write_transaction
 from gql_wallet.migrate import head_revision, upgrade_to_head
 from gql_wallet.settings import Settings
 
@@ -67,12 +67,48 @@ def _create_key(settings: Settings, args: argparse.Namespace) -> int:
         print("--organization must be 1-200 characters", file=sys.stderr)
         return 2
 
+    # wallets:write implies wallets:read: a key that changes wallets can read them.
+    scopes = SCOPES if args.scope == SCOPE_WRITE else (SCOPE_READ,)
+
     async def create(engine: AsyncEngine) -> str:
-        return await create_api_key(engine, organization)
+        return await create_api_key(engine, settings.token_secret_bytes, organization, scopes)
 
     secret = _with_engine(settings, create)
-    print(f"Created an API key for organization {organization!r}. It is shown only once:")
+    print(
+        f"Created an API key ({' '.join(scopes)}) for organization {organization!r}. "
+        "It is shown only once:"
+    )
     print(secret)
+    return 0
+
+
+def _list_keys(settings: Settings, _args: argparse.Namespace) -> int:
+    async def keys(engine: AsyncEngine) -> list[repo.ApiKeyRecord]:
+        async with read_transaction(engine) as conn:
+            return await repo.list_api_keys(conn)
+
+    print(f"{'KEY ID':<14} {'ORGANIZATION':<24} {'SCOPES':<28} {'CREATED':<20} REVOKED")
+    for key in _with_engine(settings, keys):
+        revoked = key.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if key.revoked_at else "-"
+        print(
+            f"{key.public_id:<14} {key.organization[:24]:<24} {key.scopes:<28} "
+            f"{key.created_at.strftime('%Y-%m-%d %H:%M:%S'):<20} {revoked}"
+        )
+    return 0
+
+
+def _revoke_key(settings: Settings, args: argparse.Namespace) -> int:
+    # Accept the key id from `list` or the whole key.
+    key_id = args.key.removeprefix(API_KEY_PREFIX).split("_")[0]
+
+    async def revoke(engine: AsyncEngine) -> bool:
+        async with write_transaction(engine) as conn:
+            return await repo.revoke_api_key(conn, key_id, repo.now_utc())
+
+    if not _with_engine(settings, revoke):
+        print(f"no API key {key_id!r}", file=sys.stderr)
+        return 1
+    print(f"revoked API key {key_id} and every customer session it made")
     return 0
 
 
@@ -123,7 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
         "create", help="create a key (and the organization if needed); prints the key last"
     )
     create.add_argument("--organization", required=True, help="organization name")
+    create.add_argument(
+        "--scope",
+        choices=[SCOPE_WRITE, SCOPE_READ],
+        default=SCOPE_WRITE,
+        help="wallets:write (default; reads too) or wallets:read (read-only)",
+    )
     create.set_defaults(run=_create_key)
+    list_keys = key_commands.add_parser("list", help="list keys (never their secrets)")
+    list_keys.set_defaults(run=_list_keys)
+    revoke = key_commands.add_parser(
+        "revoke", help="revoke a key at once, with every customer session it made"
+    )
+    revoke.add_argument("key", help="the KEY ID shown by `api-keys list` (or the whole key)")
+    revoke.set_defaults(run=_revoke_key)
 
     migrate = commands.add_parser(
         "migrate", help="bring the database schema to the newest revision"

@@ -38,13 +38,32 @@ class Organization(SQLModel, table=True):
 
 
 class ApiKey(SQLModel, table=True):
+    """An organization's API key. Only its HMAC is stored; `public_id` finds it and lists it."""
+
     __tablename__ = "api_keys"
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     organization_id: uuid.UUID = Field(foreign_key="organizations.id", index=True)
-    prefix: str = Field(sa_column=Column(String(32), nullable=False))
+    public_id: str = Field(sa_column=Column(String(16), nullable=False, unique=True))
     key_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    scopes: str = Field(sa_column=Column(String(100), nullable=False))
     created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+    revoked_at: datetime | None = Field(default=None, sa_column=Column(UtcDateTime))
+
+
+class CustomerSession(SQLModel, table=True):
+    """A short-lived, read-only token for one customer, made by an organization's API key."""
+
+    __tablename__ = "customer_sessions"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    organization_id: uuid.UUID = Field(foreign_key="organizations.id")
+    api_key_id: uuid.UUID = Field(foreign_key="api_keys.id", index=True)
+    customer_id: str = Field(sa_column=Column(String(128), nullable=False))
+    public_id: str = Field(sa_column=Column(String(16), nullable=False, unique=True))
+    token_hash: str = Field(sa_column=Column(String(64), nullable=False))
+    created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
     revoked_at: datetime | None = Field(default=None, sa_column=Column(UtcDateTime))
 
 

@@ -34,24 +34,27 @@ def is_valid_customer_id(customer_id: str) -> bool:
     )
 
 
-def check_owner(customer_id: str, currency: str, prefix: str = "input") -> list[UserError]:
-    """Errors for the (customerId, currency) pair that names a wallet."""
-    errors = []
-    if not is_valid_customer_id(customer_id):
-        errors.append(
-            UserError(
-                ErrorCode.INVALID_CUSTOMER_ID,
-                f"customerId must be 1-{MAX_CUSTOMER_ID_LENGTH} characters "
-                "with no control characters.",
-                (prefix, "customerId"),
-            )
+def check_customer_id(customer_id: str) -> list[UserError]:
+    if is_valid_customer_id(customer_id):
+        return []
+    return [
+        UserError(
+            ErrorCode.INVALID_CUSTOMER_ID,
+            f"customerId must be 1-{MAX_CUSTOMER_ID_LENGTH} characters with no control characters.",
+            ("input", "customerId"),
         )
+    ]
+
+
+def check_owner(customer_id: str, currency: str) -> list[UserError]:
+    """Errors for the (customerId, currency) pair that names a wallet."""
+    errors = check_customer_id(customer_id)
     if normalize_currency(currency) is None:
         errors.append(
             UserError(
                 ErrorCode.INVALID_CURRENCY,
                 f"{currency[:16]!r} is not an active ISO 4217 currency code.",
-                (prefix, "currency"),
+                ("input", "currency"),
             )
         )
     return errors

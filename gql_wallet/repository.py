@@ -17,7 +17,14 @@ from sqlalchemy import Row, Table, and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gql_wallet.models import ApiKey, IdempotencyKey, Organization, Wallet, WalletTransaction
+from gql_wallet.models import (
+    ApiKey,
+    CustomerSession,
+    IdempotencyKey,
+    Organization,
+    Wallet,
+    WalletTransaction,
+)
 from gql_wallet.money import MAX_SAFE_INT
 
 wallets: Table = Wallet.__table__  # type: ignore[attr-defined]
@@ -25,6 +32,7 @@ transactions: Table = WalletTransaction.__table__  # type: ignore[attr-defined]
 idempotency_keys: Table = IdempotencyKey.__table__  # type: ignore[attr-defined]
 api_keys: Table = ApiKey.__table__  # type: ignore[attr-defined]
 organizations: Table = Organization.__table__  # type: ignore[attr-defined]
+customer_sessions: Table = CustomerSession.__table__  # type: ignore[attr-defined]
 
 
 def utc(value: datetime) -> datetime:
@@ -128,33 +136,182 @@ async def get_or_create_organization(conn: AsyncConnection, name: str, now: date
     return org_id
 
 
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    id: uuid.UUID
+    organization_id: uuid.UUID
+    organization: str
+    public_id: str
+    token_hash: str
+    scopes: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class CustomerSessionRecord:
+    id: uuid.UUID
+    organization_id: uuid.UUID
+    customer_id: str
+    token_hash: str
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None
+    key_revoked_at: datetime | None = None
+
+    def active(self, now: datetime) -> bool:
+        """Valid now: not expired, not revoked, and the key that made it is not revoked."""
+        return self.expires_at > now and self.revoked_at is None and self.key_revoked_at is None
+
+
 async def insert_api_key(
-    conn: AsyncConnection, organization_id: uuid.UUID, prefix: str, key_hash: str, now: datetime
+    conn: AsyncConnection,
+    *,
+    organization_id: uuid.UUID,
+    public_id: str,
+    token_hash: str,
+    scopes: str,
+    now: datetime,
 ) -> None:
     await conn.execute(
         api_keys.insert().values(
             id=uuid.uuid4(),
             organization_id=organization_id,
-            prefix=prefix,
-            key_hash=key_hash,
+            public_id=public_id,
+            key_hash=token_hash,
+            scopes=scopes,
             created_at=now,
         )
     )
 
 
-async def find_active_key_organization(conn: AsyncConnection, key_hash: str) -> uuid.UUID | None:
-    org_id: uuid.UUID | None = (
-        await conn.execute(
-            select(api_keys.c.organization_id).where(
-                api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None)
-            )
-        )
-    ).scalar_one_or_none()
-    return org_id
+def _api_key_query() -> Any:
+    return select(
+        api_keys.c.id,
+        api_keys.c.organization_id,
+        organizations.c.name.label("organization"),
+        api_keys.c.public_id,
+        api_keys.c.key_hash,
+        api_keys.c.scopes,
+        api_keys.c.created_at,
+        api_keys.c.revoked_at,
+    ).join(organizations, organizations.c.id == api_keys.c.organization_id)
+
+
+def _api_key_record(row: Any) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        id=row.id,
+        organization_id=row.organization_id,
+        organization=row.organization,
+        public_id=row.public_id,
+        token_hash=row.key_hash,
+        scopes=row.scopes,
+        created_at=utc(row.created_at),
+        revoked_at=utc(row.revoked_at) if row.revoked_at else None,
+    )
+
+
+async def find_api_key(conn: AsyncConnection, public_id: str) -> ApiKeyRecord | None:
+    row = (await conn.execute(_api_key_query().where(api_keys.c.public_id == public_id))).first()
+    return _api_key_record(row) if row else None
+
+
+async def list_api_keys(conn: AsyncConnection) -> list[ApiKeyRecord]:
+    rows = await conn.execute(
+        _api_key_query().order_by(organizations.c.name, api_keys.c.created_at)
+    )
+    return [_api_key_record(row) for row in rows]
+
+
+async def revoke_api_key(conn: AsyncConnection, public_id: str, now: datetime) -> bool:
+    """Revoke a key (and so every customer session it made); False if there is no such key."""
+    found = await conn.execute(
+        update(api_keys)
+        .where(api_keys.c.public_id == public_id)
+        .values(revoked_at=func.coalesce(api_keys.c.revoked_at, now))
+        .returning(api_keys.c.id)
+    )
+    return found.first() is not None
 
 
 async def count_api_keys(conn: AsyncConnection) -> int:
     return int((await conn.execute(select(func.count()).select_from(api_keys))).scalar_one())
+
+
+# --- customer sessions ----------------------------------------------------------------------
+
+
+def _session_record(row: Any, key_revoked_at: datetime | None = None) -> CustomerSessionRecord:
+    return CustomerSessionRecord(
+        id=row.id,
+        organization_id=row.organization_id,
+        customer_id=row.customer_id,
+        token_hash=row.token_hash,
+        created_at=utc(row.created_at),
+        expires_at=utc(row.expires_at),
+        revoked_at=utc(row.revoked_at) if row.revoked_at else None,
+        key_revoked_at=utc(key_revoked_at) if key_revoked_at else None,
+    )
+
+
+async def insert_customer_session(
+    conn: AsyncConnection,
+    *,
+    organization_id: uuid.UUID,
+    api_key_id: uuid.UUID,
+    customer_id: str,
+    public_id: str,
+    token_hash: str,
+    now: datetime,
+    expires_at: datetime,
+) -> CustomerSessionRecord:
+    row = (
+        await conn.execute(
+            customer_sessions.insert()
+            .values(
+                id=uuid.uuid4(),
+                organization_id=organization_id,
+                api_key_id=api_key_id,
+                customer_id=customer_id,
+                public_id=public_id,
+                token_hash=token_hash,
+                created_at=now,
+                expires_at=expires_at,
+            )
+            .returning(*customer_sessions.c)
+        )
+    ).one()
+    return _session_record(row)
+
+
+async def find_customer_session(
+    conn: AsyncConnection, public_id: str
+) -> CustomerSessionRecord | None:
+    row = (
+        await conn.execute(
+            select(*customer_sessions.c, api_keys.c.revoked_at.label("key_revoked_at"))
+            .join(api_keys, api_keys.c.id == customer_sessions.c.api_key_id)
+            .where(customer_sessions.c.public_id == public_id)
+        )
+    ).first()
+    return _session_record(row, row.key_revoked_at) if row else None
+
+
+async def revoke_customer_session(
+    conn: AsyncConnection, organization_id: uuid.UUID, session_id: uuid.UUID, now: datetime
+) -> CustomerSessionRecord | None:
+    row = (
+        await conn.execute(
+            update(customer_sessions)
+            .where(
+                customer_sessions.c.id == session_id,
+                customer_sessions.c.organization_id == organization_id,
+            )
+            .values(revoked_at=func.coalesce(customer_sessions.c.revoked_at, now))
+            .returning(*customer_sessions.c)
+        )
+    ).first()
+    return _session_record(row) if row else None
 
 
 # --- idempotency ----------------------------------------------------------------------------
@@ -323,15 +480,18 @@ async def get_wallet_by_owner(
 
 
 async def get_wallet_by_id(
-    conn: AsyncConnection, organization_id: uuid.UUID, wallet_id: uuid.UUID
+    conn: AsyncConnection,
+    organization_id: uuid.UUID,
+    wallet_id: uuid.UUID,
+    *,
+    customer_id: str | None = None,
 ) -> WalletRecord | None:
-    row = (
-        await conn.execute(
-            select(*_WALLET_COLUMNS).where(
-                wallets.c.id == wallet_id, wallets.c.organization_id == organization_id
-            )
-        )
-    ).first()
+    query = select(*_WALLET_COLUMNS).where(
+        wallets.c.id == wallet_id, wallets.c.organization_id == organization_id
+    )
+    if customer_id is not None:
+        query = query.where(wallets.c.customer_id == customer_id)
+    row = (await conn.execute(query)).first()
     return WalletRecord.from_row(row) if row else None
 
 

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import logging
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///gql_wallet.db"
+# Only for development: production refuses to start without its own secret.
+DEVELOPMENT_TOKEN_SECRET = "gql-wallet-development-secret-never-use-in-production"  # noqa: S105
+DEVELOPMENT_CORS_ORIGIN_REGEX = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"
+
+logger = logging.getLogger("gql_wallet")
 
 
 class Settings(BaseSettings):
@@ -13,10 +21,15 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="GQL_WALLET_", extra="ignore")
 
+    environment: Literal["development", "production"] = Field(
+        default="development",
+        description="development: GraphiQL, introspection and localhost CORS on, a built-in "
+        "token secret. production: all of that off unless set, and a token secret required.",
+    )
     database_url: str = Field(
         default=DEFAULT_DATABASE_URL,
-        description="SQLAlchemy-style URL: sqlite:///path.db (default, in the working directory) "
-        "or postgresql://user@host/db.",
+        description="sqlite:///path.db (default, in the working directory) or "
+        "postgresql://user@host/db.",
     )
     db_pool_size: int = Field(
         default=10, ge=1, le=1000, description="Database connections per server process."
@@ -32,19 +45,65 @@ class Settings(BaseSettings):
         ge=0,
         description="PostgreSQL statement_timeout for every statement (0 turns it off).",
     )
-    migrate_on_start: bool = Field(
-        default=True,
-        description="Run the database migrations when the server starts. Turn off when "
-        "migrations run as a separate deploy step (gql-wallet migrate).",
-    )
     sqlite_busy_timeout_ms: int = Field(
         default=30_000,
         ge=0,
         description="How long a SQLite writer waits for another writer's lock before failing.",
     )
-    graphiql: bool = Field(default=True, description="Serve the GraphiQL page on GET /graphql.")
+    migrate_on_start: bool = Field(
+        default=True,
+        description="Run the database migrations when the server starts. Turn off when "
+        "migrations run as a separate deploy step (gql-wallet migrate).",
+    )
+    token_secret: SecretStr | None = Field(
+        default=None,
+        description="Server secret keying the HMAC under which API keys and customer session "
+        "tokens are stored (at least 32 characters). Changing it invalidates every token.",
+    )
+    graphiql: bool | None = Field(
+        default=None,
+        description="Serve the GraphiQL page on GET /graphql (default: on in development).",
+    )
+    introspection: bool | None = Field(
+        default=None, description="Allow schema introspection (default: on in development)."
+    )
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated browser origins allowed to call the API "
+        "(e.g. https://app.example.com). Default: none (localhost in development).",
+    )
     max_body_bytes: int = Field(
         default=1_000_000, ge=1024, description="Largest accepted request body (HTTP 413 above)."
+    )
+    max_query_depth: int = Field(default=12, ge=1, description="Deepest allowed field nesting.")
+    max_aliases: int = Field(default=30, ge=0, description="Most aliases in one document.")
+    max_tokens: int = Field(default=2_000, ge=10, description="Most lexical tokens in a document.")
+    max_directives: int = Field(default=20, ge=0, description="Most directives in a document.")
+    max_cost: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most objects one operation may ask for: each connection multiplies what it "
+        "contains by its page size (`first`).",
+    )
+    rate_limit_api_key: str = Field(
+        default="1000/second",
+        description="Requests allowed per organization API key, in the `limits` notation "
+        "(1000/second, 50000/minute); empty turns the limit off.",
+    )
+    rate_limit_customer_session: str = Field(
+        default="20/second",
+        description="Requests allowed per customer session token; empty turns the limit off.",
+    )
+    rate_limit_storage_uri: str = Field(
+        default="memory://",
+        description="Where rate-limit counters live: memory:// (per process) or a shared store "
+        "such as redis://host:6379 so that all processes share one budget per key.",
+    )
+    customer_session_default_seconds: int = Field(
+        default=3_600, ge=60, description="Lifetime of a customer session when none is asked for."
+    )
+    customer_session_max_seconds: int = Field(
+        default=86_400, ge=60, description="Longest lifetime a customer session may be given."
     )
 
     @field_validator("database_url")
@@ -53,3 +112,58 @@ class Settings(BaseSettings):
         if not value.startswith(("sqlite://", "postgresql://", "postgres://")):
             raise ValueError("must start with sqlite:// or postgresql://")
         return value
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("rate_limit_api_key", "rate_limit_customer_session")
+    @classmethod
+    def _valid_rate_limit(cls, value: str) -> str:
+        if value.strip():
+            from limits import parse
+
+            parse(value)
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _production_needs_its_own_secret(self) -> Self:
+        secret = self.token_secret.get_secret_value() if self.token_secret else None
+        if secret is not None and len(secret) < 32:
+            raise ValueError("token_secret must be at least 32 characters")
+        if self.environment == "production" and secret is None:
+            raise ValueError(
+                "GQL_WALLET_TOKEN_SECRET is required in production (32+ random characters, "
+                "e.g. from `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+            )
+        return self
+
+    @property
+    def development(self) -> bool:
+        return self.environment == "development"
+
+    @property
+    def token_secret_bytes(self) -> bytes:
+        if self.token_secret is None:
+            return DEVELOPMENT_TOKEN_SECRET.encode()
+        return self.token_secret.get_secret_value().encode()
+
+    @property
+    def graphiql_enabled(self) -> bool:
+        return self.development if self.graphiql is None else self.graphiql
+
+    @property
+    def introspection_enabled(self) -> bool:
+        return self.development if self.introspection is None else self.introspection
+
+    @property
+    def cors_origin_regex(self) -> str | None:
+        """Localhost on any port, in development, when no origins are configured."""
+        return (
+            DEVELOPMENT_CORS_ORIGIN_REGEX
+            if self.development and not self.cors_allow_origins
+            else None
+        )

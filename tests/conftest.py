@@ -22,7 +22,7 @@ from sqlalchemy import func, make_url, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet.app import create_app
-from gql_wallet.auth import create_api_key
+from gql_wallet.auth import SCOPES, create_api_key
 from gql_wallet.db import read_transaction
 from gql_wallet.repository import idempotency_keys, transactions, wallets
 from gql_wallet.settings import Settings
@@ -111,8 +111,25 @@ class Api:
 class Env:
     client: httpx.AsyncClient
     engine: AsyncEngine
+    settings: Settings
     api: Api
     other: Api  # a second organization
+
+    async def new_key(self, organization: str, scopes: tuple[str, ...] = SCOPES) -> Api:
+        token = await create_api_key(
+            self.engine, self.settings.token_secret_bytes, organization, scopes
+        )
+        return Api(self.client, token)
+
+    async def customer_session(self, api: Api, customer_id: str, **extra: Any) -> Api:
+        data = await api(
+            "mutation($input: CreateCustomerSessionInput!) { createCustomerSession(input: $input) "
+            "{ token customerSession { id } userErrors { code } } }",
+            {"input": {"customerId": customer_id, **extra}},
+        )
+        payload = data["createCustomerSession"]
+        assert payload["userErrors"] == [], payload
+        return Api(self.client, payload["token"])
 
     async def counts(self) -> tuple[int, int, int]:
         """(wallets, ledger entries, idempotency records): what a write leaves behind."""
@@ -194,17 +211,24 @@ def database_url(
 
 
 @pytest.fixture
-async def env(database_url: str) -> AsyncIterator[Env]:
-    app = create_app(Settings(database_url=database_url))
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url)
+
+
+@pytest.fixture
+async def env(settings: Settings) -> AsyncIterator[Env]:
+    app = create_app(settings)
     async with app.router.lifespan_context(app):
         engine = app.state.engine
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            secret = settings.token_secret_bytes
             yield Env(
                 client=client,
                 engine=engine,
-                api=Api(client, await create_api_key(engine, "org-a")),
-                other=Api(client, await create_api_key(engine, "org-b")),
+                settings=settings,
+                api=Api(client, await create_api_key(engine, secret, "org-a")),
+                other=Api(client, await create_api_key(engine, secret, "org-b")),
             )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from gql_wallet.auth import token_hash
 from gql_wallet.db import create_engine
 from gql_wallet.graphql.schema import schema
 from gql_wallet.settings import Settings
@@ -71,8 +73,12 @@ class TestApiKeys:
         key = result.stdout.splitlines()[-1]
         [rows] = await sql(database_url, "SELECT * FROM api_keys")
         assert len(rows) == 1
-        assert not any(key in str(value) for value in rows[0])
-        assert any(key.startswith(str(value)) for value in rows[0])  # the listing prefix
+        stored = {str(value) for value in rows[0]}
+        assert not any(key in value for value in stored)
+        assert key.removeprefix("gqlw_sk_").split("_")[0] in stored  # the public key id
+        secret = Settings(database_url=database_url).token_secret_bytes
+        assert token_hash(secret, key) in stored  # keyed: not a plain digest of the key
+        assert hashlib.sha256(key.encode()).hexdigest() not in stored
 
     async def test_same_organization_gets_a_second_key(self, database_url: str) -> None:
         for _ in range(2):

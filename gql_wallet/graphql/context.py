@@ -12,16 +12,29 @@ from gql_wallet import repository as repo
 from gql_wallet.auth import Principal
 from gql_wallet.db import read_transaction
 from gql_wallet.repository import WalletRecord
+from gql_wallet.settings import Settings
 
 
 @dataclass
 class Context:
     engine: AsyncEngine
     principal: Principal
+    settings: Settings
     wallets_by_seq: DataLoader[int, WalletRecord] = field(init=False)
 
     def __post_init__(self) -> None:
         self.wallets_by_seq = DataLoader(load_fn=self._load_wallets)
+
+    def customer_scope(self, requested: str | None) -> tuple[bool, str | None]:
+        """(visible, customer filter) for a read that may name a customer.
+
+        A customer session sees only its own customer: naming another one is answered exactly
+        like a customer with no wallets.
+        """
+        own = self.principal.customer_id
+        if own is None:
+            return True, requested
+        return requested is None or requested == own, own
 
     async def _load_wallets(self, seqs: Sequence[int]) -> list[WalletRecord]:
         async with read_transaction(self.engine) as conn:

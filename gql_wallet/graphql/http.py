@@ -21,9 +21,11 @@ from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOpe
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
-from gql_wallet.auth import authenticate, bearer_token
+from gql_wallet import repository as repo
+from gql_wallet.auth import Authenticator, bearer_token
 from gql_wallet.graphql.context import Context
-from gql_wallet.logs import logger
+from gql_wallet.logs import accept_request_id, logger, request_id
+from gql_wallet.ratelimit import RateLimiter
 from gql_wallet.settings import Settings
 
 JSON_MEDIA_TYPE = "application/json"
@@ -90,16 +92,24 @@ class GraphQLEndpoint:
         self.schema = schema
         self.engine = engine
         self.settings = settings
-        self.ide_html = get_graphql_ide_html("graphiql") if settings.graphiql else None
+        self.authenticator = Authenticator(engine, settings.token_secret_bytes)
+        self.rate_limiter = RateLimiter(settings)
+        self.ide_html = get_graphql_ide_html("graphiql") if settings.graphiql_enabled else None
 
     async def handle(self, request: Request) -> Response:
+        rid = accept_request_id(request.headers.get("x-request-id"))
+        request_id.set(rid)
         try:
-            return await self._handle(request)
+            response = await self._handle(request)
         except BadRequest as error:
-            return _json_response(_error_payload(error.message), error.status, error.headers)
+            response = _json_response(_error_payload(error.message), error.status, error.headers)
         except Exception:
-            logger.exception("unhandled error serving %s %s", request.method, request.url.path)
-            return _json_response(_error_payload("Internal server error."), 500)
+            logger.exception(
+                "unhandled error serving %s %s [request %s]", request.method, request.url.path, rid
+            )
+            response = _json_response(_error_payload("Internal server error."), 500)
+        response.headers["X-Request-ID"] = rid
+        return response
 
     async def _handle(self, request: Request) -> Response:
         if request.method not in ("GET", "POST"):
@@ -109,18 +119,28 @@ class GraphQLEndpoint:
                 raise BadRequest(404, "GraphiQL is turned off on this server.")
             return HTMLResponse(self.ide_html)
 
-        principal = await authenticate(
-            self.engine, bearer_token(request.headers.get("authorization"))
+        principal = await self.authenticator.authenticate(
+            bearer_token(request.headers.get("authorization")), repo.now_utc()
         )
         if principal is None:
             return _json_response(
                 _error_payload(
-                    "A valid API key is required: send 'Authorization: Bearer <key>'.",
+                    "A valid, unexpired token is required: send 'Authorization: Bearer <token>' "
+                    "with an API key or a customer session token.",
                     "UNAUTHENTICATED",
                 ),
                 401,
                 {"WWW-Authenticate": "Bearer"},
             )
+        retry_after = await self.rate_limiter.retry_after(principal)
+        if retry_after is not None:
+            limit = self.rate_limiter.limit_for(principal)
+            payload = _error_payload(
+                f"Rate limit exceeded for this token ({limit}); retry after {retry_after} s.",
+                "RATE_LIMITED",
+            )
+            payload["errors"][0]["extensions"]["retryAfter"] = retry_after
+            return _json_response(payload, 429, {"Retry-After": str(retry_after)})
 
         params = await self._params(request)
         query, variables, operation_name = _operation(params)
@@ -129,7 +149,9 @@ class GraphQLEndpoint:
             result = await self.schema.execute(
                 query,
                 variable_values=variables,
-                context_value=Context(engine=self.engine, principal=principal),
+                context_value=Context(
+                    engine=self.engine, principal=principal, settings=self.settings
+                ),
                 operation_name=operation_name,
                 allowed_operation_types=allowed,
             )

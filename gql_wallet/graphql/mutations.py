@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import uuid
+from datetime import timedelta
+from typing import Annotated, Any
 
 import strawberry
+from strawberry.permission import BasePermission
 from strawberry.types import Info
 
-from gql_wallet import ledger
-from gql_wallet.errors import UserError
+from gql_wallet import auth, ledger
+from gql_wallet import repository as repo
+from gql_wallet.db import write_transaction
+from gql_wallet.errors import ErrorCode, UserError
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.types import (
+    CustomerSession,
     CustomerWallet,
     SafeInt,
     WalletTransaction,
     WalletUserError,
     error_code,
 )
+from gql_wallet.money import check_customer_id
 
 _CUSTOMER_ID = (
     "The organization's own ID for the customer: 1-128 characters, no control characters."
@@ -94,6 +101,57 @@ class CreateWalletPayload:
     )
 
 
+class CanWrite(BasePermission):
+    """Changes need an organization API key with the wallets:write scope."""
+
+    message = (
+        "This token may not change anything: mutations need an organization API key with "
+        "the wallets:write scope."
+    )
+    error_extensions = {"code": "FORBIDDEN"}  # noqa: RUF012 (strawberry's own attribute)
+
+    def has_permission(self, source: Any, info: Info[Context, None], **kwargs: Any) -> bool:
+        return info.context.principal.can(auth.SCOPE_WRITE)
+
+
+@strawberry.input(description="Start a read-only session for one customer's frontend.")
+class CreateCustomerSessionInput:
+    customer_id: str = strawberry.field(description=_CUSTOMER_ID)
+    expires_in_seconds: int | None = strawberry.field(
+        default=None,
+        description="Lifetime in seconds: 60 up to 86400 (24 hours); default 3600 (1 hour).",
+    )
+
+
+@strawberry.input(description="End a customer session before it expires.")
+class RevokeCustomerSessionInput:
+    id: strawberry.ID = strawberry.field(description="The session's ID.")
+
+
+@strawberry.type(description="The result of createCustomerSession.")
+class CreateCustomerSessionPayload:
+    customer_session: CustomerSession | None = strawberry.field(
+        description="The new session; null when the input was invalid."
+    )
+    token: str | None = strawberry.field(
+        description="The session's bearer token (gqlw_cs_...), shown only here. Hand it to the "
+        "customer's frontend; it reads only this customer's wallets and changes nothing."
+    )
+    user_errors: list[WalletUserError] = strawberry.field(
+        description="Why no session was created; empty on success."
+    )
+
+
+@strawberry.type(description="The result of revokeCustomerSession.")
+class RevokeCustomerSessionPayload:
+    customer_session: CustomerSession | None = strawberry.field(
+        description="The revoked session; null when there is none with this ID."
+    )
+    user_errors: list[WalletUserError] = strawberry.field(
+        description="Why nothing was revoked; empty on success."
+    )
+
+
 def _user_errors(errors: tuple[UserError, ...]) -> list[WalletUserError]:
     return [
         WalletUserError(
@@ -126,10 +184,88 @@ def _parts(
     )
 
 
-@strawberry.type(description="Change wallets. Every balance change needs an idempotencyKey.")
+@strawberry.type(
+    description="Change wallets and sessions. Needs an organization API key with wallets:write; "
+    "every balance change needs an idempotencyKey."
+)
 class Mutation:
     @strawberry.mutation(
-        description="Create a customer's wallet in a currency; returns the existing one if present."
+        description="Create a short-lived, read-only token for one customer's frontend. Needs "
+        "an organization API key with wallets:write.",
+        permission_classes=[CanWrite],
+    )
+    async def create_customer_session(
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            CreateCustomerSessionInput, strawberry.argument(description="The session to start.")
+        ],
+    ) -> CreateCustomerSessionPayload:
+        settings = info.context.settings
+        seconds = input.expires_in_seconds
+        if seconds is None:
+            seconds = settings.customer_session_default_seconds
+        errors = check_customer_id(input.customer_id)
+        if not 60 <= seconds <= settings.customer_session_max_seconds:
+            errors.append(
+                UserError(
+                    ErrorCode.INVALID_INPUT,
+                    f"expiresInSeconds must be 60 to {settings.customer_session_max_seconds}.",
+                    ("input", "expiresInSeconds"),
+                )
+            )
+        if errors:
+            return CreateCustomerSessionPayload(
+                customer_session=None, token=None, user_errors=_user_errors(tuple(errors))
+            )
+        token, record = await auth.create_customer_session(
+            info.context.engine,
+            settings.token_secret_bytes,
+            info.context.principal,
+            input.customer_id,
+            timedelta(seconds=seconds),
+        )
+        return CreateCustomerSessionPayload(
+            customer_session=CustomerSession.from_record(record), token=token, user_errors=[]
+        )
+
+    @strawberry.mutation(
+        description="Revoke a customer session: its token is refused (UNAUTHENTICATED) at once.",
+        permission_classes=[CanWrite],
+    )
+    async def revoke_customer_session(
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            RevokeCustomerSessionInput, strawberry.argument(description="The session to end.")
+        ],
+    ) -> RevokeCustomerSessionPayload:
+        record = None
+        try:
+            session_id = uuid.UUID(str(input.id))
+        except ValueError:
+            session_id = None
+        if session_id is not None:
+            async with write_transaction(info.context.engine) as conn:
+                record = await repo.revoke_customer_session(
+                    conn, info.context.principal.organization_id, session_id, repo.now_utc()
+                )
+        if record is None:
+            error = UserError(
+                ErrorCode.CUSTOMER_SESSION_NOT_FOUND,
+                "No customer session of your organization has this ID.",
+                ("input", "id"),
+            )
+            return RevokeCustomerSessionPayload(
+                customer_session=None, user_errors=_user_errors((error,))
+            )
+        return RevokeCustomerSessionPayload(
+            customer_session=CustomerSession.from_record(record), user_errors=[]
+        )
+
+    @strawberry.mutation(
+        description="Create a customer's wallet in a currency; returns the existing one if present.",
+        permission_classes=[CanWrite],
     )
     async def create_wallet(
         self,
@@ -146,7 +282,8 @@ class Mutation:
         return CreateWalletPayload(wallet=wallet, user_errors=errors)
 
     @strawberry.mutation(
-        description="Add funds to a wallet; creates the wallet on its first top-up. Idempotent."
+        description="Add funds to a wallet; creates the wallet on its first top-up. Idempotent.",
+        permission_classes=[CanWrite],
     )
     async def top_up_wallet(
         self,
@@ -161,7 +298,8 @@ class Mutation:
 
     @strawberry.mutation(
         description="Pay for usage from a wallet's balance; refused whole if the balance does not "
-        "cover it (INSUFFICIENT_FUNDS). Idempotent."
+        "cover it (INSUFFICIENT_FUNDS). Idempotent.",
+        permission_classes=[CanWrite],
     )
     async def charge_wallet(
         self,

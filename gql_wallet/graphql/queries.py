@@ -1,4 +1,5 @@
-"""Query: read the caller's wallets. Another organization's wallet looks exactly like none."""
+"""Query: read the caller's wallets. Another organization's wallet (or, for a customer session,
+another customer's) looks exactly like none."""
 
 from __future__ import annotations
 
@@ -37,9 +38,12 @@ class Query:
     async def customer_wallets(
         self, info: Info[Context, None], customer_id: CustomerIdArg
     ) -> list[CustomerWallet]:
+        visible, customer = info.context.customer_scope(customer_id)
+        if not visible:
+            return []
         async with read_transaction(info.context.engine) as conn:
             records = await repo.list_wallets(
-                conn, info.context.principal.organization_id, customer_id=customer_id
+                conn, info.context.principal.organization_id, customer_id=customer
             )
         return [CustomerWallet.from_record(r) for r in records]
 
@@ -53,7 +57,8 @@ class Query:
         ],
     ) -> CustomerWallet | None:
         code = normalize_currency(currency)
-        if code is None:
+        visible, _ = info.context.customer_scope(customer_id)
+        if code is None or not visible:
             return None
         async with read_transaction(info.context.engine) as conn:
             record = await repo.get_wallet_by_owner(
@@ -71,9 +76,10 @@ class Query:
             wallet_id = uuid.UUID(str(id))
         except ValueError:
             return None
+        _, customer = info.context.customer_scope(None)
         async with read_transaction(info.context.engine) as conn:
             record = await repo.get_wallet_by_id(
-                conn, info.context.principal.organization_id, wallet_id
+                conn, info.context.principal.organization_id, wallet_id, customer_id=customer
             )
         return CustomerWallet.from_record(record) if record else None
 
@@ -97,15 +103,16 @@ class Query:
         size = page_size(first)
         after_seq = decode_cursor("w", after)
         code = None
+        visible, customer = info.context.customer_scope(customer_id)
         if currency is not None:
             code = normalize_currency(currency)
-            if code is None:
-                return CustomerWalletConnection(edges=[], page_info=page_info([], False))
+        if not visible or (currency is not None and code is None):
+            return CustomerWalletConnection(edges=[], page_info=page_info([], False))
         async with read_transaction(info.context.engine) as conn:
             records = await repo.list_wallets(
                 conn,
                 info.context.principal.organization_id,
-                customer_id=customer_id,
+                customer_id=customer,
                 currency=code,
                 after_seq=after_seq,
                 limit=size + 1,

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import MaskErrors, ParserCache, ValidationCache
+from strawberry.extensions import (
+    AddValidationRules,
+    MaskErrors,
+    MaxTokensLimiter,
+    ParserCache,
+    SchemaExtension,
+    ValidationCache,
+)
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from gql_wallet.graphql.errors import should_mask_error
+from gql_wallet.graphql.limits import CostLimiter, validation_rules
 from gql_wallet.graphql.mutations import Mutation
 from gql_wallet.graphql.queries import Query
 from gql_wallet.graphql.types import DATETIME_SCALAR, SAFE_INT_SCALAR, SafeInt
-from gql_wallet.logs import logger
+from gql_wallet.logs import logger, request_id
+from gql_wallet.settings import Settings
 
 
 class WalletSchema(strawberry.Schema):
@@ -25,24 +34,43 @@ class WalletSchema(strawberry.Schema):
         # Called before MaskErrors rewrites them: the full detail stays in the server's log.
         for error in errors:
             if should_mask_error(error):
-                logger.error("unexpected error in %s", error.path, exc_info=error.original_error)
+                logger.error(
+                    "unexpected error in %s [request %s]",
+                    error.path,
+                    request_id.get(),
+                    exc_info=error.original_error,
+                )
 
 
-def build_schema() -> strawberry.Schema:
-    return WalletSchema(
-        query=Query,
-        mutation=Mutation,
-        config=StrawberryConfig(scalar_map={SafeInt: SAFE_INT_SCALAR, datetime: DATETIME_SCALAR}),
-        extensions=[
-            # Factories, not instances: an extension instance holds one request's execution
-            # context, so a shared one would mask (or leak) another request's errors.
+def build_schema(settings: Settings | None = None) -> strawberry.Schema:
+    """The schema; with `settings`, also every limit and safeguard the server runs with."""
+    extensions: list[Callable[[], SchemaExtension]] = []
+    if settings is not None:
+        # Factories, not instances: an extension instance holds one request's execution
+        # context, so a shared one would mask (or leak) another request's errors. The rule
+        # classes are built once, so that the validation cache (keyed by them) keeps hitting.
+        rules = validation_rules(settings)
+        max_tokens, max_cost = settings.max_tokens, settings.max_cost
+        extensions = [
             lambda: MaskErrors(
                 should_mask_error=should_mask_error, error_message="Internal server error."
             ),
+            lambda: MaxTokensLimiter(max_token_count=max_tokens),
             lambda: ParserCache(maxsize=1024),
+            lambda: AddValidationRules(rules),
             lambda: ValidationCache(maxsize=1024),
-        ],
+            lambda: CostLimiter(max_cost),
+        ]
+    return WalletSchema(
+        query=Query,
+        mutation=Mutation,
+        config=StrawberryConfig(
+            scalar_map={SafeInt: SAFE_INT_SCALAR, datetime: DATETIME_SCALAR},
+            # "Did you mean ...?" would reveal the schema even with introspection off.
+            disable_field_suggestions=True,
+        ),
+        extensions=extensions,
     )
 
 
-schema: Any = build_schema()
+schema = build_schema()

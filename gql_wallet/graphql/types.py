@@ -18,7 +18,7 @@ from gql_wallet.errors import ErrorCode
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.errors import RequestError
 from gql_wallet.money import MAX_SAFE_INT
-from gql_wallet.repository import TransactionRecord, WalletRecord
+from gql_wallet.repository import CustomerSessionRecord, TransactionRecord, WalletRecord
 
 SafeInt = NewType("SafeInt", int)
 
@@ -147,6 +147,10 @@ class WalletErrorCode(enum.Enum):
     IDEMPOTENCY_KEY_REUSED = strawberry.enum_value(
         "IDEMPOTENCY_KEY_REUSED",
         description="The idempotencyKey was used before with a different input. Nothing written.",
+    )
+    CUSTOMER_SESSION_NOT_FOUND = strawberry.enum_value(
+        "CUSTOMER_SESSION_NOT_FOUND",
+        description="No customer session of your organization has this ID.",
     )
 
 
@@ -316,6 +320,32 @@ class CustomerWalletEdge:
 class CustomerWalletConnection:
     edges: list[CustomerWalletEdge] = strawberry.field(description="The wallets of this page.")
     page_info: PageInfo = strawberry.field(description="Where this page sits in the list.")
+
+
+@strawberry.type(
+    description="A short-lived, read-only session for one customer, made by an organization "
+    "for its customer-facing frontend. Its token reads only that customer's wallets."
+)
+class CustomerSession:
+    id: strawberry.ID = strawberry.field(description="The ID of the session (a UUID).")
+    customer_id: str = strawberry.field(description="The customer the session is limited to.")
+    created_at: datetime = strawberry.field(description="When the session was created.")
+    expires_at: datetime = strawberry.field(
+        description="When the token stops working (UNAUTHENTICATED from then on)."
+    )
+    revoked_at: datetime | None = strawberry.field(
+        description="When the session was revoked; null while it has not been."
+    )
+
+    @classmethod
+    def from_record(cls, record: CustomerSessionRecord) -> CustomerSession:
+        return cls(
+            id=strawberry.ID(str(record.id)),
+            customer_id=record.customer_id,
+            created_at=record.created_at,
+            expires_at=record.expires_at,
+            revoked_at=record.revoked_at,
+        )
 
 
 @strawberry.type(description="Why a write was refused: an expected outcome, not a server fault.")

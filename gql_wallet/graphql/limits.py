@@ -1,0 +1,158 @@
+"""Limits on what one GraphQL document may ask for: depth, aliases, tokens, directives, cost.
+
+Validation rules are built once per schema (not per request) so that Strawberry's validation
+cache keeps hitting: its key includes the rule classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from graphql import (
+    DirectiveNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    InlineFragmentNode,
+    IntValueNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    ValidationContext,
+    ValidationRule,
+    VariableNode,
+    get_operation_ast,
+)
+from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
+from strawberry.extensions import SchemaExtension
+from strawberry.extensions.max_aliases import create_validator as max_aliases_rule
+from strawberry.extensions.query_depth_limiter import create_validator as max_depth_rule
+
+from gql_wallet.graphql.types import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from gql_wallet.settings import Settings
+
+# How many objects a list field may return per parent, for the cost estimate. Connections take
+# their page size from `first`; a customer has one wallet per currency, rarely more than a few.
+CONNECTION_FIELDS = frozenset({"wallets", "transactions"})
+LIST_FIELD_SIZES = {"customerWallets": 10}
+
+
+def max_directives_rule(max_directives: int) -> type[ValidationRule]:
+    class MaxDirectives(ValidationRule):
+        def __init__(self, context: ValidationContext) -> None:
+            super().__init__(context)
+            self.count = 0
+
+        def enter_directive(self, node: DirectiveNode, *_args: Any) -> None:
+            self.count += 1
+            if self.count == max_directives + 1:
+                self.report_error(
+                    GraphQLError(f"The document has more than {max_directives} directives.", node)
+                )
+
+    return MaxDirectives
+
+
+def validation_rules(settings: Settings) -> list[type[ASTValidationRule]]:
+    rules: list[type[ASTValidationRule]] = [
+        max_depth_rule(settings.max_query_depth, None),
+        max_aliases_rule(settings.max_aliases),
+        max_directives_rule(settings.max_directives),
+    ]
+    if not settings.introspection_enabled:
+        rules.append(NoSchemaIntrospectionCustomRule)
+    return rules
+
+
+class OperationCost:
+    """An upper bound on the objects an operation can return.
+
+    A scalar is free, an object costs 1 plus what it selects, and a list field multiplies that by
+    how many items it can return (a connection's `first`, with variables resolved). Fragment costs
+    are memoised, so a document that spreads fragments exponentially is still measured in linear
+    time (and is then refused for its cost).
+    """
+
+    def __init__(
+        self,
+        fragments: dict[str, FragmentDefinitionNode],
+        variables: dict[str, Any],
+        operation: OperationDefinitionNode,
+    ) -> None:
+        self.fragments = fragments
+        self.variables = {
+            d.variable.name.value: d.default_value.value
+            for d in operation.variable_definitions or ()
+            if isinstance(d.default_value, IntValueNode)
+        } | variables
+        self.fragment_costs: dict[str, int] = {}
+        self.visiting: set[str] = set()
+
+    def of(self, selection_set: SelectionSetNode) -> int:
+        total = 0
+        for selection in selection_set.selections:
+            if isinstance(selection, FieldNode):
+                if selection.selection_set is not None:
+                    total += self._multiplier(selection) * (1 + self.of(selection.selection_set))
+            elif isinstance(selection, InlineFragmentNode):
+                total += self.of(selection.selection_set)
+            elif isinstance(selection, FragmentSpreadNode):
+                total += self._fragment(selection.name.value)
+        return total
+
+    def _fragment(self, name: str) -> int:
+        if name not in self.fragment_costs:
+            fragment = self.fragments.get(name)
+            if fragment is None or name in self.visiting:  # refused by validation anyway
+                return 0
+            self.visiting.add(name)
+            self.fragment_costs[name] = self.of(fragment.selection_set)
+            self.visiting.discard(name)
+        return self.fragment_costs[name]
+
+    def _multiplier(self, field: FieldNode) -> int:
+        name = field.name.value
+        if name in LIST_FIELD_SIZES:
+            return LIST_FIELD_SIZES[name]
+        if name not in CONNECTION_FIELDS:
+            return 1
+        first: Any = DEFAULT_PAGE_SIZE
+        for argument in field.arguments or ():
+            if argument.name.value != "first":
+                continue
+            if isinstance(argument.value, IntValueNode):
+                first = int(argument.value.value)
+            elif isinstance(argument.value, VariableNode):
+                first = self.variables.get(argument.value.name.value, DEFAULT_PAGE_SIZE)
+        if isinstance(first, bool) or not isinstance(first, int):
+            return MAX_PAGE_SIZE  # coercion refuses it later; assume the worst until then
+        return max(1, min(first, MAX_PAGE_SIZE))
+
+
+class CostLimiter(SchemaExtension):
+    """Refuse, before executing anything, an operation that could return too many objects."""
+
+    def __init__(self, max_cost: int) -> None:
+        super().__init__()
+        self.max_cost = max_cost
+
+    def on_execute(self) -> Iterator[None]:
+        context = self.execution_context
+        document = context.graphql_document
+        operation = get_operation_ast(document, context.operation_name) if document else None
+        if document is not None and operation is not None:
+            fragments = {
+                d.name.value: d
+                for d in document.definitions
+                if isinstance(d, FragmentDefinitionNode)
+            }
+            variables = context.variables if isinstance(context.variables, dict) else {}
+            cost = OperationCost(fragments, variables, operation).of(operation.selection_set)
+            if cost > self.max_cost:
+                raise GraphQLError(
+                    f"This operation could return {cost} objects; the limit is {self.max_cost}. "
+                    "Ask for smaller pages (first) or fewer nested connections.",
+                    extensions={"code": "COST_LIMIT_EXCEEDED"},
+                )
+        yield
