@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,6 +218,13 @@ def settings(database_url: str) -> Settings:
 
 @pytest.fixture
 async def env(settings: Settings) -> AsyncIterator[Env]:
+    async with app_env(settings) as env:
+        yield env
+
+
+@asynccontextmanager
+async def app_env(settings: Settings) -> AsyncIterator[Env]:
+    """The app on `settings`, served in-process, with a key for each of two organizations."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         engine = app.state.engine
@@ -239,10 +247,12 @@ def free_port() -> int:
         return port
 
 
-def cli(database_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def cli(
+    database_url: str, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [CLI, *args],
-        env={**os.environ, "GQL_WALLET_DATABASE_URL": database_url},
+        env={**os.environ, "GQL_WALLET_DATABASE_URL": database_url, **(env or {})},
         capture_output=True,
         text=True,
         timeout=60,

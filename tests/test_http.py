@@ -224,5 +224,6 @@ class TestServerFaults:
                 assert body["errors"][0]["message"] == "Internal server error."
             else:
                 assert body == {"data": {"customerWallets": [{"balance": 100}]}}
-        # The full detail is logged on the server side.
+        # The full detail is logged on the server side, with the request id the client got.
         assert "hunter2" in caplog.text
+        assert responses[1].headers["x-request-id"] in caplog.text

@@ -2,6 +2,11 @@
 
 Validation rules are built once per schema (not per request) so that Strawberry's validation
 cache keeps hitting: its key includes the rule classes.
+
+Every measure here memoises fragments, so it takes time linear in the document's size. This is
+why depth and aliases are not measured with Strawberry's QueryDepthLimiter and MaxAliasesLimiter
+(0.341): both walk every fragment spread anew, so a few dozen fragments that each spread the
+previous one twice keep a server process busy for hours (see tests/test_hardening.py).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from typing import Any
 
 from graphql import (
     DirectiveNode,
+    DocumentNode,
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
@@ -26,8 +32,6 @@ from graphql import (
 )
 from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
 from strawberry.extensions import SchemaExtension
-from strawberry.extensions.max_aliases import create_validator as max_aliases_rule
-from strawberry.extensions.query_depth_limiter import create_validator as max_depth_rule
 
 from gql_wallet.graphql.types import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from gql_wallet.settings import Settings
@@ -36,6 +40,71 @@ from gql_wallet.settings import Settings
 # their page size from `first`; a customer has one wallet per currency, rarely more than a few.
 CONNECTION_FIELDS = frozenset({"wallets", "transactions"})
 LIST_FIELD_SIZES = {"customerWallets": 10}
+
+
+class DocumentShape:
+    """Depth (levels of fields below the root fields) and alias count of a selection set."""
+
+    def __init__(self, fragments: dict[str, FragmentDefinitionNode]) -> None:
+        self.fragments = fragments
+        self.memo: dict[str, tuple[int, int]] = {}
+        self.visiting: set[str] = set()
+
+    def of(self, selection_set: SelectionSetNode) -> tuple[int, int]:
+        """(levels, aliases): levels counts fields on the longest path down."""
+        levels, aliases = 0, 0
+        for selection in selection_set.selections:
+            if isinstance(selection, FieldNode):
+                below, inner = (
+                    self.of(selection.selection_set) if selection.selection_set else (0, 0)
+                )
+                levels = max(levels, 1 + below)
+                aliases += inner + (1 if selection.alias else 0)
+            else:
+                if isinstance(selection, InlineFragmentNode):
+                    below, inner = self.of(selection.selection_set)
+                elif isinstance(selection, FragmentSpreadNode):
+                    below, inner = self._fragment(selection.name.value)
+                levels, aliases = max(levels, below), aliases + inner
+        return levels, aliases
+
+    def _fragment(self, name: str) -> tuple[int, int]:
+        if name not in self.memo:
+            fragment = self.fragments.get(name)
+            if fragment is None or name in self.visiting:  # refused by validation anyway
+                return 0, 0
+            self.visiting.add(name)
+            self.memo[name] = self.of(fragment.selection_set)
+            self.visiting.discard(name)
+        return self.memo[name]
+
+
+def fragments_of(document: DocumentNode) -> dict[str, FragmentDefinitionNode]:
+    return {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+
+
+def depth_and_aliases_rule(max_depth: int, max_aliases: int) -> type[ValidationRule]:
+    class DepthAndAliases(ValidationRule):
+        def __init__(self, context: ValidationContext) -> None:
+            super().__init__(context)
+            shape = DocumentShape(fragments_of(context.document))
+            total_aliases = 0
+            for definition in context.document.definitions:
+                if not isinstance(definition, OperationDefinitionNode):
+                    continue
+                levels, aliases = shape.of(definition.selection_set)
+                total_aliases += aliases
+                if levels - 1 > max_depth:
+                    name = definition.name.value if definition.name else "anonymous"
+                    context.report_error(
+                        GraphQLError(f"'{name}' exceeds maximum operation depth of {max_depth}.")
+                    )
+            if total_aliases > max_aliases:
+                context.report_error(
+                    GraphQLError(f"{total_aliases} aliases found. Allowed: {max_aliases}.")
+                )
+
+    return DepthAndAliases
 
 
 def max_directives_rule(max_directives: int) -> type[ValidationRule]:
@@ -56,8 +125,7 @@ def max_directives_rule(max_directives: int) -> type[ValidationRule]:
 
 def validation_rules(settings: Settings) -> list[type[ASTValidationRule]]:
     rules: list[type[ASTValidationRule]] = [
-        max_depth_rule(settings.max_query_depth, None),
-        max_aliases_rule(settings.max_aliases),
+        depth_and_aliases_rule(settings.max_query_depth, settings.max_aliases),
         max_directives_rule(settings.max_directives),
     ]
     if not settings.introspection_enabled:
@@ -142,11 +210,7 @@ class CostLimiter(SchemaExtension):
         document = context.graphql_document
         operation = get_operation_ast(document, context.operation_name) if document else None
         if document is not None and operation is not None:
-            fragments = {
-                d.name.value: d
-                for d in document.definitions
-                if isinstance(d, FragmentDefinitionNode)
-            }
+            fragments = fragments_of(document)
             variables = context.variables if isinstance(context.variables, dict) else {}
             cost = OperationCost(fragments, variables, operation).of(operation.selection_set)
             if cost > self.max_cost:
