@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,17 +187,14 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    sqlite_template: Path,
-    postgres_template: str | None,
+@contextmanager
+def fresh_database(
+    kind: str, directory: Path, sqlite_template: Path, postgres_template: str | None
 ) -> Iterator[str]:
-    """A fresh, migrated database of each kind for every test."""
-    if request.param == "sqlite":
-        shutil.copy(sqlite_template, tmp_path / "wallet.db")
-        yield f"sqlite:///{tmp_path / 'wallet.db'}"
+    """A new, migrated database of `kind`, dropped afterwards."""
+    if kind == "sqlite":
+        shutil.copy(sqlite_template, directory / "wallet.db")
+        yield f"sqlite:///{directory / 'wallet.db'}"
         return
     if postgres_template is None:
         pytest.skip(
@@ -211,9 +208,24 @@ def database_url(
         postgres_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    sqlite_template: Path,
+    postgres_template: str | None,
+) -> Iterator[str]:
+    """A fresh, migrated database of each kind for every test."""
+    with fresh_database(request.param, tmp_path, sqlite_template, postgres_template) as url:
+        yield url
+
+
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url)
+    # Rate limits are off here: tests that need them turn them on (tests/test_hardening.py).
+    return Settings(
+        database_url=database_url, rate_limit_api_key="", rate_limit_customer_session=""
+    )
 
 
 @pytest.fixture
@@ -272,12 +284,14 @@ class LiveServer:
         ).stdout.splitlines()[-1]
 
 
-def start_server(database_url: str, workers: int, log: Path) -> LiveServer:
+def start_server(
+    database_url: str, workers: int, log: Path, env: dict[str, str] | None = None
+) -> LiveServer:
     port = free_port()
     with log.open("ab") as out:
         process = subprocess.Popen(
             [CLI, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-            env={**os.environ, "GQL_WALLET_DATABASE_URL": database_url},
+            env={**os.environ, "GQL_WALLET_DATABASE_URL": database_url, **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

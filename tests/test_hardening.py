@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 from pydantic import ValidationError
 
@@ -190,7 +192,7 @@ class TestCsrf:
 
 
 class TestCors:
-    PREFLIGHT = {
+    PREFLIGHT: ClassVar[dict[str, str]] = {
         "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "authorization,content-type",
     }
