@@ -49,7 +49,15 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             "No API keys yet. Create one with: gql-wallet api-keys create --organization NAME",
             file=sys.stderr,
         )
-    print(f"GraphiQL: http://{args.host}:{args.port}/graphql", file=sys.stderr)
+    if settings.development:
+        print(
+            "Development mode: built-in token secret, GraphiQL, introspection and localhost "
+            "CORS. In production set GQL_WALLET_ENVIRONMENT=production and "
+            "GQL_WALLET_TOKEN_SECRET (see README, Security).",
+            file=sys.stderr,
+        )
+    if settings.graphiql_enabled:
+        print(f"GraphiQL: http://{args.host}:{args.port}/graphql", file=sys.stderr)
     uvicorn.run(
         "gql_wallet.app:create_app",
         factory=True,
