@@ -9,11 +9,14 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
+from gql_wallet.auth import Authenticator
 from gql_wallet.db import create_engine
+from gql_wallet.feed import LedgerFeed
 from gql_wallet.graphql.http import GraphQLEndpoint
 from gql_wallet.graphql.schema import build_schema
+from gql_wallet.graphql.websocket import SubscriptionEndpoint, SubscriptionView
 from gql_wallet.migrate import upgrade_to_head
 from gql_wallet.settings import Settings
 
@@ -21,15 +24,24 @@ from gql_wallet.settings import Settings
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     engine = create_engine(settings)
-    endpoint = GraphQLEndpoint(build_schema(settings), engine, settings)
+    schema = build_schema(settings)
+    authenticator = Authenticator(engine, settings.token_secret_bytes)
+    feed = LedgerFeed(engine, settings)
+    endpoint = GraphQLEndpoint(schema, engine, settings, authenticator, feed)
+    subscriptions = SubscriptionEndpoint(
+        SubscriptionView(schema, engine, settings, authenticator, feed),
+        settings.subscription_max_connections,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         if settings.migrate_on_start:
             await upgrade_to_head(engine)
+        await feed.start()
         try:
             yield
         finally:
+            await feed.stop()
             await engine.dispose()
 
     async def root(_request: object) -> Response:
@@ -43,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 endpoint.handle,
                 methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
             ),
+            WebSocketRoute("/graphql", subscriptions),
         ],
         lifespan=lifespan,
         middleware=[
@@ -61,4 +74,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
     )
     app.state.engine = engine
+    app.state.feed = feed
+    app.state.subscriptions = subscriptions
     return app

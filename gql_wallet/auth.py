@@ -60,6 +60,11 @@ class Principal:
         return scope in self.scopes
 
 
+# Who a WebSocket is until its connection_init authenticates it: no organization, no scope, and a
+# customer id no real customer can have (control characters are refused), so it sees nothing.
+NOBODY = Principal(uuid.UUID(int=0), uuid.UUID(int=0), frozenset(), customer_id="\x00")
+
+
 def _base62(number: int, length: int) -> str:
     digits = []
     for _ in range(length):

@@ -16,6 +16,8 @@ to retry. Locks are always taken in the order key -> wallet, so writes cannot de
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,6 +37,11 @@ def async_url(database_url: str) -> URL:
     if url.get_backend_name() == "sqlite":
         return url.set(drivername="sqlite+aiosqlite")
     return url.set(drivername="postgresql+asyncpg")
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    """A plain postgresql:// DSN for asyncpg itself (the LISTEN connection)."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -84,10 +91,21 @@ def _sqlite_engine(url: URL, settings: Settings) -> AsyncEngine:
     return engine
 
 
+# SQLite has one writer at a time. Writers of one process queue here, in order, instead of all
+# polling the file lock: SQLite's busy handler sleeps in growing steps (up to 100 ms), which under
+# contention made writes tens of times slower. Other processes still meet at the file lock.
+_sqlite_writers: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
 @asynccontextmanager
 async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """One write transaction: committed when the block ends, rolled back if it raises."""
-    async with engine.connect() as conn:
+    if engine.dialect.name != "sqlite":
+        async with engine.connect() as conn, conn.begin():
+            yield conn
+        return
+    lock = _sqlite_writers.setdefault(engine, asyncio.Lock())
+    async with lock, engine.connect() as conn:
         await conn.execution_options(**{_WRITE: True})
         async with conn.begin():
             yield conn

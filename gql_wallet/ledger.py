@@ -159,6 +159,7 @@ async def _write(
             now=now,
         )
         await repo.record_outcome(conn, organization_id, key, transaction_seq=transaction.seq)
+        await repo.notify_change(conn, organization_id, change.customer_id, wallet.seq)
         return WriteResult(wallet=wallet, transaction=transaction)
 
 

@@ -7,6 +7,7 @@ concurrent writers can neither lose an update nor take a balance below zero, on 
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -540,6 +541,45 @@ async def list_transactions(
         query = query.where(transactions.c.seq < before_seq)
     query = query.order_by(transactions.c.seq.desc()).limit(limit)
     return [TransactionRecord.from_row(row) for row in (await conn.execute(query)).all()]
+
+
+# --- live changes ---------------------------------------------------------------------------
+
+LEDGER_CHANNEL = "gql_wallet_ledger"
+
+
+async def notify_change(
+    conn: AsyncConnection, organization_id: uuid.UUID, customer_id: str, wallet_seq: int
+) -> None:
+    """Announce a wallet change to every process; PostgreSQL delivers it only on commit."""
+    if conn.dialect.name == "postgresql":
+        payload = json.dumps({"o": str(organization_id), "c": customer_id, "w": wallet_seq})
+        await conn.execute(select(func.pg_notify(LEDGER_CHANNEL, payload)))
+
+
+async def last_entries(
+    conn: AsyncConnection, organization_id: uuid.UUID, customer_id: str
+) -> dict[int, int]:
+    """wallet seq -> seq of its newest ledger entry (0 if none), for a customer's wallets."""
+    rows = await conn.execute(
+        select(wallets.c.seq, func.coalesce(func.max(transactions.c.seq), 0))
+        .select_from(wallets.outerjoin(transactions, transactions.c.wallet_seq == wallets.c.seq))
+        .where(wallets.c.organization_id == organization_id, wallets.c.customer_id == customer_id)
+        .group_by(wallets.c.seq)
+    )
+    return {int(wallet_seq): int(last) for wallet_seq, last in rows}
+
+
+async def entries_after(
+    conn: AsyncConnection, wallet_seq: int, after_seq: int
+) -> list[TransactionRecord]:
+    """A wallet's ledger entries after `after_seq`, in ledger order."""
+    rows = await conn.execute(
+        select(*transactions.c)
+        .where(transactions.c.wallet_seq == wallet_seq, transactions.c.seq > after_seq)
+        .order_by(transactions.c.seq)
+    )
+    return [TransactionRecord.from_row(row) for row in rows]
 
 
 # --- audit ----------------------------------------------------------------------------------

@@ -99,6 +99,27 @@ class Settings(BaseSettings):
         description="Where rate-limit counters live: memory:// (per process) or a shared store "
         "such as redis://host:6379 so that all processes share one budget per key.",
     )
+    subscription_max_connections: int = Field(
+        default=2_000, ge=1, description="Most WebSocket connections one server process accepts."
+    )
+    subscription_max_per_connection: int = Field(
+        default=20, ge=1, description="Most subscriptions one WebSocket connection may run."
+    )
+    subscription_queue_size: int = Field(
+        default=1_000,
+        ge=1,
+        description="Events a subscriber may fall behind by before it is closed as a slow "
+        "consumer (WebSocket close code 4008); bounds memory per subscriber.",
+    )
+    ws_ping_interval_seconds: float = Field(
+        default=20.0, gt=0, description="WebSocket keepalive: seconds between pings."
+    )
+    ws_ping_timeout_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        description="WebSocket keepalive: a connection that does not answer "
+        "a ping within this many seconds is closed.",
+    )
     customer_session_default_seconds: int = Field(
         default=3_600, ge=60, description="Lifetime of a customer session when none is asked for."
     )

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
 
 from gql_wallet import repository as repo
 from gql_wallet.auth import Principal
 from gql_wallet.db import read_transaction
+from gql_wallet.feed import LedgerFeed
 from gql_wallet.repository import WalletRecord
 from gql_wallet.settings import Settings
 
@@ -20,6 +23,9 @@ class Context:
     engine: AsyncEngine
     principal: Principal
     settings: Settings
+    feed: LedgerFeed
+    websocket: WebSocket | None = None  # set for operations over a WebSocket
+    connection_params: dict[str, Any] | None = None  # the WebSocket's connection_init payload
     wallets_by_seq: DataLoader[int, WalletRecord] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -35,6 +41,10 @@ class Context:
         if own is None:
             return True, requested
         return requested is None or requested == own, own
+
+    async def close_connection(self, code: int, reason: str) -> None:
+        if self.websocket is not None:
+            await self.websocket.close(code, reason)
 
     async def _load_wallets(self, seqs: Sequence[int]) -> list[WalletRecord]:
         async with read_transaction(self.engine) as conn:

@@ -23,6 +23,7 @@ from strawberry.types.graphql import OperationType
 
 from gql_wallet import repository as repo
 from gql_wallet.auth import Authenticator, bearer_token
+from gql_wallet.feed import LedgerFeed
 from gql_wallet.graphql.context import Context
 from gql_wallet.logs import accept_request_id, logger, request_id
 from gql_wallet.ratelimit import RateLimiter
@@ -88,11 +89,19 @@ def _loads(body: bytes | str) -> Any:
 
 
 class GraphQLEndpoint:
-    def __init__(self, schema: Any, engine: AsyncEngine, settings: Settings) -> None:
+    def __init__(
+        self,
+        schema: Any,
+        engine: AsyncEngine,
+        settings: Settings,
+        authenticator: Authenticator,
+        feed: LedgerFeed,
+    ) -> None:
         self.schema = schema
         self.engine = engine
         self.settings = settings
-        self.authenticator = Authenticator(engine, settings.token_secret_bytes)
+        self.authenticator = authenticator
+        self.feed = feed
         self.rate_limiter = RateLimiter(settings)
         self.ide_html = get_graphql_ide_html("graphiql") if settings.graphiql_enabled else None
 
@@ -150,7 +159,7 @@ class GraphQLEndpoint:
                 query,
                 variable_values=variables,
                 context_value=Context(
-                    engine=self.engine, principal=principal, settings=self.settings
+                    engine=self.engine, principal=principal, settings=self.settings, feed=self.feed
                 ),
                 operation_name=operation_name,
                 allowed_operation_types=allowed,

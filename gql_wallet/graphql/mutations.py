@@ -175,8 +175,13 @@ def _change(data: TopUpWalletInput | ChargeWalletInput) -> ledger.BalanceChange:
 
 
 def _parts(
-    result: ledger.WriteResult,
+    info: Info[Context, None], result: ledger.WriteResult
 ) -> tuple[CustomerWallet | None, WalletTransaction | None, list[WalletUserError]]:
+    if result.transaction is not None and result.wallet is not None:
+        # Subscribers in this process hear of the change at once (others through the database).
+        info.context.feed.wake(
+            result.wallet.organization_id, result.wallet.customer_id, result.wallet.seq
+        )
     return (
         CustomerWallet.from_record(result.wallet) if result.wallet else None,
         WalletTransaction.from_record(result.transaction) if result.transaction else None,
@@ -278,7 +283,7 @@ class Mutation:
             input.customer_id,
             input.currency,
         )
-        wallet, _, errors = _parts(result)
+        wallet, _, errors = _parts(info, result)
         return CreateWalletPayload(wallet=wallet, user_errors=errors)
 
     @strawberry.mutation(
@@ -293,7 +298,7 @@ class Mutation:
         result = await ledger.top_up(
             info.context.engine, info.context.principal.organization_id, _change(input)
         )
-        wallet, transaction, errors = _parts(result)
+        wallet, transaction, errors = _parts(info, result)
         return TopUpWalletPayload(wallet=wallet, transaction=transaction, user_errors=errors)
 
     @strawberry.mutation(
@@ -309,5 +314,5 @@ class Mutation:
         result = await ledger.charge(
             info.context.engine, info.context.principal.organization_id, _change(input)
         )
-        wallet, transaction, errors = _parts(result)
+        wallet, transaction, errors = _parts(info, result)
         return ChargeWalletPayload(wallet=wallet, transaction=transaction, user_errors=errors)

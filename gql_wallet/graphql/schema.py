@@ -22,6 +22,7 @@ from gql_wallet.graphql.errors import should_mask_error
 from gql_wallet.graphql.limits import CostLimiter, validation_rules
 from gql_wallet.graphql.mutations import Mutation
 from gql_wallet.graphql.queries import Query
+from gql_wallet.graphql.subscriptions import Subscription
 from gql_wallet.graphql.types import DATETIME_SCALAR, SAFE_INT_SCALAR, SafeInt
 from gql_wallet.logs import logger, request_id
 from gql_wallet.settings import Settings
@@ -64,6 +65,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     return WalletSchema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         config=StrawberryConfig(
             scalar_map={SafeInt: SAFE_INT_SCALAR, datetime: DATETIME_SCALAR},
             # "Did you mean ...?" would reveal the schema even with introspection off.

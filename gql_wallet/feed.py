@@ -1,0 +1,225 @@
+"""Live ledger changes for subscriptions: committed entries only, in ledger order, per wallet.
+
+Writers announce a change of a wallet after it commits: on PostgreSQL with NOTIFY inside the
+write transaction (delivered on commit, never for a rollback, to every process that LISTENs),
+and in-process for the writing process itself. An announcement is only a wake-up: each process
+keeps, per watched customer, a cursor per wallet and reads the new ledger entries after it, so
+nothing is missed or repeated when announcements bunch up, and every event is a committed entry.
+Within one wallet the ledger order is the commit order (the wallet's row lock is taken before
+the entry gets its sequence number), so a cursor per wallet never skips a late commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gql_wallet import repository as repo
+from gql_wallet.db import asyncpg_dsn, read_transaction
+from gql_wallet.logs import logger
+from gql_wallet.repository import TransactionRecord, WalletRecord
+from gql_wallet.settings import Settings
+
+Owner = tuple[uuid.UUID, str]  # (organization, customer)
+
+
+@dataclass(frozen=True)
+class WalletChange:
+    """A wallet as it was right after `transaction`; no transaction for the initial state."""
+
+    wallet: WalletRecord
+    transaction: TransactionRecord | None
+
+
+class SlowConsumer(Exception):
+    """The subscriber fell further behind than its queue allows."""
+
+
+@dataclass(eq=False)
+class Subscriber:
+    currency: str | None
+    capacity: int
+    queue: asyncio.Queue[WalletChange | None] = field(default_factory=asyncio.Queue)
+    seen: dict[int, int] = field(default_factory=dict)  # wallet seq -> last entry delivered
+    overflowed: bool = False
+
+    def offer(self, change: WalletChange) -> None:
+        if self.overflowed or (
+            self.currency is not None and change.wallet.currency != self.currency
+        ):
+            return
+        if self.queue.qsize() >= self.capacity:
+            self.overflowed = True
+            self.queue.put_nowait(None)  # wakes the reader, which then gives up
+            return
+        self.queue.put_nowait(change)
+
+    async def next(self) -> WalletChange:
+        """The next change after those already seen; raises SlowConsumer once it overflowed."""
+        while True:
+            change = await self.queue.get()
+            if change is None or self.overflowed:
+                raise SlowConsumer
+            assert change.transaction is not None
+            if change.transaction.seq > self.seen.get(change.wallet.seq, 0):
+                self.seen[change.wallet.seq] = change.transaction.seq
+                return change
+
+
+class Watcher:
+    """Follows the ledgers of one customer's wallets for this process's subscribers."""
+
+    def __init__(self, engine: AsyncEngine, owner: Owner) -> None:
+        self.engine = engine
+        self.owner = owner
+        self.subscribers: set[Subscriber] = set()
+        self.cursors: dict[int, int] = {}
+        self.pending: set[int] = set()
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        async with read_transaction(self.engine) as conn:
+            self.cursors = await repo.last_entries(conn, *self.owner)
+        self.task = asyncio.create_task(self._follow())
+
+    def wake(self, wallet_seq: int | None) -> None:
+        self.pending.update([wallet_seq] if wallet_seq is not None else self.cursors)
+        self.wakeup.set()
+
+    async def _follow(self) -> None:
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            wallets, self.pending = self.pending, set()
+            try:
+                await self._catch_up(wallets)
+            except Exception:
+                logger.exception("reading new ledger entries for %s failed; retrying", self.owner)
+                self.pending |= wallets
+                await asyncio.sleep(1)
+                self.wakeup.set()
+
+    async def _catch_up(self, wallet_seqs: set[int]) -> None:
+        async with read_transaction(self.engine) as conn:
+            for wallet_seq in sorted(wallet_seqs):
+                entries = await repo.entries_after(
+                    conn, wallet_seq, self.cursors.get(wallet_seq, 0)
+                )
+                if not entries:
+                    continue
+                [wallet] = await repo.get_wallets_by_seq(conn, [wallet_seq])
+                self.cursors[wallet_seq] = entries[-1].seq
+                for entry in entries:
+                    change = WalletChange(
+                        replace(wallet, balance=entry.balance_after, modified_at=entry.created_at),
+                        entry,
+                    )
+                    for subscriber in list(self.subscribers):
+                        subscriber.offer(change)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+
+class LedgerFeed:
+    """Per process: fans committed ledger entries out to subscribers."""
+
+    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.watchers: dict[Owner, Watcher] = {}
+        self.starting: dict[Owner, asyncio.Task[Watcher]] = {}
+        self.listener: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.engine.dialect.name == "postgresql":
+            self.listener = asyncio.create_task(self._listen())
+
+    async def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.listener
+        for watcher in list(self.watchers.values()):
+            await watcher.stop()
+        self.watchers.clear()
+
+    def wake(self, organization_id: uuid.UUID, customer_id: str, wallet_seq: int | None) -> None:
+        watcher = self.watchers.get((organization_id, customer_id))
+        if watcher is not None:
+            watcher.wake(wallet_seq)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, organization_id: uuid.UUID, customer_id: str, currency: str | None
+    ) -> AsyncIterator[Subscriber]:
+        owner = (organization_id, customer_id)
+        watcher = await self._watcher(owner)
+        subscriber = Subscriber(currency, self.settings.subscription_queue_size)
+        watcher.subscribers.add(subscriber)
+        try:
+            yield subscriber
+        finally:
+            watcher.subscribers.discard(subscriber)
+            if not watcher.subscribers and self.watchers.get(owner) is watcher:
+                del self.watchers[owner]
+                await watcher.stop()
+
+    async def _watcher(self, owner: Owner) -> Watcher:
+        if owner in self.watchers:
+            return self.watchers[owner]
+        if owner not in self.starting:
+
+            async def start() -> Watcher:
+                watcher = Watcher(self.engine, owner)
+                await watcher.start()
+                self.watchers[owner] = watcher
+                return watcher
+
+            self.starting[owner] = asyncio.create_task(start())
+        try:
+            return await asyncio.shield(self.starting[owner])
+        finally:
+            if self.starting.get(owner) is not None and self.starting[owner].done():
+                self.starting.pop(owner, None)
+
+    async def _listen(self) -> None:
+        """LISTEN on PostgreSQL for changes committed by any process, reconnecting as needed."""
+        dsn = asyncpg_dsn(self.settings.database_url)
+        while True:
+            try:
+                conn = await asyncpg.connect(dsn, timeout=self.settings.db_connect_timeout_seconds)
+            except (OSError, asyncpg.PostgresError):
+                logger.exception("cannot LISTEN for ledger changes; retrying")
+                await asyncio.sleep(1)
+                continue
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+            try:
+                await conn.add_listener(repo.LEDGER_CHANNEL, self._on_notify)
+                # Whatever committed while we were not listening is read now.
+                for watcher in list(self.watchers.values()):
+                    watcher.wake(None)
+                await lost.wait()
+                logger.warning("the LISTEN connection was lost; reconnecting")
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            change = json.loads(payload)
+            self.wake(uuid.UUID(change["o"]), change["c"], int(change["w"]))
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignoring a malformed ledger notification: %r", payload[:200])

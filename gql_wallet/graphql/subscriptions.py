@@ -1,0 +1,81 @@
+"""Subscription: live wallet balances over graphql-transport-ws."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Annotated
+
+import strawberry
+from strawberry.types import Info
+
+from gql_wallet import repository as repo
+from gql_wallet.db import read_transaction
+from gql_wallet.feed import SlowConsumer
+from gql_wallet.graphql.context import Context
+from gql_wallet.graphql.types import CustomerWallet, WalletTransaction
+from gql_wallet.money import normalize_currency
+
+SLOW_CONSUMER_CLOSE_CODE = 4008
+
+
+@strawberry.type(description="A wallet's state after a committed change, or its current state.")
+class WalletUpdate:
+    wallet: CustomerWallet = strawberry.field(
+        description="The wallet as it was right after `transaction` (balance, modifiedAt)."
+    )
+    transaction: WalletTransaction | None = strawberry.field(
+        description="The ledger entry that changed the wallet; null in the first events, "
+        "which give the current state of each wallet when the subscription starts."
+    )
+
+
+@strawberry.type(description="Live updates over WebSocket (graphql-transport-ws at /graphql).")
+class Subscription:
+    @strawberry.subscription(
+        description="A customer's wallets, live: first the current state of each wallet (one "
+        "event per currency, transaction null), then every committed change in ledger order. "
+        "Organization keys may watch their customers; a customer session token only its own "
+        "customer (any other customerId behaves like a customer with no wallets)."
+    )
+    async def wallet_updated(
+        self,
+        info: Info[Context, None],
+        customer_id: Annotated[
+            str, strawberry.argument(description="The organization's own ID for the customer.")
+        ],
+        currency: Annotated[
+            str | None,
+            strawberry.argument(description="Only this currency (any case); default: all."),
+        ] = None,
+    ) -> AsyncGenerator[WalletUpdate, None]:
+        context = info.context
+        visible, _ = context.customer_scope(customer_id)
+        code = normalize_currency(currency) if currency is not None else None
+        if not visible or (currency is not None and code is None):
+            # Exactly like a customer that has no wallets and never gets one.
+            await asyncio.Event().wait()
+        organization_id = context.principal.organization_id
+        async with context.feed.subscribe(organization_id, customer_id, code) as subscriber:
+            async with read_transaction(context.engine) as conn:
+                wallets = await repo.list_wallets(
+                    conn, organization_id, customer_id=customer_id, currency=code
+                )
+                subscriber.seen = await repo.last_entries(conn, organization_id, customer_id)
+            for wallet in wallets:
+                yield WalletUpdate(wallet=CustomerWallet.from_record(wallet), transaction=None)
+            while True:
+                try:
+                    change = await subscriber.next()
+                except SlowConsumer:
+                    await context.close_connection(
+                        SLOW_CONSUMER_CLOSE_CODE,
+                        f"Slow consumer: fell more than {context.settings.subscription_queue_size}"
+                        " events behind; reconnect to get the current state.",
+                    )
+                    return
+                assert change.transaction is not None
+                yield WalletUpdate(
+                    wallet=CustomerWallet.from_record(change.wallet),
+                    transaction=WalletTransaction.from_record(change.transaction),
+                )

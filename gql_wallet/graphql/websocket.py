@@ -1,0 +1,109 @@
+"""The WebSocket side of /graphql: subscriptions over graphql-transport-ws.
+
+Strawberry runs the protocol; we add authentication from the connection_init payload (browsers
+cannot set headers on a WebSocket), the allowed browser origins, and a bound on connections.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+
+from gql_wallet import repository as repo
+from gql_wallet.auth import NOBODY, Authenticator, bearer_token
+from gql_wallet.feed import LedgerFeed
+from gql_wallet.graphql.context import Context
+from gql_wallet.settings import Settings
+
+TRY_AGAIN_LATER = 1013
+
+
+def connection_token(params: dict[str, Any] | None) -> str | None:
+    """The token of a connection_init payload: {"Authorization": "Bearer ..."} or {"token": ...}."""
+    if not isinstance(params, dict):
+        return None
+    for name in ("Authorization", "authorization"):
+        if isinstance(params.get(name), str):
+            return bearer_token(params[name])
+    token = params.get("token")
+    return token if isinstance(token, str) else None
+
+
+class SubscriptionView(GraphQL[Context, None]):
+    def __init__(
+        self,
+        schema: Any,
+        engine: Any,
+        settings: Settings,
+        authenticator: Authenticator,
+        feed: LedgerFeed,
+    ) -> None:
+        super().__init__(
+            schema,
+            graphql_ide=None,
+            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+            connection_init_wait_timeout=timedelta(seconds=10),
+            max_subscriptions_per_connection=settings.subscription_max_per_connection,
+            allowed_origins=settings.cors_allow_origins,
+        )
+        self.engine = engine
+        self.settings = settings
+        self.authenticator = authenticator
+        self.feed = feed
+        regex = settings.cors_origin_regex
+        self.origin_pattern = re.compile(regex) if regex else None
+
+    def is_websocket_origin_allowed(self, request: Any, origin: str) -> bool:
+        if self.origin_pattern is not None and self.origin_pattern.fullmatch(origin):
+            return True
+        return bool(super().is_websocket_origin_allowed(request, origin))
+
+    async def get_context(self, request: Any, response: Any) -> Context:
+        return Context(
+            engine=self.engine,
+            principal=NOBODY,
+            settings=self.settings,
+            feed=self.feed,
+            websocket=response if isinstance(response, WebSocket) else None,
+        )
+
+    async def on_ws_connect(self, context: Context) -> None:
+        principal = await self.authenticator.authenticate(
+            connection_token(context.connection_params), repo.now_utc()
+        )
+        if principal is None:
+            raise ConnectionRejectionError(
+                {
+                    "message": "A valid, unexpired token is required in the connection_init "
+                    'payload: {"Authorization": "Bearer <token>"}.',
+                    "code": "UNAUTHENTICATED",
+                }
+            )
+        context.principal = principal
+
+
+class SubscriptionEndpoint:
+    """ASGI app for WebSocket /graphql that refuses connections beyond the process's limit."""
+
+    def __init__(self, view: SubscriptionView, max_connections: int) -> None:
+        self.view = view
+        self.max_connections = max_connections
+        self.open = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.open >= self.max_connections:
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": TRY_AGAIN_LATER})
+            return
+        self.open += 1
+        try:
+            await self.view(scope, receive, send)
+        finally:
+            self.open -= 1
