@@ -22,13 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from strawberry.exceptions import MissingQueryError
-from strawberry.http.ides import get_graphql_ide_html
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from gql_wallet.auth import authenticate, bearer_token
 from gql_wallet.graphql.context import Context
+from gql_wallet.graphql.graphiql import GRAPHIQL_HEADERS, graphiql_html
 from gql_wallet.logs import logger
 from gql_wallet.settings import Settings
 
@@ -151,7 +151,7 @@ class GraphQLEndpoint:
         self.schema = schema
         self.engine = engine
         self.settings = settings
-        self.ide_html = get_graphql_ide_html("graphiql") if settings.graphiql else None
+        self.ide_html = graphiql_html() if settings.graphiql else None
 
     async def handle(self, request: Request) -> Response:
         # Errors found before negotiation (a 406 itself) are answered in plain JSON.
@@ -181,7 +181,7 @@ class GraphQLEndpoint:
     def _graphiql(self) -> Response:
         if self.ide_html is None:
             raise BadRequest(404, "GraphiQL is turned off on this server.")
-        return HTMLResponse(self.ide_html)
+        return HTMLResponse(self.ide_html, headers=GRAPHIQL_HEADERS)
 
     async def _handle(self, request: Request, media_type: str) -> Response:
         principal = await authenticate(
