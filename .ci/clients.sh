@@ -50,9 +50,10 @@ expect_line "curl: balance after the top-up" '{"data":{"customerWallet":{"balanc
 step "TypeScript client: graphql-codegen + tsc --strict (examples/typescript)"
 (
   cd examples/typescript
-  npm ci --no-audit --no-fund --loglevel=error
   rm -rf src/generated dist
-  npm run --silent build
+  # The README's commands, as written there.
+  npm ci
+  npm run build
   node dist/client.js | tee "$WORK/ts.out"
   # The same top-up again: its idempotency key makes it a replay, the balance stays.
   node dist/client.js | tee -a "$WORK/ts.out"
@@ -63,12 +64,12 @@ expect_line "TypeScript: balance after the top-up and its retry" "cus_ts_example
 step "Python client: ariadne-codegen in its own venv (examples/python)"
 (
   cd examples/python
-  python3 -m venv "$WORK/codegen-venv"
-  "$WORK/codegen-venv/bin/pip" install -q --disable-pip-version-check -r requirements.txt
   rm -rf wallet_client
-  "$WORK/codegen-venv/bin/ariadne-codegen"
-  "$WORK/codegen-venv/bin/python" client.py | tee "$WORK/py.out"
-  "$WORK/codegen-venv/bin/python" client.py | tee -a "$WORK/py.out"
+  # The README's commands, as written there.
+  python3 -m venv .venv && .venv/bin/pip install -r requirements.txt
+  .venv/bin/ariadne-codegen
+  .venv/bin/python client.py | tee "$WORK/py.out"
+  .venv/bin/python client.py | tee -a "$WORK/py.out"
 )
 expect_line "Python: balance after the top-up and its retry" "cus_py_example usd balance=1500" \
   "$(tail -n 1 "$WORK/py.out" | cut -d' ' -f1-3)"
