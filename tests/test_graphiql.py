@@ -173,6 +173,11 @@ def test_graphiql_in_chromium_runs_a_query_with_the_api_key(
             headers_editor.click()
             page.keyboard.press("Control+A")
             page.keyboard.insert_text(json.dumps({"Authorization": f"Bearer {key}"}))
+            # With the key in place the schema loads too: the docs list the API's types.
+            page.get_by_role("button", name="Show Documentation Explorer").click()
+            expect(page.locator(".graphiql-doc-explorer")).to_contain_text(
+                "CustomerWallet", timeout=20_000
+            )
 
             page.locator(".graphiql-query-editor .CodeMirror").click()
             page.keyboard.press("Control+A")

@@ -15,15 +15,40 @@
 
   var root = document.getElementById("graphiql");
   var endpoint = root.getAttribute("data-endpoint");
-  ReactDOM.createRoot(root).render(
-    React.createElement(GraphiQL, {
-      fetcher: GraphiQL.createFetcher({ url: endpoint }),
+
+  function newFetcher() {
+    return GraphiQL.createFetcher({ url: endpoint });
+  }
+
+  // The schema (for completion and the docs) needs the key too: GraphiQL fetches it again
+  // whenever its fetcher changes, so a new fetcher follows each edit of the headers.
+  function App() {
+    var state = React.useState(newFetcher);
+    var pending = React.useRef(undefined);
+    function onEditHeaders(text) {
+      clearTimeout(pending.current);
+      pending.current = setTimeout(function () {
+        try {
+          JSON.parse(text);
+        } catch (notYetJson) {
+          return;
+        }
+        state[1](function () {
+          return newFetcher();
+        });
+      }, 400);
+    }
+    return React.createElement(GraphiQL, {
+      fetcher: state[0],
+      onEditHeaders: onEditHeaders,
       defaultQuery: DEFAULT_QUERY,
       defaultHeaders: DEFAULT_HEADERS,
       defaultEditorToolsVisibility: "headers",
       isHeadersEditorEnabled: true,
       // Keys stay out of localStorage: paste the key again after a reload.
       shouldPersistHeaders: false,
-    })
-  );
+    });
+  }
+
+  ReactDOM.createRoot(root).render(React.createElement(App));
 })();
