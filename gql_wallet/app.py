@@ -9,11 +9,13 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from gql_wallet.auth import Authenticator
 from gql_wallet.db import create_engine
 from gql_wallet.feed import LedgerFeed
+from gql_wallet.graphql.graphiql import ASSETS_URL
 from gql_wallet.graphql.http import GraphQLEndpoint
 from gql_wallet.graphql.schema import build_schema
 from gql_wallet.graphql.websocket import SubscriptionEndpoint, SubscriptionView
@@ -47,16 +49,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def root(_request: object) -> Response:
         return RedirectResponse("/graphql")
 
+    routes: list[BaseRoute] = [
+        Route("/", root, methods=["GET"]),
+        Route(
+            "/graphql",
+            endpoint.handle,
+            methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        ),
+        WebSocketRoute("/graphql", subscriptions),
+    ]
+    if settings.graphiql_enabled:
+        # GraphiQL's scripts and styles, from package data: the page needs no network.
+        routes.append(Mount(ASSETS_URL, StaticFiles(packages=[("gql_wallet", "static/graphiql")])))
     app = Starlette(
-        routes=[
-            Route("/", root, methods=["GET"]),
-            Route(
-                "/graphql",
-                endpoint.handle,
-                methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-            ),
-            WebSocketRoute("/graphql", subscriptions),
-        ],
+        routes=routes,
         lifespan=lifespan,
         middleware=[
             # Browsers send bearer tokens, never cookies: credentials stay off, so no origin is

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 
 from gql_wallet import repository
+from gql_wallet.graphql.http import (
+    GRAPHQL_RESPONSE_MEDIA_TYPE,
+    JSON_MEDIA_TYPE,
+    negotiate_media_type,
+)
 from tests.conftest import Env
 
 QUERY = '{ customerWallets(customerId: "cus_1") { balance } }'
+GRAPHQL_JSON = GRAPHQL_RESPONSE_MEDIA_TYPE
+JSON = JSON_MEDIA_TYPE
 
 
 def assert_clean(response_text: str) -> None:
@@ -227,3 +235,130 @@ class TestServerFaults:
         # The full detail is logged on the server side, with the request id the client got.
         assert "hunter2" in caplog.text
         assert responses[1].headers["x-request-id"] in caplog.text
+
+
+class TestMediaTypes:
+    """GraphQL over HTTP: application/graphql-response+json for new clients, JSON for the rest."""
+
+    @pytest.mark.parametrize(
+        ("accept", "expected"),
+        [
+            (None, JSON),
+            ("", JSON),
+            ("application/json", JSON),
+            ("*/*", JSON),
+            ("application/*", JSON),
+            ("APPLICATION/JSON", JSON),
+            ("application/graphql-response+json", GRAPHQL_JSON),
+            ("application/graphql-response+json, application/json;q=0.9", GRAPHQL_JSON),
+            ("application/json, application/graphql-response+json", GRAPHQL_JSON),
+            ("application/json, application/graphql-response+json;q=0.5", JSON),
+            ("application/graphql-response+json;charset=utf-8", GRAPHQL_JSON),
+            ("application/json;q=0, */*", GRAPHQL_JSON),
+            ("application/graphql-response+json;q=0, */*", JSON),
+            ("text/plain", None),
+            ("multipart/mixed", None),
+            ("application/json;q=0", None),
+            ("application/json;q=nonsense", None),
+        ],
+    )
+    def test_accept_negotiation(self, accept: str | None, expected: str | None) -> None:
+        assert negotiate_media_type(accept) == expected
+
+    @pytest.mark.parametrize(
+        ("query", "variables"),
+        [
+            ("{ wallets { ", None),
+            ("{ nope }", None),
+            ("query($n: Int!) { wallets(first: $n) { edges { cursor } } }", {"n": None}),
+        ],
+    )
+    async def test_request_errors_are_400_without_data_for_graphql_response_json(
+        self, env: Env, query: str, variables: dict | None
+    ) -> None:
+        response = await env.client.post(
+            "/graphql",
+            json={"query": query, "variables": variables},
+            headers={"Authorization": f"Bearer {env.api.key}", "Accept": GRAPHQL_JSON},
+        )
+        assert response.status_code == 400
+        assert response.headers["content-type"] == f"{GRAPHQL_JSON}; charset=utf-8"
+        body = response.json()
+        assert body["errors"] and "data" not in body
+
+    async def test_the_same_request_errors_stay_200_for_application_json(self, env: Env) -> None:
+        response = await env.client.post(
+            "/graphql",
+            json={"query": "{ nope }"},
+            headers={"Authorization": f"Bearer {env.api.key}", "Accept": JSON},
+        )
+        assert response.status_code == 200
+        assert response.headers["content-type"] == f"{JSON}; charset=utf-8"
+        assert "data" not in response.json()
+
+    async def test_success_and_field_errors_are_200_with_the_negotiated_type(
+        self, env: Env
+    ) -> None:
+        await env.api.top_up("cus_1", 42, "k1")
+        headers = {"Authorization": f"Bearer {env.api.key}", "Accept": GRAPHQL_JSON}
+        ok = await env.client.post("/graphql", json={"query": QUERY}, headers=headers)
+        assert ok.status_code == 200
+        assert ok.headers["content-type"] == f"{GRAPHQL_JSON}; charset=utf-8"
+        assert "Accept" in ok.headers["vary"]  # (CORS adds Origin)
+        assert ok.json() == {"data": {"customerWallets": [{"balance": 42}]}}
+        # A field error happens during execution: `data` is present (here null), so 200.
+        field_error = await env.client.post(
+            "/graphql",
+            json={"query": "{ wallets(first: 1000) { edges { cursor } } }"},
+            headers=headers,
+        )
+        assert field_error.status_code == 200
+        body = field_error.json()
+        assert body["data"] is None
+        assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+    async def test_http_errors_use_the_negotiated_type(self, env: Env) -> None:
+        unauthenticated = await env.client.post(
+            "/graphql", json={"query": QUERY}, headers={"Accept": GRAPHQL_JSON}
+        )
+        assert unauthenticated.status_code == 401
+        assert unauthenticated.headers["content-type"] == f"{GRAPHQL_JSON}; charset=utf-8"
+        assert unauthenticated.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+        mutation_over_get = await env.client.get(
+            "/graphql",
+            params={
+                "query": 'mutation { createWallet(input: {customerId: "c", currency: "usd"}) { wallet { id } } }'
+            },
+            headers={"Authorization": f"Bearer {env.api.key}", "Accept": GRAPHQL_JSON},
+        )
+        assert mutation_over_get.status_code == 405
+        assert "data" not in mutation_over_get.json()
+
+    @pytest.mark.parametrize("method", ["GET", "POST"])
+    async def test_unacceptable_accept_is_406(self, env: Env, method: str) -> None:
+        response = await env.client.request(
+            method,
+            "/graphql",
+            params={"query": QUERY} if method == "GET" else None,
+            json={"query": QUERY} if method == "POST" else None,
+            headers={"Authorization": f"Bearer {env.api.key}", "Accept": "image/png"},
+        )
+        assert response.status_code == 406
+        assert response.json()["errors"][0]["message"].startswith("The Accept header")
+
+    @pytest.mark.parametrize(
+        ("content_type", "status"),
+        [
+            ("application/json; charset=utf-8", 200),
+            ("application/json; charset=UTF-8", 200),
+            ('application/json; charset="utf-8"', 200),
+            ("application/json; charset=latin-1", 415),
+        ],
+    )
+    async def test_request_charset(self, env: Env, content_type: str, status: int) -> None:
+        response = await env.client.post(
+            "/graphql",
+            content=orjson.dumps({"query": '{ __type(name: "Run🏃Swim🏊") { name } }'}),
+            headers={"Authorization": f"Bearer {env.api.key}", "Content-Type": content_type},
+        )
+        assert response.status_code == status, response.text

@@ -3,6 +3,12 @@
 This layer owns everything before and after execution: authentication, body limits, and turning
 any malformed request (bad JSON, invalid UTF-8, a body that is not an object, wrong field types)
 into a 4xx with a GraphQL-shaped error, never a 500 or a traceback.
+
+Responses follow the GraphQL-over-HTTP spec. A client that accepts
+`application/graphql-response+json` gets that media type, and a request that fails before
+execution (syntax, validation, variable coercion) is a 400 without `data`. Older clients
+(`application/json`, `*/*` or no Accept header) get `application/json`, where such failures keep
+status 200 as that media type requires. An Accept header that allows neither is a 406.
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from strawberry.exceptions import MissingQueryError
-from strawberry.http.ides import get_graphql_ide_html
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
@@ -25,11 +30,13 @@ from gql_wallet import repository as repo
 from gql_wallet.auth import Authenticator, bearer_token
 from gql_wallet.feed import LedgerFeed
 from gql_wallet.graphql.context import Context
+from gql_wallet.graphql.graphiql import GRAPHIQL_HEADERS, graphiql_html
 from gql_wallet.logs import accept_request_id, logger, request_id
 from gql_wallet.ratelimit import RateLimiter
 from gql_wallet.settings import Settings
 
 JSON_MEDIA_TYPE = "application/json"
+GRAPHQL_RESPONSE_MEDIA_TYPE = "application/graphql-response+json"
 
 
 class BadRequest(Exception):
@@ -41,11 +48,65 @@ class BadRequest(Exception):
 
 
 def _json_response(
-    payload: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+    payload: dict[str, Any],
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    media_type: str = JSON_MEDIA_TYPE,
 ) -> Response:
+    # The body's media type depends on the Accept header: caches must key on it.
     return Response(
-        orjson.dumps(payload), status_code=status, media_type=JSON_MEDIA_TYPE, headers=headers
+        orjson.dumps(payload),
+        status_code=status,
+        media_type=f"{media_type}; charset=utf-8",
+        headers={"Vary": "Accept", **(headers or {})},
     )
+
+
+def _accepted_quality(accept: str) -> dict[str, tuple[float, bool]]:
+    """For each response media type: its quality in an Accept header, and whether it is named.
+
+    The most specific matching range wins (RFC 9110 12.5.1): `application/json;q=0` refuses JSON
+    even next to `*/*`. A media type that no range matches has quality 0.
+    """
+    found: dict[str, tuple[int, float]] = {}
+    for media_range in accept.split(","):
+        kind, *parameters = (part.strip() for part in media_range.split(";"))
+        kind = kind.lower()
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = min(max(float(value), 0.0), 1.0)
+                except ValueError:
+                    quality = 0.0
+        for media_type in (GRAPHQL_RESPONSE_MEDIA_TYPE, JSON_MEDIA_TYPE):
+            specificity = {media_type: 3, "application/*": 2, "*/*": 1}.get(kind, 0)
+            if specificity > found.get(media_type, (0, 0.0))[0]:
+                found[media_type] = (specificity, quality)
+    return {
+        media_type: (quality, specificity == 3)
+        for media_type, (specificity, quality) in found.items()
+    }
+
+
+def negotiate_media_type(accept: str | None) -> str | None:
+    """The response media type for an Accept header, or None when it allows neither.
+
+    No Accept header, `*/*` and `application/*` mean `application/json`, which every client
+    reads (the spec's choice for legacy clients). `application/graphql-response+json` wins when
+    the client names it with at least the quality of JSON.
+    """
+    if not accept or not accept.strip():
+        return JSON_MEDIA_TYPE
+    qualities = _accepted_quality(accept)
+    graphql_quality, graphql_named = qualities.get(GRAPHQL_RESPONSE_MEDIA_TYPE, (0.0, False))
+    json_quality, _ = qualities.get(JSON_MEDIA_TYPE, (0.0, False))
+    if graphql_quality == 0 and json_quality == 0:
+        return None
+    if graphql_quality > json_quality or (graphql_quality == json_quality and graphql_named):
+        return GRAPHQL_RESPONSE_MEDIA_TYPE
+    return JSON_MEDIA_TYPE
 
 
 def _error_payload(message: str, code: str | None = None) -> dict[str, Any]:
@@ -103,31 +164,48 @@ class GraphQLEndpoint:
         self.authenticator = authenticator
         self.feed = feed
         self.rate_limiter = RateLimiter(settings)
-        self.ide_html = get_graphql_ide_html("graphiql") if settings.graphiql_enabled else None
+        self.ide_html = graphiql_html() if settings.graphiql_enabled else None
 
     async def handle(self, request: Request) -> Response:
         rid = accept_request_id(request.headers.get("x-request-id"))
         request_id.set(rid)
+        # Errors found before negotiation (a 406 itself) are answered in plain JSON.
+        media_type = JSON_MEDIA_TYPE
         try:
-            response = await self._handle(request)
+            if request.method not in ("GET", "POST"):
+                raise BadRequest(405, "Use GET or POST.", {"Allow": "GET, POST"})
+            if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+                response = self._graphiql()
+            else:
+                negotiated = negotiate_media_type(request.headers.get("accept"))
+                if negotiated is None:
+                    raise BadRequest(
+                        406,
+                        "The Accept header allows no media type this server answers with: "
+                        f"accept {GRAPHQL_RESPONSE_MEDIA_TYPE} or {JSON_MEDIA_TYPE}.",
+                    )
+                media_type = negotiated
+                response = await self._handle(request, media_type)
         except BadRequest as error:
-            response = _json_response(_error_payload(error.message), error.status, error.headers)
+            response = _json_response(
+                _error_payload(error.message), error.status, error.headers, media_type
+            )
         except Exception:
             logger.exception(
                 "unhandled error serving %s %s [request %s]", request.method, request.url.path, rid
             )
-            response = _json_response(_error_payload("Internal server error."), 500)
+            response = _json_response(
+                _error_payload("Internal server error."), 500, None, media_type
+            )
         response.headers["X-Request-ID"] = rid
         return response
 
-    async def _handle(self, request: Request) -> Response:
-        if request.method not in ("GET", "POST"):
-            raise BadRequest(405, "Use GET or POST.", {"Allow": "GET, POST"})
-        if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
-            if self.ide_html is None:
-                raise BadRequest(404, "GraphiQL is turned off on this server.")
-            return HTMLResponse(self.ide_html)
+    def _graphiql(self) -> Response:
+        if self.ide_html is None:
+            raise BadRequest(404, "GraphiQL is turned off on this server.")
+        return HTMLResponse(self.ide_html, headers=GRAPHIQL_HEADERS)
 
+    async def _handle(self, request: Request, media_type: str) -> Response:
         principal = await self.authenticator.authenticate(
             bearer_token(request.headers.get("authorization")), repo.now_utc()
         )
@@ -140,6 +218,7 @@ class GraphQLEndpoint:
                 ),
                 401,
                 {"WWW-Authenticate": "Bearer"},
+                media_type,
             )
         retry_after = await self.rate_limiter.retry_after(principal)
         if retry_after is not None:
@@ -149,7 +228,7 @@ class GraphQLEndpoint:
                 "RATE_LIMITED",
             )
             payload["errors"][0]["extensions"]["retryAfter"] = retry_after
-            return _json_response(payload, 429, {"Retry-After": str(retry_after)})
+            return _json_response(payload, 429, {"Retry-After": str(retry_after)}, media_type)
 
         params = await self._params(request)
         query, variables, operation_name = _operation(params)
@@ -176,7 +255,11 @@ class GraphQLEndpoint:
             raise BadRequest(
                 400, "operationName does not name an operation of the query."
             ) from error
-        return _json_response(_result_payload(result))
+        payload = _result_payload(result)
+        # graphql-response+json: a result without `data` is a request error, hence a 400.
+        # application/json keeps 200 for it: older clients read errors only from a 200.
+        status = 400 if media_type == GRAPHQL_RESPONSE_MEDIA_TYPE and "data" not in payload else 200
+        return _json_response(payload, status, None, media_type)
 
     async def _params(self, request: Request) -> Any:
         if request.method == "GET":
@@ -186,9 +269,17 @@ class GraphQLEndpoint:
             if "extensions" in params:
                 params["extensions"] = _loads(params["extensions"])
             return params
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type != JSON_MEDIA_TYPE:
-            raise BadRequest(415, "Send the request as Content-Type: application/json.")
+        content_type, *parameters = request.headers.get("content-type", "").split(";")
+        charset = next(
+            (
+                value.strip().strip('"').lower()
+                for name, _, value in (p.partition("=") for p in parameters)
+                if name.strip().lower() == "charset"
+            ),
+            "utf-8",
+        )
+        if content_type.strip().lower() != JSON_MEDIA_TYPE or charset not in ("utf-8", "utf8"):
+            raise BadRequest(415, "Send the request as Content-Type: application/json (UTF-8).")
         return _loads(await self._body(request))
 
     async def _body(self, request: Request) -> bytes:

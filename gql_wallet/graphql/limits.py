@@ -58,8 +58,11 @@ class DocumentShape:
                 below, inner = (
                     self.of(selection.selection_set) if selection.selection_set else (0, 0)
                 )
-                levels = max(levels, 1 + below)
                 aliases += inner + (1 if selection.alias else 0)
+                # Introspection (__schema, __type) is as deep as the schema, not the data; it is
+                # bounded by the token limit and turned off in production.
+                if not selection.name.value.startswith("__"):
+                    levels = max(levels, 1 + below)
             else:
                 if isinstance(selection, InlineFragmentNode):
                     below, inner = self.of(selection.selection_set)
