@@ -151,6 +151,7 @@ def postgraphile(database_url: str, port: int, pool_size: int) -> Peer:
             "PORT": str(port),
             "POOL_SIZE": str(pool_size),
             "NODE_ENV": "production",
+            "GRAPHILE_ENV": "production",
         },
         cwd=POSTGRAPHILE_DIR,
     )
