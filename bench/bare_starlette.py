@@ -5,6 +5,8 @@ same statements, in the same transactions, as gql_wallet does on SQLite (the API
 a read transaction, then the lookup's SELECT, or the top-up's BEGIN IMMEDIATE, idempotency
 claim, conditional balance UPDATE ... RETURNING, ledger INSERT and outcome UPDATE). The gap
 between this and gql_wallet on the same SQLite file is what the GraphQL stack costs.
+It serves only what the benchmark sends: top-ups of seeded wallets with fresh keys (no wallet
+creation, no replays, no input validation).
 
 Run: uvicorn bench.bare_starlette:create_app --factory --workers 2, with BENCH_SQLITE_PATH
 (the seeded file) and BENCH_POOL_SIZE (connections per process) in the environment.

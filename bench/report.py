@@ -125,13 +125,13 @@ def check_targets(cells: list[Cell], soak: SoakResult | None) -> list[Target]:
 
 
 def _first_line(command: list[str]) -> str:
+    """The first line a version command prints, or "missing"."""
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
     except FileNotFoundError:
         return "missing"
-    return (
-        (done.stdout or done.stderr).strip().splitlines()[0] if done.stdout or done.stderr else ""
-    )
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def machine_facts(postgres_version: str, node: Path) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -106,7 +105,7 @@ def parse_args(argv: list[str] | None) -> Config:
     parser.add_argument("--peers", default=",".join(PEERS), help=f"subset of {','.join(PEERS)}")
     parser.add_argument("--soak-seconds", type=int, default=300, help="0 skips the soak")
     parser.add_argument("--soak-warmup-seconds", type=int, default=60)
-    parser.add_argument("--port", type=int, default=8701, help="first of 6 consecutive ports")
+    parser.add_argument("--port", type=int, default=8701, help="first of 5 consecutive ports")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 1 round x 3 s, 20,000 wallets, 30 s soak"
     )
@@ -167,12 +166,13 @@ async def _postgres_version(database_url: str) -> str:
         await conn.close()
 
 
-Rounds = dict[tuple[str, str, int], list[Measurement]]
+# One round's measurements by (peer, scenario, concurrency).
+Round = dict[tuple[str, str, int], Measurement]
 
 
-def measure_http(peer: Peer, tenants: seed.Tenants, config: Config, round_no: int) -> Rounds:
+def measure_http(peer: Peer, tenants: seed.Tenants, config: Config, round_no: int) -> Round:
     """One round of one peer: start it, warm it up, run every (concurrency, scenario) once."""
-    measured: Rounds = {}
+    measured: Round = {}
     run_id = f"{peer.name}-{time.time_ns()}"
     with serving(peer, tenants, WORK_DIR):
         run_wrk(
@@ -194,12 +194,12 @@ def measure_http(peer: Peer, tenants: seed.Tenants, config: Config, round_no: in
                     key_prefix=f"{run_id}-{scenario}-c{concurrency}",
                 )
                 _log_measurement(peer.name, scenario, concurrency, round_no, measurement)
-                measured[(peer.name, scenario, concurrency)] = [measurement]
+                measured[(peer.name, scenario, concurrency)] = measurement
     return measured
 
 
-def measure_pgbench(tenants: seed.Tenants, config: Config, round_no: int) -> Rounds:
-    measured: Rounds = {}
+def measure_pgbench(tenants: seed.Tenants, config: Config, round_no: int) -> Round:
+    measured: Round = {}
     for concurrency in config.concurrency:
         for scenario in SCENARIOS:
             measurement = run_pgbench(
@@ -211,7 +211,7 @@ def measure_pgbench(tenants: seed.Tenants, config: Config, round_no: int) -> Rou
                 work_dir=WORK_DIR,
             )
             _log_measurement("pgbench", scenario, concurrency, round_no, measurement)
-            measured[("pgbench", scenario, concurrency)] = [measurement]
+            measured[("pgbench", scenario, concurrency)] = measurement
     return measured
 
 
@@ -242,41 +242,30 @@ def main(argv: list[str] | None = None) -> int:
     log(f"seeding {sqlite_path} with {config.wallets:,} wallets")
     lite = seed.prepare_sqlite(sqlite_path, config.wallets, config.organizations)
 
-    port = config.port
-    http_peers: dict[str, Callable[[], tuple[Peer, seed.Tenants]]] = {
-        "postgraphile": lambda: (postgraphile(config.database_url, port, config.pool_size), pg),
-        "gql_pg_w1": lambda: (
-            gql_wallet("gql_pg_w1", config.database_url, 1, port + 1, config.pool_size),
-            pg,
-        ),
-        "gql_pg_w2": lambda: (
-            gql_wallet("gql_pg_w2", config.database_url, 2, port + 2, config.pool_size),
-            pg,
-        ),
-        "gql_sqlite_w2": lambda: (
-            gql_wallet("gql_sqlite_w2", f"sqlite:///{sqlite_path}", 2, port + 3, config.pool_size),
-            lite,
-        ),
-        "bare_sqlite_w2": lambda: (
-            bare_starlette(sqlite_path, 2, port + 4, config.pool_size),
-            lite,
-        ),
+    port, pool = config.port, config.pool_size
+    sqlite_url = f"sqlite:///{sqlite_path}"
+    http_peers: dict[str, tuple[Peer, seed.Tenants]] = {
+        "postgraphile": (postgraphile(config.database_url, port, pool), pg),
+        "gql_pg_w1": (gql_wallet("gql_pg_w1", config.database_url, 1, port + 1, pool), pg),
+        "gql_pg_w2": (gql_wallet("gql_pg_w2", config.database_url, 2, port + 2, pool), pg),
+        "gql_sqlite_w2": (gql_wallet("gql_sqlite_w2", sqlite_url, 2, port + 3, pool), lite),
+        "bare_sqlite_w2": (bare_starlette(sqlite_path, 2, port + 4, pool), lite),
     }
     # Rounds go over all peers in turn, so that a slow spell of the (shared) machine lands on
     # one round of every peer rather than on every round of one peer; the medians absorb it.
-    rounds: Rounds = {}
-    labels = {"pgbench": "pgbench, same SQL (top-up: the bench_top_up function), postgresql"}
+    rounds: dict[tuple[str, str, int], list[Measurement]] = {}
+    labels = {name: peer.label for name, (peer, _) in http_peers.items()}
+    labels["pgbench"] = "pgbench, same SQL (top-up: the bench_top_up function), postgresql"
     for round_no in range(config.rounds):
         for name in config.peers:
             log(f"round {round_no + 1}/{config.rounds}: {name}")
             if name == "pgbench":
                 measured = measure_pgbench(pg, config, round_no)
             else:
-                peer, tenants = http_peers[name]()
-                labels[name] = peer.label
+                peer, tenants = http_peers[name]
                 measured = measure_http(peer, tenants, config, round_no)
-            for key, measurements in measured.items():
-                rounds.setdefault(key, []).extend(measurements)
+            for key, measurement in measured.items():
+                rounds.setdefault(key, []).append(measurement)
     cells = [
         Cell(
             peer, labels[peer], scenario, concurrency, tuple(rounds[(peer, scenario, concurrency)])
@@ -288,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
 
     soak: SoakResult | None = None
     if config.soak_seconds:
-        peer = gql_wallet("gql_pg_w2", config.database_url, 2, port + 5, config.pool_size)
+        peer = http_peers["gql_pg_w2"][0]
         log(f"soak: {peer.name} for {config.soak_seconds}s")
         soak = run_soak(
             peer,
