@@ -1,0 +1,206 @@
+"""The SQLite reference of the benchmark: bare Starlette endpoints doing gql_wallet's SQL.
+
+No GraphQL, no SQLAlchemy: a wallet lookup and a top-up as plain JSON endpoints that send the
+same statements, in the same transactions, as gql_wallet does on SQLite (the API key lookup in
+a read transaction, then the lookup's SELECT, or the top-up's BEGIN IMMEDIATE, idempotency
+claim, conditional balance UPDATE ... RETURNING, ledger INSERT and outcome UPDATE). The gap
+between this and gql_wallet on the same SQLite file is what the GraphQL stack costs.
+It serves only what the benchmark sends: top-ups of seeded wallets with fresh keys (no wallet
+creation, no replays, no input validation).
+
+Run: uvicorn bench.bare_starlette:create_app --factory --workers 2, with BENCH_SQLITE_PATH
+(the seeded file) and BENCH_POOL_SIZE (connections per process) in the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import aiosqlite
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+MAX_SAFE_INT = 2**53 - 1
+WALLET_COLUMNS = "seq, id, organization_id, customer_id, currency, balance, created_at, modified_at"
+
+AUTHENTICATE = (
+    "SELECT api_keys.organization_id FROM api_keys "
+    "WHERE api_keys.key_hash = ? AND api_keys.revoked_at IS NULL"
+)
+CUSTOMER_WALLETS = (
+    f"SELECT {WALLET_COLUMNS} FROM wallets "
+    "WHERE wallets.organization_id = ? AND wallets.customer_id = ? ORDER BY wallets.seq"
+)
+CLAIM_KEY = (
+    'INSERT INTO idempotency_keys (organization_id, "key", request, created_at) '
+    'VALUES (?, ?, ?, ?) ON CONFLICT (organization_id, "key") DO NOTHING RETURNING "key"'
+)
+CHANGE_BALANCE = (
+    "UPDATE wallets SET balance=(wallets.balance + ?), modified_at=? "
+    "WHERE wallets.organization_id = ? AND wallets.customer_id = ? AND wallets.currency = ? "
+    f"AND wallets.balance <= ? RETURNING {WALLET_COLUMNS}"
+)
+INSERT_ENTRY = (
+    "INSERT INTO wallet_transactions (id, organization_id, wallet_seq, type, amount, "
+    "balance_after, description, reference, idempotency_key, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq, id, organization_id, wallet_seq, type, "
+    "amount, balance_after, description, reference, idempotency_key, created_at"
+)
+RECORD_OUTCOME = (
+    "UPDATE idempotency_keys SET transaction_seq=?, error_code=?, error_message=? "
+    'WHERE idempotency_keys.organization_id = ? AND idempotency_keys."key" = ?'
+)
+
+
+class Pool:
+    """A fixed set of SQLite connections, configured as gql_wallet configures its own."""
+
+    def __init__(self, path: str, size: int) -> None:
+        self.path = path
+        self.size = size
+        self.idle: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+
+    async def open(self) -> None:
+        for _ in range(self.size):
+            conn = await aiosqlite.connect(self.path, isolation_level=None)
+            for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
+                await conn.execute(f"PRAGMA {pragma}")
+            await conn.execute("PRAGMA busy_timeout=30000")
+            self.idle.put_nowait(conn)
+
+    async def close(self) -> None:
+        for _ in range(self.size):
+            await (await self.idle.get()).close()
+
+    @asynccontextmanager
+    async def transaction(self, begin: str) -> AsyncIterator[aiosqlite.Connection]:
+        conn = await self.idle.get()
+        try:
+            await conn.execute(begin)
+            try:
+                yield conn
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
+        finally:
+            self.idle.put_nowait(conn)
+
+
+def _timestamp(stored: str) -> str:
+    return stored.replace(" ", "T") + "+00:00"
+
+
+def _wallet(row: Any) -> dict[str, Any]:
+    return {
+        "id": str(uuid.UUID(row[1])),
+        "customerId": row[3],
+        "currency": row[4],
+        "balance": row[5],
+        "modifiedAt": _timestamp(row[7]),
+    }
+
+
+def _json(payload: dict[str, Any], status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+def create_app() -> Starlette:
+    pool = Pool(os.environ["BENCH_SQLITE_PATH"], int(os.environ.get("BENCH_POOL_SIZE", "32")))
+
+    async def organization(request: Request) -> str | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return None
+        async with pool.transaction("BEGIN") as conn:
+            cursor = await conn.execute(AUTHENTICATE, (hashlib.sha256(token.encode()).hexdigest(),))
+            row = await cursor.fetchone()
+        return str(row[0]) if row else None
+
+    async def lookup(request: Request) -> Response:
+        org = await organization(request)
+        if org is None:
+            return _json({"error": "UNAUTHENTICATED"}, 401)
+        body = orjson.loads(await request.body())
+        async with pool.transaction("BEGIN") as conn:
+            cursor = await conn.execute(CUSTOMER_WALLETS, (org, body["customerId"]))
+            rows = await cursor.fetchall()
+        return _json({"wallets": [_wallet(row) for row in rows]})
+
+    async def top_up(request: Request) -> Response:
+        org = await organization(request)
+        if org is None:
+            return _json({"error": "UNAUTHENTICATED"}, 401)
+        body = orjson.loads(await request.body())
+        customer, currency, amount = body["customerId"], body["currency"].lower(), body["amount"]
+        key = body["idempotencyKey"]
+        canonical = json.dumps(
+            {
+                "type": "TOP_UP",
+                "customerId": customer,
+                "currency": currency,
+                "amount": amount,
+                "description": None,
+                "reference": None,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        async with pool.transaction("BEGIN IMMEDIATE") as conn:
+            claimed = await (await conn.execute(CLAIM_KEY, (org, key, canonical, now))).fetchone()
+            if claimed is None:
+                return _json({"error": "KEY_ALREADY_USED"}, 409)
+            change = (amount, now, org, customer, currency, MAX_SAFE_INT - amount)
+            wallet = await (await conn.execute(CHANGE_BALANCE, change)).fetchone()
+            if wallet is None:
+                return _json({"error": "WALLET_NOT_FOUND"}, 404)
+            entry_id = uuid.uuid4()
+            entry = (
+                entry_id.hex,
+                org,
+                wallet[0],
+                "TOP_UP",
+                amount,
+                wallet[5],
+                None,
+                None,
+                key,
+                now,
+            )
+            row = await (await conn.execute(INSERT_ENTRY, entry)).fetchone()
+            assert row is not None
+            await conn.execute(RECORD_OUTCOME, (row[0], None, None, org, key))
+        return _json(
+            {
+                "transaction": {"id": str(entry_id), "balanceAfter": row[6]},
+                "wallet": _wallet(wallet),
+            }
+        )
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await pool.open()
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    return Starlette(
+        routes=[
+            Route("/lookup", lookup, methods=["POST"]),
+            Route("/top-up", top_up, methods=["POST"]),
+        ],
+        lifespan=lifespan,
+    )

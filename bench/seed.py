@@ -1,0 +1,207 @@
+"""Create and seed the benchmark databases: one PostgreSQL database and one SQLite file.
+
+The schema comes from `gql-wallet migrate` and the organizations and API keys from
+`gql-wallet api-keys create`, exactly as a user makes them. Wallets are then bulk-inserted in
+SQL: customer `cus_<k>` belongs to organization `k % organizations` and has a `usd` and a `eur`
+wallet, each opened by one seed top-up, with its ledger entry and idempotency record, so that
+every balance equals the sum of its entries, as gql_wallet itself would have left it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+
+CLI = str(Path(sys.executable).with_name("gql-wallet"))
+CURRENCIES = ("usd", "eur")
+SEED_BALANCE = 1_000_000
+TOP_UP_FUNCTION = Path(__file__).with_name("sql") / "bench_top_up.sql"
+
+
+@dataclass(frozen=True)
+class Tenants:
+    """The seeded organizations, in the order that maps customers to them, and their keys."""
+
+    organization_ids: tuple[str, ...]
+    api_keys: tuple[str, ...]
+    customers: int
+
+
+def customer_count(wallets: int, organizations: int) -> int:
+    per_customer = len(CURRENCIES)
+    if wallets % (per_customer * organizations):
+        raise ValueError(f"--wallets must be a multiple of {per_customer * organizations}")
+    return wallets // per_customer
+
+
+def _gql_wallet(database_url: str, *args: str) -> str:
+    env = {**os.environ, "GQL_WALLET_DATABASE_URL": database_url}
+    done = subprocess.run(
+        [CLI, *args], env=env, check=True, capture_output=True, text=True, timeout=120
+    )
+    return done.stdout
+
+
+def _migrate_and_create_keys(database_url: str, organizations: int) -> tuple[str, ...]:
+    _gql_wallet(database_url, "migrate")
+    return tuple(
+        _gql_wallet(database_url, "api-keys", "create", "--organization", f"bench_org_{i}")
+        .strip()
+        .splitlines()[-1]
+        for i in range(organizations)
+    )
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------
+
+_PG_WALLETS = """
+INSERT INTO wallets (id, organization_id, customer_id, currency, balance, created_at, modified_at)
+SELECT gen_random_uuid(), ($1::uuid[])[k % cardinality($1::uuid[]) + 1], 'cus_' || k, c.code,
+       $3, now(), now()
+FROM generate_series(0, $2 - 1) AS k CROSS JOIN unnest($4::text[]) AS c(code)
+ORDER BY k, c.code
+"""
+_PG_ENTRIES = """
+INSERT INTO wallet_transactions (id, organization_id, wallet_seq, type, amount, balance_after,
+                                 idempotency_key, created_at)
+SELECT gen_random_uuid(), organization_id, seq, 'TOP_UP', balance, balance, 'seed_' || seq,
+       created_at
+FROM wallets ORDER BY seq
+"""
+_PG_KEYS = """
+INSERT INTO idempotency_keys (organization_id, key, request, transaction_seq, created_at)
+SELECT t.organization_id, t.idempotency_key,
+       json_build_object('amount', t.amount, 'currency', w.currency, 'customerId', w.customer_id,
+                         'description', NULL, 'reference', NULL, 'type', 'TOP_UP')::text,
+       t.seq, t.created_at
+FROM wallet_transactions t JOIN wallets w ON w.seq = t.wallet_seq
+"""
+
+
+async def _recreate_postgres_database(admin_url: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def _seed_postgres(database_url: str, organizations: int, customers: int) -> tuple[str, ...]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        org_ids = [
+            await conn.fetchval("SELECT id FROM organizations WHERE name = $1", f"bench_org_{i}")
+            for i in range(organizations)
+        ]
+        async with conn.transaction():
+            await conn.execute(_PG_WALLETS, org_ids, customers, SEED_BALANCE, list(CURRENCIES))
+            await conn.execute(_PG_ENTRIES)
+            await conn.execute(_PG_KEYS)
+            await conn.execute(TOP_UP_FUNCTION.read_text())
+        await conn.execute("VACUUM ANALYZE")
+    finally:
+        await conn.close()
+    return tuple(str(org_id) for org_id in org_ids)
+
+
+def prepare_postgres(
+    admin_url: str, database_url: str, wallets: int, organizations: int
+) -> Tenants:
+    """Drop and recreate the bench database at `database_url`, migrate it and seed it."""
+    name = database_url.rsplit("/", 1)[-1]
+    if not name.startswith("bench_"):
+        raise ValueError(f"refusing to recreate {name!r}: bench databases are named bench_*")
+    customers = customer_count(wallets, organizations)
+    asyncio.run(_recreate_postgres_database(admin_url, name))
+    keys = _migrate_and_create_keys(database_url, organizations)
+    org_ids = asyncio.run(_seed_postgres(database_url, organizations, customers))
+    return Tenants(org_ids, keys, customers)
+
+
+# --- SQLite --------------------------------------------------------------------------------
+
+# SQLAlchemy stores a UUID on SQLite as 32 hex digits and a datetime as naive UTC text.
+_SQLITE_WALLETS = """
+WITH RECURSIVE k(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM k WHERE n + 1 < :customers),
+orgs AS (SELECT id, row_number() OVER (ORDER BY name) - 1 AS position FROM organizations
+         WHERE name LIKE 'bench_org_%')
+INSERT INTO wallets (id, organization_id, customer_id, currency, balance, created_at, modified_at)
+SELECT lower(hex(randomblob(16))), orgs.id, 'cus_' || k.n, c.code, :balance, :now, :now
+FROM k JOIN orgs ON orgs.position = k.n % :organizations
+CROSS JOIN (SELECT 'eur' AS code UNION ALL SELECT 'usd') AS c
+ORDER BY k.n, c.code
+"""
+_SQLITE_ENTRIES = """
+INSERT INTO wallet_transactions (id, organization_id, wallet_seq, type, amount, balance_after,
+                                 idempotency_key, created_at)
+SELECT lower(hex(randomblob(16))), organization_id, seq, 'TOP_UP', balance, balance,
+       'seed_' || seq, created_at
+FROM wallets ORDER BY seq
+"""
+_SQLITE_KEYS = """
+INSERT INTO idempotency_keys (organization_id, key, request, transaction_seq, created_at)
+SELECT t.organization_id, t.idempotency_key,
+       json_object('amount', t.amount, 'currency', w.currency, 'customerId', w.customer_id,
+                   'description', NULL, 'reference', NULL, 'type', 'TOP_UP'),
+       t.seq, t.created_at
+FROM wallet_transactions t JOIN wallets w ON w.seq = t.wallet_seq
+"""
+
+
+def prepare_sqlite(path: Path, wallets: int, organizations: int) -> Tenants:
+    """Recreate the SQLite file at `path`, migrate it and seed it."""
+    if organizations > 10:
+        raise ValueError("the SQLite seed orders organizations by name: at most 10")
+    customers = customer_count(wallets, organizations)
+    for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        stale.unlink(missing_ok=True)
+    keys = _migrate_and_create_keys(f"sqlite:///{path}", organizations)
+    now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+    with sqlite3.connect(path) as conn:
+        params = {
+            "customers": customers,
+            "organizations": organizations,
+            "balance": SEED_BALANCE,
+            "now": now,
+        }
+        conn.execute(_SQLITE_WALLETS, params)
+        conn.execute(_SQLITE_ENTRIES)
+        conn.execute(_SQLITE_KEYS)
+        conn.execute("ANALYZE")
+    return Tenants((), keys, customers)
+
+
+# --- after the run -------------------------------------------------------------------------
+
+_LEDGER_MISMATCHES = """
+SELECT count(*) FROM wallets w
+WHERE w.balance <> (SELECT coalesce(sum(t.amount), 0) FROM wallet_transactions t
+                    WHERE t.wallet_seq = w.seq)
+"""
+
+
+async def _postgres_mismatches(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval(_LEDGER_MISMATCHES))
+    finally:
+        await conn.close()
+
+
+def ledger_mismatches_postgres(database_url: str) -> int:
+    """Wallets whose balance is not the sum of their ledger entries (0 after a sound run)."""
+    return asyncio.run(_postgres_mismatches(database_url))
+
+
+def ledger_mismatches_sqlite(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute(_LEDGER_MISMATCHES).fetchone()[0])
