@@ -19,7 +19,9 @@ from gql_wallet.graphql.graphiql import ASSETS_URL
 from gql_wallet.graphql.http import GraphQLEndpoint
 from gql_wallet.graphql.schema import build_schema
 from gql_wallet.graphql.websocket import SubscriptionEndpoint, SubscriptionView
+from gql_wallet.middleware import RequestMiddleware
 from gql_wallet.migrate import upgrade_to_head
+from gql_wallet.operations import MetricsEndpoint, Readiness, healthz
 from gql_wallet.settings import Settings
 
 
@@ -51,6 +53,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     routes: list[BaseRoute] = [
         Route("/", root, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", Readiness(engine).check, methods=["GET"]),
+        Route("/metrics", MetricsEndpoint(settings).serve, methods=["GET"]),
         Route(
             "/graphql",
             endpoint.handle,
@@ -65,6 +70,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         middleware=[
+            Middleware(RequestMiddleware, log_variables=settings.log_variables),
             # Browsers send bearer tokens, never cookies: credentials stay off, so no origin is
             # ever trusted with the user's cookies, and a configured "*" is still safe.
             Middleware(
@@ -76,7 +82,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 expose_headers=["X-Request-ID", "Retry-After"],
                 allow_credentials=False,
                 max_age=600,
-            )
+            ),
         ],
     )
     app.state.engine = engine

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import os
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -17,6 +18,7 @@ from gql_wallet import repository as repo
 from gql_wallet.audit import audit
 from gql_wallet.auth import API_KEY_PREFIX, SCOPE_READ, SCOPE_WRITE, SCOPES, create_api_key
 from gql_wallet.db import create_engine, read_transaction, write_transaction
+from gql_wallet.logs import configure_logging
 from gql_wallet.migrate import head_revision, upgrade_to_head
 from gql_wallet.settings import Settings
 
@@ -58,18 +60,51 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         )
     if settings.graphiql_enabled:
         print(f"GraphiQL: http://{args.host}:{args.port}/graphql", file=sys.stderr)
+    if args.workers > 1:
+        # Each worker writes its metrics under this folder; every scrape sums them all.
+        metrics_dir = tempfile.mkdtemp(prefix="gql-wallet-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    if settings.metrics_enabled and settings.metrics_port is not None:
+        _serve_metrics(args.host, settings.metrics_port)
     uvicorn.run(
         "gql_wallet.app:create_app",
         factory=True,
         host=args.host,
         port=args.port,
         workers=args.workers,
-        log_level="info",
+        log_config=None,  # ours, from configure_logging
+        access_log=False,  # the request log line (gql_wallet.request) replaces it
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+        timeout_keep_alive=settings.keep_alive_seconds,
         ws_ping_interval=settings.ws_ping_interval_seconds,
         ws_ping_timeout=settings.ws_ping_timeout_seconds,
         ws_max_size=settings.max_body_bytes,
     )
     return 0
+
+
+def _serve_metrics(host: str, port: int) -> None:
+    """/metrics on its own port, served by this (supervising) process for all workers."""
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        start_http_server(port, addr=host, registry=registry)
+    else:
+        start_http_server(port, addr=host)
+    print(f"Metrics: http://{host}:{port}/metrics", file=sys.stderr)
+
+
+def _settings_help() -> str:
+    """Every setting, for `gql-wallet serve --help`."""
+    lines = ["settings (environment variables):"]
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+        shown = "(unset)" if default is None else repr(default)
+        lines.append(f"  GQL_WALLET_{name.upper()} = {shown}")
+        lines.append(f"      {field.description}")
+    return "\n".join(lines)
 
 
 def _create_key(settings: Settings, args: argparse.Namespace) -> int:
@@ -158,7 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the server (GraphiQL at /graphql)")
+    serve = commands.add_parser(
+        "serve",
+        help="run the server (GraphiQL at /graphql)",
+        epilog=_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
@@ -200,12 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings()
     except ValidationError as error:
         print(f"gql-wallet: invalid configuration:\n{error}", file=sys.stderr)
         return 2
+    configure_logging(settings.log_format, settings.log_level)
     result: int = args.run(settings, args)
     return result
 

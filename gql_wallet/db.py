@@ -26,6 +26,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from gql_wallet import metrics
 from gql_wallet.settings import Settings
 
 _WRITE = "gql_wallet_write"
@@ -46,8 +47,33 @@ def asyncpg_dsn(database_url: str) -> str:
 
 def create_engine(settings: Settings) -> AsyncEngine:
     url = async_url(settings.database_url)
-    if url.get_backend_name() == "sqlite":
-        return _sqlite_engine(url, settings)
+    engine = (
+        _sqlite_engine(url, settings)
+        if url.get_backend_name() == "sqlite"
+        else _postgresql_engine(url, settings)
+    )
+    _count_connections(engine)
+    return engine
+
+
+def _count_connections(engine: AsyncEngine) -> None:
+    """Pool gauges: connections checked out now, and requests queueing for one."""
+    pool = engine.sync_engine.pool
+    event.listen(pool, "checkout", lambda *_: metrics.DB_IN_USE.inc())
+    event.listen(pool, "checkin", lambda *_: metrics.DB_IN_USE.dec())
+    original_connect = pool.connect
+
+    def connect() -> Any:
+        metrics.DB_WAITING.inc()
+        try:
+            return original_connect()
+        finally:
+            metrics.DB_WAITING.dec()
+
+    pool.connect = connect  # type: ignore[method-assign]
+
+
+def _postgresql_engine(url: URL, settings: Settings) -> AsyncEngine:
     return create_async_engine(
         url,
         pool_size=settings.db_pool_size,

@@ -52,6 +52,7 @@ class WriteResult:
     wallet: WalletRecord | None = None
     transaction: TransactionRecord | None = None
     errors: tuple[UserError, ...] = ()
+    replayed: bool = False  # the first outcome of this idempotency key, returned again
 
 
 # Where a refusal decided against the ledger points the caller.
@@ -195,11 +196,12 @@ async def _replay(
     wallet = await repo.get_wallet_by_owner(conn, organization_id, change.customer_id, currency)
     if record.transaction_seq is not None:
         transaction = await repo.get_transaction_by_seq(conn, record.transaction_seq)
-        return WriteResult(wallet=wallet, transaction=transaction)
+        return WriteResult(wallet=wallet, transaction=transaction, replayed=True)
     code = ErrorCode(record.error_code)
     return WriteResult(
         wallet=wallet,
         errors=(UserError(code, record.error_message or code.value, _OUTCOME_FIELDS[code]),),
+        replayed=True,
     )
 
 

@@ -1,4 +1,4 @@
-"""The package logger and the request id every log line of a request carries."""
+"""Logging: one structured line per request, the request id on every line of a request."""
 
 from __future__ import annotations
 
@@ -6,12 +6,35 @@ import logging
 import re
 import uuid
 from contextvars import ContextVar
+from dataclasses import dataclass
+
+from pythonjsonlogger.json import JsonFormatter
 
 logger = logging.getLogger("gql_wallet")
+request_logger = logging.getLogger("gql_wallet.request")
 
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass
+class RequestInfo:
+    """What the GraphQL layer learns about a request, for its log line and metrics."""
+
+    operation: str = "-"
+    outcome: str = "-"
+    principal_kind: str | None = None
+    organization_id: str | None = None
+    variables: object = None
+
+
+request_info: ContextVar[RequestInfo | None] = ContextVar("request_info", default=None)
+
+
+def current_request() -> RequestInfo:
+    """This request's info (a throwaway one outside a request)."""
+    return request_info.get() or RequestInfo()
 
 
 def accept_request_id(header: str | None) -> str:
@@ -19,3 +42,34 @@ def accept_request_id(header: str | None) -> str:
     if header and _CLIENT_REQUEST_ID.match(header):
         return header
     return uuid.uuid4().hex
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id.get()
+        return True
+
+
+def configure_logging(log_format: str, level: str = "INFO") -> None:
+    """JSON lines (default) or plain text on stderr, for gql_wallet, uvicorn and alembic."""
+    handler = logging.StreamHandler()
+    handler.addFilter(_RequestIdFilter())
+    if log_format == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                timestamp=False,
+            )
+        )
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True

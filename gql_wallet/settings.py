@@ -120,6 +120,42 @@ class Settings(BaseSettings):
         description="WebSocket keepalive: a connection that does not answer "
         "a ping within this many seconds is closed.",
     )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json: one JSON object per line; text: for reading by eye."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="The lowest level logged."
+    )
+    log_variables: bool = Field(
+        default=False,
+        description="Log each request's GraphQL variables (they hold customer data: off "
+        "unless you need them).",
+    )
+    metrics_enabled: bool = Field(default=True, description="Serve Prometheus metrics.")
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token that /metrics on the API port requires. Without it /metrics "
+        "there is open in development and off in production (use metrics_port).",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve /metrics on this separate port (same host), e.g. one only the "
+        "Prometheus network reaches.",
+    )
+    shutdown_timeout_seconds: int = Field(
+        default=30,
+        ge=1,
+        description="On SIGTERM: how long in-flight requests may take to finish before the "
+        "server stops anyway.",
+    )
+    keep_alive_seconds: int = Field(
+        default=65,
+        ge=1,
+        description="How long an idle HTTP keep-alive connection stays open; keep it above your "
+        "load balancer's idle timeout (often 60 s) so it never reuses a closing connection.",
+    )
     customer_session_default_seconds: int = Field(
         default=3_600, ge=60, description="Lifetime of a customer session when none is asked for."
     )

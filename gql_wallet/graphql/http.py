@@ -31,7 +31,7 @@ from gql_wallet.auth import Authenticator, bearer_token
 from gql_wallet.feed import LedgerFeed
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.graphiql import GRAPHIQL_HEADERS, graphiql_html
-from gql_wallet.logs import accept_request_id, logger, request_id
+from gql_wallet.logs import current_request, logger
 from gql_wallet.ratelimit import RateLimiter
 from gql_wallet.settings import Settings
 
@@ -167,8 +167,7 @@ class GraphQLEndpoint:
         self.ide_html = graphiql_html() if settings.graphiql_enabled else None
 
     async def handle(self, request: Request) -> Response:
-        rid = accept_request_id(request.headers.get("x-request-id"))
-        request_id.set(rid)
+        info = current_request()
         # Errors found before negotiation (a 406 itself) are answered in plain JSON.
         media_type = JSON_MEDIA_TYPE
         try:
@@ -187,17 +186,16 @@ class GraphQLEndpoint:
                 media_type = negotiated
                 response = await self._handle(request, media_type)
         except BadRequest as error:
+            info.outcome = "rejected"
             response = _json_response(
                 _error_payload(error.message), error.status, error.headers, media_type
             )
         except Exception:
-            logger.exception(
-                "unhandled error serving %s %s [request %s]", request.method, request.url.path, rid
-            )
+            info.outcome = "error"
+            logger.exception("unhandled error serving %s %s", request.method, request.url.path)
             response = _json_response(
                 _error_payload("Internal server error."), 500, None, media_type
             )
-        response.headers["X-Request-ID"] = rid
         return response
 
     def _graphiql(self) -> Response:
@@ -209,7 +207,9 @@ class GraphQLEndpoint:
         principal = await self.authenticator.authenticate(
             bearer_token(request.headers.get("authorization")), repo.now_utc()
         )
+        info = current_request()
         if principal is None:
+            info.outcome = "unauthenticated"
             return _json_response(
                 _error_payload(
                     "A valid, unexpired token is required: send 'Authorization: Bearer <token>' "
@@ -220,8 +220,11 @@ class GraphQLEndpoint:
                 {"WWW-Authenticate": "Bearer"},
                 media_type,
             )
+        info.principal_kind = principal.kind
+        info.organization_id = str(principal.organization_id)
         retry_after = await self.rate_limiter.retry_after(principal)
         if retry_after is not None:
+            info.outcome = "rate_limited"
             limit = self.rate_limiter.limit_for(principal)
             payload = _error_payload(
                 f"Rate limit exceeded for this token ({limit}); retry after {retry_after} s.",
@@ -232,6 +235,7 @@ class GraphQLEndpoint:
 
         params = await self._params(request)
         query, variables, operation_name = _operation(params)
+        info.variables = variables
         allowed = {OperationType.QUERY} if request.method == "GET" else None
         try:
             result = await self.schema.execute(
@@ -256,6 +260,10 @@ class GraphQLEndpoint:
                 400, "operationName does not name an operation of the query."
             ) from error
         payload = _result_payload(result)
+        if "errors" in payload:
+            info.outcome = "error" if "data" in payload else "invalid"
+        elif info.outcome == "-":
+            info.outcome = "ok"
         # graphql-response+json: a result without `data` is a request error, hence a 400.
         # application/json keeps 200 for it: older clients read errors only from a 200.
         status = 400 if media_type == GRAPHQL_RESPONSE_MEDIA_TYPE and "data" not in payload else 200

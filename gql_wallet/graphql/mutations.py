@@ -10,7 +10,7 @@ import strawberry
 from strawberry.permission import BasePermission
 from strawberry.types import Info
 
-from gql_wallet import auth, ledger
+from gql_wallet import auth, ledger, metrics
 from gql_wallet import repository as repo
 from gql_wallet.db import write_transaction
 from gql_wallet.errors import ErrorCode, UserError
@@ -23,6 +23,7 @@ from gql_wallet.graphql.types import (
     WalletUserError,
     error_code,
 )
+from gql_wallet.logs import current_request
 from gql_wallet.money import check_customer_id
 
 _CUSTOMER_ID = (
@@ -153,6 +154,10 @@ class RevokeCustomerSessionPayload:
 
 
 def _user_errors(errors: tuple[UserError, ...]) -> list[WalletUserError]:
+    if errors:
+        current_request().outcome = "user_error"
+    for error in errors:
+        metrics.USER_ERRORS.labels(error.code.value).inc()
     return [
         WalletUserError(
             code=error_code(e.code),
@@ -177,6 +182,8 @@ def _change(data: TopUpWalletInput | ChargeWalletInput) -> ledger.BalanceChange:
 def _parts(
     info: Info[Context, None], result: ledger.WriteResult
 ) -> tuple[CustomerWallet | None, WalletTransaction | None, list[WalletUserError]]:
+    if result.transaction is not None and not result.replayed:
+        metrics.LEDGER_WRITES.labels(result.transaction.type).inc()
     if result.transaction is not None and result.wallet is not None:
         # Subscribers in this process hear of the change at once (others through the database).
         info.context.feed.wake(

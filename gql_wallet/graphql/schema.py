@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
 import strawberry
-from graphql import GraphQLError
+from graphql import FieldNode, GraphQLError, get_operation_ast
 from strawberry.extensions import (
     AddValidationRules,
     MaskErrors,
@@ -24,7 +24,7 @@ from gql_wallet.graphql.mutations import Mutation
 from gql_wallet.graphql.queries import Query
 from gql_wallet.graphql.subscriptions import Subscription
 from gql_wallet.graphql.types import DATETIME_SCALAR, SAFE_INT_SCALAR, SafeInt
-from gql_wallet.logs import logger, request_id
+from gql_wallet.logs import current_request, logger, request_id
 from gql_wallet.settings import Settings
 
 
@@ -41,6 +41,28 @@ class WalletSchema(strawberry.Schema):
                     request_id.get(),
                     exc_info=error.original_error,
                 )
+
+
+class OperationLabel(SchemaExtension):
+    """Names the request for its log line and metrics: the operation type and its root fields.
+
+    Root fields (not client-chosen operation names) keep the metrics' label values few.
+    """
+
+    def on_execute(self) -> Iterator[None]:
+        context = self.execution_context
+        document = context.graphql_document
+        operation = get_operation_ast(document, context.operation_name) if document else None
+        if operation is not None:
+            fields = sorted(
+                {
+                    s.name.value
+                    for s in operation.selection_set.selections
+                    if isinstance(s, FieldNode)
+                }
+            )
+            current_request().operation = f"{operation.operation.value} {','.join(fields) or '-'}"
+        yield
 
 
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
@@ -61,6 +83,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
             lambda: AddValidationRules(rules),
             lambda: ValidationCache(maxsize=1024),
             lambda: CostLimiter(max_cost),
+            OperationLabel,
         ]
     return WalletSchema(
         query=Query,

@@ -16,6 +16,7 @@ from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
+from gql_wallet import metrics
 from gql_wallet import repository as repo
 from gql_wallet.auth import NOBODY, Authenticator, bearer_token
 from gql_wallet.feed import LedgerFeed
@@ -103,7 +104,9 @@ class SubscriptionEndpoint:
             await send({"type": "websocket.close", "code": TRY_AGAIN_LATER})
             return
         self.open += 1
+        metrics.SUBSCRIPTION_CONNECTIONS.inc()
         try:
             await self.view(scope, receive, send)
         finally:
             self.open -= 1
+            metrics.SUBSCRIPTION_CONNECTIONS.dec()
