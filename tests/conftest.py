@@ -78,34 +78,28 @@ class Api:
         return body["data"]
 
     async def top_up(self, customer_id: str, amount: int, key: str, **extra: Any) -> Any:
-        data = await self(
-            TOP_UP,
-            {
-                "input": {
-                    "customerId": customer_id,
-                    "currency": extra.pop("currency", "usd"),
-                    "amount": amount,
-                    "idempotencyKey": key,
-                    **extra,
-                }
-            },
-        )
-        return data["topUpWallet"]
+        return await self._balance_change(TOP_UP, "topUpWallet", customer_id, amount, key, extra)
 
     async def charge(self, customer_id: str, amount: int, key: str, **extra: Any) -> Any:
+        return await self._balance_change(CHARGE, "chargeWallet", customer_id, amount, key, extra)
+
+    async def _balance_change(
+        self, query: str, field: str, customer_id: str, amount: int, key: str, extra: dict
+    ) -> Any:
+        currency = extra.pop("currency", "usd")
         data = await self(
-            CHARGE,
+            query,
             {
                 "input": {
                     "customerId": customer_id,
-                    "currency": extra.pop("currency", "usd"),
+                    "currency": currency,
                     "amount": amount,
                     "idempotencyKey": key,
                     **extra,
                 }
             },
         )
-        return data["chargeWallet"]
+        return data[field]
 
 
 @dataclass
@@ -218,6 +212,11 @@ def database_url(
     """A fresh, migrated database of each kind for every test."""
     with fresh_database(request.param, tmp_path, sqlite_template, postgres_template) as url:
         yield url
+
+
+def changed(settings: Settings, update: dict[str, Any]) -> Settings:
+    """`settings` with some fields changed, validated like settings read at start."""
+    return Settings.model_validate({**settings.model_dump(), **update})
 
 
 @pytest.fixture

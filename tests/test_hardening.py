@@ -8,14 +8,9 @@ import pytest
 from pydantic import ValidationError
 
 from gql_wallet.settings import Settings
-from tests.conftest import Env, app_env, cli
+from tests.conftest import Env, app_env, changed, cli
 
 NESTED = "{ wallets(first: 1) { edges { node { transactions(first: 1) { edges { node { wallet { id } } } } } } } }"
-
-
-def changed(settings: Settings, update: dict) -> Settings:
-    """`settings` with some fields changed, validated like settings read at start."""
-    return Settings.model_validate({**settings.model_dump(), **update})
 
 
 def refused(response_json: dict, fragment: str) -> None:

@@ -17,14 +17,20 @@ from alembic import command
 from gql_wallet.db import create_engine, write_transaction
 from gql_wallet.migrate import alembic_config
 from gql_wallet.settings import Settings
-from tests.conftest import CHARGE, TOP_UP, Env, app_env, cli, free_port, start_server, stop_server
+from tests.conftest import (
+    CHARGE,
+    TOP_UP,
+    Env,
+    app_env,
+    changed,
+    cli,
+    free_port,
+    start_server,
+    stop_server,
+)
 from tests.wsclient import Socket, connect
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def changed(settings: Settings, update: dict) -> Settings:
-    return Settings.model_validate({**settings.model_dump(), **update})
 
 
 def metric(text: str, name: str, **labels: str) -> float:

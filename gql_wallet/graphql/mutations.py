@@ -40,24 +40,27 @@ _DESCRIPTION = "Free text shown in the ledger, up to 500 characters."
 _REFERENCE = "Your reference (an invoice or payment ID), up to 255 characters."
 
 
-@strawberry.input(description="Add funds to a customer's wallet, e.g. after a payment succeeded.")
-class TopUpWalletInput:
+@strawberry.input(description="Fields shared by TopUpWalletInput and ChargeWalletInput.")
+class BalanceChangeInput:
+    """The fields a top-up and a charge share (the contract gives both the same shape); not
+    itself part of the schema, only its two subclasses are."""
+
     customer_id: str = strawberry.field(description=_CUSTOMER_ID)
     currency: str = strawberry.field(description=_CURRENCY)
     amount: SafeInt = strawberry.field(description=_AMOUNT)
     idempotency_key: str = strawberry.field(description=_KEY)
     description: str | None = strawberry.field(default=None, description=_DESCRIPTION)
     reference: str | None = strawberry.field(default=None, description=_REFERENCE)
+
+
+@strawberry.input(description="Add funds to a customer's wallet, e.g. after a payment succeeded.")
+class TopUpWalletInput(BalanceChangeInput):
+    pass
 
 
 @strawberry.input(description="Pay for a customer's usage from their wallet's balance.")
-class ChargeWalletInput:
-    customer_id: str = strawberry.field(description=_CUSTOMER_ID)
-    currency: str = strawberry.field(description=_CURRENCY)
-    amount: SafeInt = strawberry.field(description=_AMOUNT)
-    idempotency_key: str = strawberry.field(description=_KEY)
-    description: str | None = strawberry.field(default=None, description=_DESCRIPTION)
-    reference: str | None = strawberry.field(default=None, description=_REFERENCE)
+class ChargeWalletInput(BalanceChangeInput):
+    pass
 
 
 @strawberry.input(description="Create an empty wallet for a customer in one currency.")
