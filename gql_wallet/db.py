@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from gql_wallet.settings import Settings
 
 _WRITE = "gql_wallet_write"
+_POOL_RECYCLE_SECONDS = 1800
 
 
 def async_url(database_url: str) -> URL:
@@ -54,7 +55,14 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # Overflow connections churn under load: size the pool to the concurrency instead.
         max_overflow=0,
         pool_timeout=settings.db_pool_timeout_seconds,
-        pool_pre_ping=True,
+        # No ping on checkout: SQLAlchemy's asyncpg ping is BEGIN; SELECT; ROLLBACK, three round
+        # trips on every checkout, which doubled the round trips of a lookup. A connection that
+        # died in the pool makes its first statement raise; asyncpg's connection errors count as
+        # disconnects, so SQLAlchemy invalidates that connection (and the pool's older ones) and
+        # the next checkout connects afresh. Recycling bounds a connection's age, so idle
+        # connections are replaced before firewalls or server-side timeouts drop them.
+        pool_pre_ping=False,
+        pool_recycle=_POOL_RECYCLE_SECONDS,
         connect_args={
             "timeout": settings.db_connect_timeout_seconds,
             "server_settings": {
