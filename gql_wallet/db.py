@@ -121,6 +121,27 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
 
 @asynccontextmanager
 async def read_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A read-only snapshot; never holds a write lock."""
+    """A read-only snapshot; never holds a write lock. For blocks that read more than once."""
     async with engine.connect() as conn, conn.begin():
+        yield conn
+
+
+@asynccontextmanager
+async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection for a block that runs exactly one SELECT.
+
+    The rule: one statement -> `read_connection`; several reads that must agree with each other
+    -> `read_transaction`; any write -> `write_transaction`.
+
+    On PostgreSQL the connection is in autocommit mode, so the SELECT is one round trip instead
+    of three (BEGIN, SELECT, COMMIT): a single statement sees one snapshot anyway, in its own
+    implicit transaction. The isolation level is reset when the connection goes back to the pool.
+    On SQLite a deferred BEGIN costs no round trip to a server, so this is `read_transaction`.
+    """
+    if engine.dialect.name == "sqlite":
+        async with read_transaction(engine) as conn:
+            yield conn
+        return
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
         yield conn

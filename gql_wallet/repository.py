@@ -1,4 +1,4 @@
-"""All SQL of gql_wallet. Callers pass a connection inside a transaction from db.py.
+"""All SQL of gql_wallet. Callers pass a connection from db.py (one transaction per write).
 
 Balances change only through one conditional `UPDATE ... RETURNING` per write: the condition
 (enough funds, room below the limit) is checked by the database against the row it locks, so

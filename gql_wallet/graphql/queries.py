@@ -10,7 +10,7 @@ import strawberry
 from strawberry.types import Info
 
 from gql_wallet import repository as repo
-from gql_wallet.db import read_transaction
+from gql_wallet.db import read_connection
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.types import (
     DEFAULT_PAGE_SIZE,
@@ -41,7 +41,7 @@ class Query:
         visible, customer = info.context.customer_scope(customer_id)
         if not visible:
             return []
-        async with read_transaction(info.context.engine) as conn:
+        async with read_connection(info.context.engine) as conn:
             records = await repo.list_wallets(
                 conn, info.context.principal.organization_id, customer_id=customer
             )
@@ -60,7 +60,7 @@ class Query:
         visible, _ = info.context.customer_scope(customer_id)
         if code is None or not visible:
             return None
-        async with read_transaction(info.context.engine) as conn:
+        async with read_connection(info.context.engine) as conn:
             record = await repo.get_wallet_by_owner(
                 conn, info.context.principal.organization_id, customer_id, code
             )
@@ -77,7 +77,7 @@ class Query:
         except ValueError:
             return None
         _, customer = info.context.customer_scope(None)
-        async with read_transaction(info.context.engine) as conn:
+        async with read_connection(info.context.engine) as conn:
             record = await repo.get_wallet_by_id(
                 conn, info.context.principal.organization_id, wallet_id, customer_id=customer
             )
@@ -108,7 +108,7 @@ class Query:
             code = normalize_currency(currency)
         if not visible or (currency is not None and code is None):
             return CustomerWalletConnection(edges=[], page_info=page_info([], False))
-        async with read_transaction(info.context.engine) as conn:
+        async with read_connection(info.context.engine) as conn:
             records = await repo.list_wallets(
                 conn,
                 info.context.principal.organization_id,
