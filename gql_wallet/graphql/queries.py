@@ -41,9 +41,10 @@ class Query:
         visible, customer = info.context.customer_scope(customer_id)
         if not visible:
             return []
+        assert customer is not None  # a customer was named, so the scope names one
         async with read_connection(info.context.engine) as conn:
-            records = await repo.list_wallets(
-                conn, info.context.principal.organization_id, customer_id=customer
+            records = await repo.list_customer_wallets(
+                conn, info.context.principal.organization_id, customer
             )
         return [CustomerWallet.from_record(r) for r in records]
 
