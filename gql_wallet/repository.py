@@ -423,18 +423,37 @@ async def change_balance(
 
     Returns the updated wallet, or None when there is no such wallet or the condition failed.
     """
-    condition = (
-        wallets.c.balance <= MAX_SAFE_INT - delta if delta > 0 else wallets.c.balance >= -delta
-    )
-    row = (
-        await conn.execute(
-            update(wallets)
-            .where(_owner(organization_id, customer_id, currency), condition)
-            .values(balance=wallets.c.balance + delta, modified_at=now)
-            .returning(*_WALLET_COLUMNS)
-        )
-    ).first()
+    statement = _CREDIT if delta > 0 else _DEBIT
+    params = {
+        "w_organization_id": organization_id,
+        "w_customer_id": customer_id,
+        "w_currency": currency,
+        "w_delta": delta,
+        "w_bound": MAX_SAFE_INT - delta if delta > 0 else -delta,
+        "w_now": now,
+    }
+    row = (await conn.execute(statement, params)).first()
     return WalletRecord.from_row(row) if row else None
+
+
+def _balance_update(condition: Any) -> Any:
+    # Bind names must not be column names of an UPDATE's table; hence the w_ prefix.
+    owner = and_(
+        wallets.c.organization_id == bindparam("w_organization_id"),
+        wallets.c.customer_id == bindparam("w_customer_id"),
+        wallets.c.currency == bindparam("w_currency"),
+    )
+    return (
+        update(wallets)
+        .where(owner, condition)
+        .values(balance=wallets.c.balance + bindparam("w_delta"), modified_at=bindparam("w_now"))
+        .returning(*_WALLET_COLUMNS)
+    )
+
+
+# Built once, like every statement of a top-up or charge: see _FIND_API_KEY.
+_CREDIT = _balance_update(wallets.c.balance <= bindparam("w_bound"))
+_DEBIT = _balance_update(wallets.c.balance >= bindparam("w_bound"))
 
 
 async def insert_transaction(
