@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet import repository as repo
-from gql_wallet.db import read_transaction, write_transaction
+from gql_wallet.db import read_connection, write_transaction
 
 API_KEY_PREFIX = "gqlw_sk_"
 SESSION_PREFIX = "gqlw_cs_"
@@ -124,7 +124,7 @@ class Authenticator:
         if parsed is None or token is None:
             return None
         prefix, public_id = parsed
-        async with read_transaction(self.engine) as conn:
+        async with read_connection(self.engine) as conn:
             if prefix == API_KEY_PREFIX:
                 key = await repo.find_api_key(conn, public_id)
                 if key is None or key.revoked_at is not None:

@@ -30,6 +30,7 @@ from gql_wallet import metrics
 from gql_wallet.settings import Settings
 
 _WRITE = "gql_wallet_write"
+_POOL_RECYCLE_SECONDS = 1800
 
 
 def async_url(database_url: str) -> URL:
@@ -80,7 +81,14 @@ def _postgresql_engine(url: URL, settings: Settings) -> AsyncEngine:
         # Overflow connections churn under load: size the pool to the concurrency instead.
         max_overflow=0,
         pool_timeout=settings.db_pool_timeout_seconds,
-        pool_pre_ping=True,
+        # No ping on checkout: SQLAlchemy's asyncpg ping is BEGIN; SELECT; ROLLBACK, three round
+        # trips on every checkout, which doubled the round trips of a lookup. A connection that
+        # died in the pool makes its first statement raise; asyncpg's connection errors count as
+        # disconnects, so SQLAlchemy invalidates that connection (and the pool's older ones) and
+        # the next checkout connects afresh. Recycling bounds a connection's age, so idle
+        # connections are replaced before firewalls or server-side timeouts drop them.
+        pool_pre_ping=False,
+        pool_recycle=_POOL_RECYCLE_SECONDS,
         connect_args={
             "timeout": settings.db_connect_timeout_seconds,
             "server_settings": {
@@ -139,6 +147,27 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
 
 @asynccontextmanager
 async def read_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A read-only snapshot; never holds a write lock."""
+    """A read-only snapshot; never holds a write lock. For blocks that read more than once."""
     async with engine.connect() as conn, conn.begin():
+        yield conn
+
+
+@asynccontextmanager
+async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection for a block that runs exactly one SELECT.
+
+    The rule: one statement -> `read_connection`; several reads that must agree with each other
+    -> `read_transaction`; any write -> `write_transaction`.
+
+    On PostgreSQL the connection is in autocommit mode, so the SELECT is one round trip instead
+    of three (BEGIN, SELECT, COMMIT): a single statement sees one snapshot anyway, in its own
+    implicit transaction. The isolation level is reset when the connection goes back to the pool.
+    On SQLite a deferred BEGIN costs no round trip to a server, so this is `read_transaction`.
+    """
+    if engine.dialect.name == "sqlite":
+        async with read_transaction(engine) as conn:
+            yield conn
+        return
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
         yield conn

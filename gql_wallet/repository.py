@@ -1,4 +1,4 @@
-"""All SQL of gql_wallet. Callers pass a connection inside a transaction from db.py.
+"""All SQL of gql_wallet. Callers pass a connection from db.py (one transaction per write).
 
 Balances change only through one conditional `UPDATE ... RETURNING` per write: the condition
 (enough funds, room below the limit) is checked by the database against the row it locks, so
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, Table, and_, func, select, update
+from sqlalchemy import Row, Table, and_, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -212,8 +212,13 @@ def _api_key_record(row: Any) -> ApiKeyRecord:
     )
 
 
+# Built once: this lookup runs on every request, and building a statement costs more CPU than
+# compiling it (compiled forms are cached by SQLAlchemy, the statement objects are not).
+_FIND_API_KEY = _api_key_query().where(api_keys.c.public_id == bindparam("public_id"))
+
+
 async def find_api_key(conn: AsyncConnection, public_id: str) -> ApiKeyRecord | None:
-    row = (await conn.execute(_api_key_query().where(api_keys.c.public_id == public_id))).first()
+    row = (await conn.execute(_FIND_API_KEY, {"public_id": public_id})).first()
     return _api_key_record(row) if row else None
 
 
@@ -418,18 +423,37 @@ async def change_balance(
 
     Returns the updated wallet, or None when there is no such wallet or the condition failed.
     """
-    condition = (
-        wallets.c.balance <= MAX_SAFE_INT - delta if delta > 0 else wallets.c.balance >= -delta
-    )
-    row = (
-        await conn.execute(
-            update(wallets)
-            .where(_owner(organization_id, customer_id, currency), condition)
-            .values(balance=wallets.c.balance + delta, modified_at=now)
-            .returning(*_WALLET_COLUMNS)
-        )
-    ).first()
+    statement = _CREDIT if delta > 0 else _DEBIT
+    params = {
+        "w_organization_id": organization_id,
+        "w_customer_id": customer_id,
+        "w_currency": currency,
+        "w_delta": delta,
+        "w_bound": MAX_SAFE_INT - delta if delta > 0 else -delta,
+        "w_now": now,
+    }
+    row = (await conn.execute(statement, params)).first()
     return WalletRecord.from_row(row) if row else None
+
+
+def _balance_update(condition: Any) -> Any:
+    # Bind names must not be column names of an UPDATE's table; hence the w_ prefix.
+    owner = and_(
+        wallets.c.organization_id == bindparam("w_organization_id"),
+        wallets.c.customer_id == bindparam("w_customer_id"),
+        wallets.c.currency == bindparam("w_currency"),
+    )
+    return (
+        update(wallets)
+        .where(owner, condition)
+        .values(balance=wallets.c.balance + bindparam("w_delta"), modified_at=bindparam("w_now"))
+        .returning(*_WALLET_COLUMNS)
+    )
+
+
+# Built once, like every statement of a top-up or charge: see _FIND_API_KEY.
+_CREDIT = _balance_update(wallets.c.balance <= bindparam("w_bound"))
+_DEBIT = _balance_update(wallets.c.balance >= bindparam("w_bound"))
 
 
 async def insert_transaction(
@@ -499,6 +523,26 @@ async def get_wallet_by_id(
 async def get_wallets_by_seq(conn: AsyncConnection, seqs: Sequence[int]) -> list[WalletRecord]:
     rows = (await conn.execute(select(*_WALLET_COLUMNS).where(wallets.c.seq.in_(seqs)))).all()
     return [WalletRecord.from_row(row) for row in rows]
+
+
+_CUSTOMER_WALLETS = (
+    select(*_WALLET_COLUMNS)
+    .where(
+        wallets.c.organization_id == bindparam("organization_id"),
+        wallets.c.customer_id == bindparam("customer_id"),
+    )
+    .order_by(wallets.c.seq)
+)
+
+
+async def list_customer_wallets(
+    conn: AsyncConnection, organization_id: uuid.UUID, customer_id: str
+) -> list[WalletRecord]:
+    """A customer's wallets, oldest first: `list_wallets` for the hot path, built once."""
+    rows = await conn.execute(
+        _CUSTOMER_WALLETS, {"organization_id": organization_id, "customer_id": customer_id}
+    )
+    return [WalletRecord.from_row(row) for row in rows.all()]
 
 
 async def list_wallets(

@@ -12,7 +12,7 @@ from strawberry.dataloader import DataLoader
 
 from gql_wallet import repository as repo
 from gql_wallet.auth import Principal
-from gql_wallet.db import read_transaction
+from gql_wallet.db import read_connection
 from gql_wallet.feed import LedgerFeed
 from gql_wallet.repository import WalletRecord
 from gql_wallet.settings import Settings
@@ -47,6 +47,6 @@ class Context:
             await self.websocket.close(code, reason)
 
     async def _load_wallets(self, seqs: Sequence[int]) -> list[WalletRecord]:
-        async with read_transaction(self.engine) as conn:
+        async with read_connection(self.engine) as conn:
             found = {w.seq: w for w in await repo.get_wallets_by_seq(conn, seqs)}
         return [found[seq] for seq in seqs]

@@ -10,7 +10,7 @@ import strawberry
 from strawberry.types import Info
 
 from gql_wallet import repository as repo
-from gql_wallet.db import read_transaction
+from gql_wallet.db import read_connection
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.types import (
     DEFAULT_PAGE_SIZE,
@@ -41,9 +41,10 @@ class Query:
         visible, customer = info.context.customer_scope(customer_id)
         if not visible:
             return []
-        async with read_transaction(info.context.engine) as conn:
-            records = await repo.list_wallets(
-                conn, info.context.principal.organization_id, customer_id=customer
+        assert customer is not None  # a customer was named, so the scope names one
+        async with read_connection(info.context.engine) as conn:
+            records = await repo.list_customer_wallets(
+                conn, info.context.principal.organization_id, customer
             )
         return [CustomerWallet.from_record(r) for r in records]
 
@@ -60,7 +61,7 @@ class Query:
         visible, _ = info.context.customer_scope(customer_id)
         if code is None or not visible:
             return None
-        async with read_transaction(info.context.engine) as conn:
+        async with read_connection(info.context.engine) as conn:
             record = await repo.get_wallet_by_owner(
                 conn, info.context.principal.organization_id, customer_id, code
             )
@@ -77,7 +78,7 @@ class Query:
         except ValueError:
             return None
         _, customer = info.context.customer_scope(None)
-        async with read_transaction(info.context.engine) as conn:
+        async with read_connection(info.context.engine) as conn:
             record = await repo.get_wallet_by_id(
                 conn, info.context.principal.organization_id, wallet_id, customer_id=customer
             )
@@ -108,7 +109,7 @@ class Query:
             code = normalize_currency(currency)
         if not visible or (currency is not None and code is None):
             return CustomerWalletConnection(edges=[], page_info=page_info([], False))
-        async with read_transaction(info.context.engine) as conn:
+        async with read_connection(info.context.engine) as conn:
             records = await repo.list_wallets(
                 conn,
                 info.context.principal.organization_id,
