@@ -58,20 +58,25 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 
 def _count_connections(engine: AsyncEngine) -> None:
-    """Pool gauges: connections checked out now, and requests queueing for one."""
+    """Pool gauge: connections checked out now (waiting ones are counted by `_connect`)."""
     pool = engine.sync_engine.pool
     event.listen(pool, "checkout", lambda *_: metrics.DB_IN_USE.inc())
     event.listen(pool, "checkin", lambda *_: metrics.DB_IN_USE.dec())
-    original_connect = pool.connect
 
-    def connect() -> Any:
-        metrics.DB_WAITING.inc()
-        try:
-            return original_connect()
-        finally:
-            metrics.DB_WAITING.dec()
 
-    pool.connect = connect  # type: ignore[method-assign]
+@asynccontextmanager
+async def _connect(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection; every helper below takes its connection here, so the time spent
+    queueing for one is counted in one place."""
+    metrics.DB_WAITING.inc()
+    try:
+        conn = await engine.connect().start()
+    finally:
+        metrics.DB_WAITING.dec()
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 def _postgresql_engine(url: URL, settings: Settings) -> AsyncEngine:
@@ -135,11 +140,11 @@ _sqlite_writers: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = weakref.
 async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """One write transaction: committed when the block ends, rolled back if it raises."""
     if engine.dialect.name != "sqlite":
-        async with engine.connect() as conn, conn.begin():
+        async with _connect(engine) as conn, conn.begin():
             yield conn
         return
     lock = _sqlite_writers.setdefault(engine, asyncio.Lock())
-    async with lock, engine.connect() as conn:
+    async with lock, _connect(engine) as conn:
         await conn.execution_options(**{_WRITE: True})
         async with conn.begin():
             yield conn
@@ -148,7 +153,7 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
 @asynccontextmanager
 async def read_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A read-only snapshot; never holds a write lock. For blocks that read more than once."""
-    async with engine.connect() as conn, conn.begin():
+    async with _connect(engine) as conn, conn.begin():
         yield conn
 
 
@@ -168,6 +173,6 @@ async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]
         async with read_transaction(engine) as conn:
             yield conn
         return
-    async with engine.connect() as conn:
+    async with _connect(engine) as conn:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
         yield conn
