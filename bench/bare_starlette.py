@@ -15,7 +15,7 @@ Run: uvicorn bench.bare_starlette:create_app --factory --workers 2, with BENCH_S
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import hmac
 import json
 import os
 import uuid
@@ -31,12 +31,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gql_wallet.auth import bearer_token, parse_token, token_hash
+from gql_wallet.settings import Settings
+
 MAX_SAFE_INT = 2**53 - 1
 WALLET_COLUMNS = "seq, id, organization_id, customer_id, currency, balance, created_at, modified_at"
 
 AUTHENTICATE = (
-    "SELECT api_keys.organization_id FROM api_keys "
-    "WHERE api_keys.key_hash = ? AND api_keys.revoked_at IS NULL"
+    "SELECT api_keys.organization_id, api_keys.key_hash FROM api_keys "
+    "JOIN organizations ON organizations.id = api_keys.organization_id "
+    "WHERE api_keys.public_id = ? AND api_keys.revoked_at IS NULL"
 )
 CUSTOMER_WALLETS = (
     f"SELECT {WALLET_COLUMNS} FROM wallets "
@@ -118,15 +122,19 @@ def _json(payload: dict[str, Any], status: int = 200) -> Response:
 
 def create_app() -> Starlette:
     pool = Pool(os.environ["BENCH_SQLITE_PATH"], int(os.environ.get("BENCH_POOL_SIZE", "32")))
+    secret = Settings().token_secret_bytes
 
     async def organization(request: Request) -> str | None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        token = bearer_token(request.headers.get("authorization"))
+        parsed = parse_token(token) if token else None
+        if parsed is None or token is None:
             return None
         async with pool.transaction("BEGIN") as conn:
-            cursor = await conn.execute(AUTHENTICATE, (hashlib.sha256(token.encode()).hexdigest(),))
+            cursor = await conn.execute(AUTHENTICATE, (parsed[1],))
             row = await cursor.fetchone()
-        return str(row[0]) if row else None
+        if row is None or not hmac.compare_digest(row[1], token_hash(secret, token)):
+            return None
+        return str(row[0])
 
     async def lookup(request: Request) -> Response:
         org = await organization(request)
