@@ -173,6 +173,17 @@ async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]
         async with read_transaction(engine) as conn:
             yield conn
         return
+    async with single_statement(engine) as conn:
+        yield conn
+
+
+@asynccontextmanager
+async def single_statement(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """PostgreSQL only: a connection in autocommit mode, for exactly one statement that is its
+    own transaction (one round trip, no BEGIN/COMMIT): a single SELECT, or a call of a function
+    that writes atomically (the balance change of migration 0003). Nothing else may run on it.
+    """
+    assert engine.dialect.name == "postgresql", "SQLite needs an explicit transaction"
     async with _connect(engine) as conn:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
         yield conn

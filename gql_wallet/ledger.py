@@ -12,11 +12,12 @@ import enum
 import json
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gql_wallet import repository as repo
-from gql_wallet.db import write_transaction
+from gql_wallet.db import read_transaction, single_statement, write_transaction
 from gql_wallet.errors import ErrorCode, UserError
 from gql_wallet.money import (
     MAX_DESCRIPTION_LENGTH,
@@ -114,6 +115,10 @@ async def _write(
     assert currency is not None  # validated above
     request = _canonical_request(kind, change, currency)
     now = repo.now_utc()
+    if engine.dialect.name == "postgresql":
+        return await _write_in_one_statement(
+            engine, organization_id, kind, change, currency, request, now
+        )
 
     async with write_transaction(engine) as conn:
         key = change.idempotency_key
@@ -164,14 +169,65 @@ async def _write(
         return WriteResult(wallet=wallet, transaction=transaction)
 
 
+async def _write_in_one_statement(
+    engine: AsyncEngine,
+    organization_id: uuid.UUID,
+    kind: TransactionType,
+    change: BalanceChange,
+    currency: str,
+    request: str,
+    now: datetime,
+) -> WriteResult:
+    """PostgreSQL: the steps of `_write` in one round trip, by the database function of
+    migration 0003 (same statements, same order, one transaction)."""
+    missing_code, missing_message = _MISSING
+    refused_code, refused_message = _REFUSED[kind]
+    async with single_statement(engine) as conn:
+        done = await repo.apply_balance_change(
+            conn,
+            organization_id=organization_id,
+            idempotency_key=change.idempotency_key,
+            request=request,
+            customer_id=change.customer_id,
+            currency=currency,
+            type_=kind.value,
+            delta=change.amount if kind is TransactionType.TOP_UP else -change.amount,
+            description=change.description,
+            reference=change.reference,
+            create_missing=kind is TransactionType.TOP_UP,
+            now=now,
+            missing=(missing_code.value, missing_message),
+            refused=(refused_code.value, refused_message),
+        )
+    if done.outcome == "taken":
+        # An earlier write holds the key; it has committed (the claim waited for it).
+        async with read_transaction(engine) as conn:
+            return await _replay(conn, organization_id, change, currency, request)
+    if done.outcome == "refused":
+        code = ErrorCode(done.refusal_code)
+        message = missing_message if code is missing_code else refused_message
+        return WriteResult(
+            wallet=done.wallet, errors=(UserError(code, message, _OUTCOME_FIELDS[code]),)
+        )
+    return WriteResult(wallet=done.wallet, transaction=done.transaction)
+
+
+# The refusals decided against the ledger: no wallet, or the change would leave 0..2^53-1.
+_MISSING = (ErrorCode.WALLET_NOT_FOUND, "This customer has no wallet in this currency.")
+_REFUSED = {
+    TransactionType.CHARGE: (
+        ErrorCode.INSUFFICIENT_FUNDS,
+        "The balance does not cover this charge.",
+    ),
+    TransactionType.TOP_UP: (
+        ErrorCode.BALANCE_LIMIT_EXCEEDED,
+        "This top-up would take the balance past 9007199254740991.",
+    ),
+}
+
+
 def _refusal(kind: TransactionType, current: WalletRecord | None) -> UserError:
-    if current is None:
-        code, message = ErrorCode.WALLET_NOT_FOUND, "This customer has no wallet in this currency."
-    elif kind is TransactionType.CHARGE:
-        code, message = ErrorCode.INSUFFICIENT_FUNDS, "The balance does not cover this charge."
-    else:
-        code = ErrorCode.BALANCE_LIMIT_EXCEEDED
-        message = "This top-up would take the balance past 9007199254740991."
+    code, message = _MISSING if current is None else _REFUSED[kind]
     return UserError(code, message, _OUTCOME_FIELDS[code])
 
 

@@ -12,9 +12,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Row, Table, and_, bindparam, func, select, update
+from sqlalchemy import Row, String, Table, and_, bindparam, column, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -488,6 +489,119 @@ async def insert_transaction(
         )
     ).one()
     return TransactionRecord.from_row(row)
+
+
+@dataclass(frozen=True)
+class BalanceChangeOutcome:
+    """What `gql_wallet_balance_change` (migration 0003) did: see `apply_balance_change`."""
+
+    outcome: str  # applied | refused | taken
+    refusal_code: str | None
+    wallet: WalletRecord | None
+    transaction: TransactionRecord | None
+
+
+_BALANCE_CHANGE_PARAMS = (
+    "organization_id",
+    "idempotency_key",
+    "request",
+    "customer_id",
+    "currency",
+    "type",
+    "delta",
+    "description",
+    "reference",
+    "create_missing",
+    "wallet_id",
+    "entry_id",
+    "now",
+    "channel",
+    "missing_code",
+    "missing_message",
+    "refused_code",
+    "refused_message",
+)
+
+
+def _balance_change_call() -> Any:
+    """SELECT gql_wallet_balance_change(...) with the wallet and entry flattened into typed
+    columns (w_<column>, t_<column>), so that SQLAlchemy converts them like table rows."""
+    columns = ["r.outcome", "r.refusal_code"]
+    typed = [column("outcome", String()), column("refusal_code", String())]
+    for prefix, composite, table in (("w", "wallet", wallets), ("t", "entry", transactions)):
+        for col in table.c:
+            columns.append(f"(r.{composite}).{col.name} AS {prefix}_{col.name}")
+            typed.append(column(f"{prefix}_{col.name}", col.type))
+    arguments = ", ".join(f":{name}" for name in _BALANCE_CHANGE_PARAMS)
+    # Only column names of our own tables and fixed parameter names go into the text.
+    sql = f"SELECT {', '.join(columns)} FROM gql_wallet_balance_change({arguments}) AS r"  # noqa: S608
+    return text(sql).columns(*typed)
+
+
+# Built once, like the other statements of a write.
+_BALANCE_CHANGE = _balance_change_call()
+
+
+def _unprefixed(row: Any, prefix: str, table: Table) -> Any:
+    mapping = row._mapping
+    return SimpleNamespace(**{col.name: mapping[f"{prefix}_{col.name}"] for col in table.c})
+
+
+async def apply_balance_change(
+    conn: AsyncConnection,
+    *,
+    organization_id: uuid.UUID,
+    idempotency_key: str,
+    request: str,
+    customer_id: str,
+    currency: str,
+    type_: str,
+    delta: int,
+    description: str | None,
+    reference: str | None,
+    create_missing: bool,
+    now: datetime,
+    missing: tuple[str, str],
+    refused: tuple[str, str],
+) -> BalanceChangeOutcome:
+    """PostgreSQL: a whole top-up or charge in one statement (one round trip, its own
+    transaction on an autocommit connection), by the function of migration 0003. It runs the
+    steps of ledger._write in the same order: claim the key (`taken` if an earlier write holds
+    it; nothing written), the conditional balance change (creating the wallet first when
+    `create_missing`), then either the ledger entry, the outcome record and the NOTIFY
+    (`applied`), or the refusal recorded on the key (`refused`, with `missing` = (code,
+    message) when there is no wallet, else `refused`)."""
+    row = (
+        await conn.execute(
+            _BALANCE_CHANGE,
+            {
+                "organization_id": organization_id,
+                "idempotency_key": idempotency_key,
+                "request": request,
+                "customer_id": customer_id,
+                "currency": currency,
+                "type": type_,
+                "delta": delta,
+                "description": description,
+                "reference": reference,
+                "create_missing": create_missing,
+                "wallet_id": uuid.uuid4(),
+                "entry_id": uuid.uuid4(),
+                "now": now,
+                "channel": LEDGER_CHANNEL,
+                "missing_code": missing[0],
+                "missing_message": missing[1],
+                "refused_code": refused[0],
+                "refused_message": refused[1],
+            },
+        )
+    ).one()
+    wallet = transaction = None
+    if row.w_seq is not None:
+        wallet = WalletRecord.from_row(_unprefixed(row, "w", wallets))
+    if row.t_seq is not None:
+        transaction = TransactionRecord.from_row(_unprefixed(row, "t", transactions))
+    return BalanceChangeOutcome(row.outcome, row.refusal_code, wallet, transaction)
 
 
 # --- wallets: reads -------------------------------------------------------------------------

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from tests.conftest import CHARGE, TOP_UP, Env
 
@@ -284,3 +288,51 @@ async def test_charge_mutation_text_is_valid_graphql(env: Env) -> None:
         {"input": {"customerId": "c", "currency": "usd", "amount": 1, "idempotencyKey": "k"}},
     )
     assert response.status_code == 200 and "errors" not in response.json()
+
+
+@contextmanager
+def statements_sent(env: Env) -> Iterator[list[str]]:
+    """The first word of every statement the app sends while the block runs, with AUTOCOMMIT/
+    when it runs outside a transaction, and COMMIT for each commit."""
+    sent: list[str] = []
+
+    def on_execute(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+        sent.append(("AUTOCOMMIT/" if autocommit else "") + statement.split(None, 1)[0].upper())
+
+    def on_commit(conn: Any) -> None:
+        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            sent.append("COMMIT")
+
+    engine = env.engine.sync_engine
+    listeners = (("before_cursor_execute", on_execute), ("commit", on_commit))
+    for name, listener in listeners:
+        event.listen(engine, name, listener)
+    try:
+        yield sent
+    finally:
+        for name, listener in listeners:
+            event.remove(engine, name, listener)
+
+
+async def test_postgresql_writes_in_one_statement_sqlite_in_one_transaction(env: Env) -> None:
+    """On PostgreSQL a top-up or charge, applied or refused, is one statement (the function of
+    migration 0003) after the key lookup; on SQLite it is one BEGIN IMMEDIATE transaction."""
+    await env.api.top_up("cus_1", 100, "warm-up")  # creates the wallet
+    for write in (
+        lambda: env.api.top_up("cus_1", 50, "k1"),
+        lambda: env.api.charge("cus_1", 30, "k2"),
+        lambda: env.api.charge("cus_1", 10**6, "k3"),  # refused: INSUFFICIENT_FUNDS
+        lambda: env.api.charge("cus_2", 1, "k4"),  # refused: WALLET_NOT_FOUND
+    ):
+        with statements_sent(env) as sent:
+            await write()
+        if env.engine.dialect.name == "postgresql":
+            # The API key lookup, then the balance change.
+            assert sent == ["AUTOCOMMIT/SELECT", "AUTOCOMMIT/SELECT"], sent
+        else:
+            assert sent.count("COMMIT") == 2, sent  # the key lookup, the write
+    assert (await env.api.top_up("cus_1", 50, "k1"))["wallet"]["balance"] == 120  # a replay
+    assert codes(await env.api.charge("cus_1", 10**6, "k3")) == ["INSUFFICIENT_FUNDS"]
+    assert codes(await env.api.charge("cus_2", 1, "k4")) == ["WALLET_NOT_FOUND"]
+    assert await env.counts() == (1, 3, 5)
