@@ -333,31 +333,57 @@ async def claim_idempotency_key(
     rolls back, so exactly one attempt decides the outcome.
     """
     claimed = await conn.execute(
-        _insert(conn, idempotency_keys)
-        .values(organization_id=organization_id, key=key, request=request, created_at=now)
+        _CLAIM_KEY[conn.dialect.name],
+        {"p_organization_id": organization_id, "p_key": key, "p_request": request, "p_now": now},
+    )
+    return claimed.first() is not None
+
+
+def _claim_key(dialect: Any) -> Any:
+    return (
+        dialect.insert(idempotency_keys)
+        .values(
+            organization_id=bindparam("p_organization_id"),
+            key=bindparam("p_key"),
+            request=bindparam("p_request"),
+            created_at=bindparam("p_now"),
+        )
         .on_conflict_do_nothing(index_elements=["organization_id", "key"])
         .returning(idempotency_keys.c.key)
     )
-    return claimed.first() is not None
+
+
+# Every statement of a write is built once (see _FIND_API_KEY); ON CONFLICT is per dialect.
+_CLAIM_KEY = {"postgresql": _claim_key(postgresql), "sqlite": _claim_key(sqlite)}
 
 
 async def get_idempotency_record(
     conn: AsyncConnection, organization_id: uuid.UUID, key: str
 ) -> IdempotencyRecord:
-    row = (
-        await conn.execute(
-            select(
-                idempotency_keys.c.request,
-                idempotency_keys.c.transaction_seq,
-                idempotency_keys.c.error_code,
-                idempotency_keys.c.error_message,
-            ).where(
-                idempotency_keys.c.organization_id == organization_id,
-                idempotency_keys.c.key == key,
-            )
-        )
-    ).one()
+    params = {"p_organization_id": organization_id, "p_key": key}
+    row = (await conn.execute(_IDEMPOTENCY_RECORD, params)).one()
     return IdempotencyRecord(row.request, row.transaction_seq, row.error_code, row.error_message)
+
+
+_KEY_MATCHES = and_(
+    idempotency_keys.c.organization_id == bindparam("p_organization_id"),
+    idempotency_keys.c.key == bindparam("p_key"),
+)
+_IDEMPOTENCY_RECORD = select(
+    idempotency_keys.c.request,
+    idempotency_keys.c.transaction_seq,
+    idempotency_keys.c.error_code,
+    idempotency_keys.c.error_message,
+).where(_KEY_MATCHES)
+_RECORD_OUTCOME = (
+    update(idempotency_keys)
+    .where(_KEY_MATCHES)
+    .values(
+        transaction_seq=bindparam("p_transaction_seq"),
+        error_code=bindparam("p_error_code"),
+        error_message=bindparam("p_error_message"),
+    )
+)
 
 
 async def record_outcome(
@@ -370,24 +396,18 @@ async def record_outcome(
     error_message: str | None = None,
 ) -> None:
     await conn.execute(
-        update(idempotency_keys)
-        .where(
-            idempotency_keys.c.organization_id == organization_id,
-            idempotency_keys.c.key == key,
-        )
-        .values(transaction_seq=transaction_seq, error_code=error_code, error_message=error_message)
+        _RECORD_OUTCOME,
+        {
+            "p_organization_id": organization_id,
+            "p_key": key,
+            "p_transaction_seq": transaction_seq,
+            "p_error_code": error_code,
+            "p_error_message": error_message,
+        },
     )
 
 
 # --- wallets: writes ------------------------------------------------------------------------
-
-
-def _owner(organization_id: uuid.UUID, customer_id: str, currency: str) -> Any:
-    return and_(
-        wallets.c.organization_id == organization_id,
-        wallets.c.customer_id == customer_id,
-        wallets.c.currency == currency,
-    )
 
 
 async def insert_wallet_if_missing(
@@ -398,18 +418,34 @@ async def insert_wallet_if_missing(
     now: datetime,
 ) -> None:
     await conn.execute(
-        _insert(conn, wallets)
+        _INSERT_WALLET[conn.dialect.name],
+        {
+            "p_id": uuid.uuid4(),
+            "p_organization_id": organization_id,
+            "p_customer_id": customer_id,
+            "p_currency": currency,
+            "p_now": now,
+        },
+    )
+
+
+def _insert_wallet(dialect: Any) -> Any:
+    return (
+        dialect.insert(wallets)
         .values(
-            id=uuid.uuid4(),
-            organization_id=organization_id,
-            customer_id=customer_id,
-            currency=currency,
+            id=bindparam("p_id"),
+            organization_id=bindparam("p_organization_id"),
+            customer_id=bindparam("p_customer_id"),
+            currency=bindparam("p_currency"),
             balance=0,
-            created_at=now,
-            modified_at=now,
+            created_at=bindparam("p_now"),
+            modified_at=bindparam("p_now"),
         )
         .on_conflict_do_nothing(index_elements=["organization_id", "customer_id", "currency"])
     )
+
+
+_INSERT_WALLET = {"postgresql": _insert_wallet(postgresql), "sqlite": _insert_wallet(sqlite)}
 
 
 async def change_balance(
@@ -470,25 +506,37 @@ async def insert_transaction(
     idempotency_key: str,
     now: datetime,
 ) -> TransactionRecord:
-    row = (
-        await conn.execute(
-            transactions.insert()
-            .values(
-                id=uuid.uuid4(),
-                organization_id=organization_id,
-                wallet_seq=wallet_seq,
-                type=type_,
-                amount=amount,
-                balance_after=balance_after,
-                description=description,
-                reference=reference,
-                idempotency_key=idempotency_key,
-                created_at=now,
-            )
-            .returning(*transactions.c)
-        )
-    ).one()
-    return TransactionRecord.from_row(row)
+    params = {
+        "p_id": uuid.uuid4(),
+        "p_organization_id": organization_id,
+        "p_wallet_seq": wallet_seq,
+        "p_type": type_,
+        "p_amount": amount,
+        "p_balance_after": balance_after,
+        "p_description": description,
+        "p_reference": reference,
+        "p_idempotency_key": idempotency_key,
+        "p_now": now,
+    }
+    return TransactionRecord.from_row((await conn.execute(_INSERT_TRANSACTION, params)).one())
+
+
+_INSERT_TRANSACTION = (
+    transactions.insert()
+    .values(
+        id=bindparam("p_id"),
+        organization_id=bindparam("p_organization_id"),
+        wallet_seq=bindparam("p_wallet_seq"),
+        type=bindparam("p_type"),
+        amount=bindparam("p_amount"),
+        balance_after=bindparam("p_balance_after"),
+        description=bindparam("p_description"),
+        reference=bindparam("p_reference"),
+        idempotency_key=bindparam("p_idempotency_key"),
+        created_at=bindparam("p_now"),
+    )
+    .returning(*transactions.c)
+)
 
 
 @dataclass(frozen=True)
@@ -610,12 +658,20 @@ async def apply_balance_change(
 async def get_wallet_by_owner(
     conn: AsyncConnection, organization_id: uuid.UUID, customer_id: str, currency: str
 ) -> WalletRecord | None:
-    row = (
-        await conn.execute(
-            select(*_WALLET_COLUMNS).where(_owner(organization_id, customer_id, currency))
-        )
-    ).first()
+    params = {
+        "p_organization_id": organization_id,
+        "p_customer_id": customer_id,
+        "p_currency": currency,
+    }
+    row = (await conn.execute(_WALLET_BY_OWNER, params)).first()
     return WalletRecord.from_row(row) if row else None
+
+
+_WALLET_BY_OWNER = select(*_WALLET_COLUMNS).where(
+    wallets.c.organization_id == bindparam("p_organization_id"),
+    wallets.c.customer_id == bindparam("p_customer_id"),
+    wallets.c.currency == bindparam("p_currency"),
+)
 
 
 async def get_wallet_by_id(
@@ -686,8 +742,12 @@ async def list_wallets(
 
 
 async def get_transaction_by_seq(conn: AsyncConnection, seq: int) -> TransactionRecord:
-    row = (await conn.execute(select(*transactions.c).where(transactions.c.seq == seq))).one()
-    return TransactionRecord.from_row(row)
+    return TransactionRecord.from_row(
+        (await conn.execute(_TRANSACTION_BY_SEQ, {"p_seq": seq})).one()
+    )
+
+
+_TRANSACTION_BY_SEQ = select(*transactions.c).where(transactions.c.seq == bindparam("p_seq"))
 
 
 async def list_transactions(
