@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -336,3 +339,24 @@ async def test_postgresql_writes_in_one_statement_sqlite_in_one_transaction(env:
     assert codes(await env.api.charge("cus_1", 10**6, "k3")) == ["INSUFFICIENT_FUNDS"]
     assert codes(await env.api.charge("cus_2", 1, "k4")) == ["WALLET_NOT_FOUND"]
     assert await env.counts() == (1, 3, 5)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_sqlite_writers_wait_in_the_writer_lock_queue(env: Env) -> None:
+    """A write waits while another process holds `<file>.writer-lock`, and goes on the moment
+    it is released (instead of polling in SQLite's busy handler); reads do not wait."""
+    await env.api.top_up("cus_1", 100, "k1")
+    database = env.engine.url.database
+    assert database is not None
+    fd = os.open(f"{database}.writer-lock", os.O_RDWR)  # another open file: another process
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        write = asyncio.create_task(env.api.top_up("cus_1", 50, "k2"))
+        read = await env.api('query { customerWallets(customerId: "cus_1") { balance } }')
+        assert read["customerWallets"] == [{"balance": 100}]
+        await asyncio.sleep(0.5)
+        assert not write.done()
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    assert (await asyncio.wait_for(write, 10))["wallet"]["balance"] == 150
