@@ -181,6 +181,30 @@ def bare_starlette(sqlite_path: Path, workers: int, port: int, pool_size: int) -
     )
 
 
+def bare_starlette_pg(database_url: str, workers: int, port: int, pool_size: int) -> Peer:
+    return Peer(
+        name=f"bare_pg_w{workers}",
+        label=f"bare Starlette + asyncpg (same SQL, no GraphQL), postgresql, {workers} workers",
+        database="postgresql",
+        workload=BARE_STARLETTE,
+        port=port,
+        command=(
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.bare_starlette_pg:create_app",
+            "--factory",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+        ),
+        env={"BENCH_POSTGRES_URL": database_url, "BENCH_POOL_SIZE": str(pool_size)},
+    )
+
+
 def _answers(peer: Peer, tenants: Tenants) -> bool:
     """True once the peer serves a real lookup successfully."""
     lookup = peer.workload.lookup

@@ -55,6 +55,34 @@ def _ratio_target(
     return Target(name, round(ratio, 3), f">= {at_least:.2f}x", ratio >= at_least)
 
 
+# Not targets: where the gap is. ours / theirs, throughput at the target concurrency.
+REFERENCE_RATIOS = (
+    (
+        "gql_wallet pg 2w / bare Starlette + asyncpg same SQL (the GraphQL + ORM layers)",
+        "gql_pg_w2",
+        "bare_pg_w2",
+    ),
+    (
+        "bare Starlette + asyncpg 2w / PostGraphile (the Python web stack alone)",
+        "bare_pg_w2",
+        "postgraphile",
+    ),
+)
+
+
+def reference_ratios(cells: list[Cell]) -> list[tuple[str, str, float | None]]:
+    """(what, scenario, ratio) for each REFERENCE_RATIOS pair and scenario."""
+    found = []
+    for name, ours, theirs in REFERENCE_RATIOS:
+        for scenario in SCENARIOS:
+            mine, peer = _cell(cells, ours, scenario), _cell(cells, theirs, scenario)
+            ratio = None
+            if mine is not None and peer is not None and peer.throughput:
+                ratio = round(mine.throughput / peer.throughput, 3)
+            found.append((name, scenario, ratio))
+    return found
+
+
 def check_targets(cells: list[Cell], soak: SoakResult | None) -> list[Target]:
     """The targets of issue 7, each a ratio or a bound from this same run, at c=32."""
     c = TARGET_CONCURRENCY
@@ -194,6 +222,9 @@ def markdown(
             f"| {target.name} | {measured} | {target.needed} | "
             f"{'PASS' if target.passed else 'FAIL'} |"
         )
+    lines += ["", "| where the gap is (not a target) | scenario | ratio |", "|---|---|---:|"]
+    for name, scenario, ratio in reference_ratios(cells):
+        lines.append(f"| {name} | {scenario} | {'n/a' if ratio is None else f'{ratio:g}'} |")
     if soak is not None:
         lines += [
             "",

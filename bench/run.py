@@ -30,6 +30,7 @@ from bench.peers import (
     POSTGRAPHILE_DIR,
     Peer,
     bare_starlette,
+    bare_starlette_pg,
     gql_wallet,
     postgraphile,
     serving,
@@ -45,6 +46,7 @@ PEERS = (
     "gql_pg_w2",
     "gql_sqlite_w2",
     "bare_sqlite_w2",
+    "bare_pg_w2",
 )
 
 
@@ -105,7 +107,7 @@ def parse_args(argv: list[str] | None) -> Config:
     parser.add_argument("--peers", default=",".join(PEERS), help=f"subset of {','.join(PEERS)}")
     parser.add_argument("--soak-seconds", type=int, default=300, help="0 skips the soak")
     parser.add_argument("--soak-warmup-seconds", type=int, default=60)
-    parser.add_argument("--port", type=int, default=8701, help="first of 5 consecutive ports")
+    parser.add_argument("--port", type=int, default=8701, help="first of 6 consecutive ports")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 1 round x 3 s, 20,000 wallets, 30 s soak"
     )
@@ -250,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "gql_pg_w2": (gql_wallet("gql_pg_w2", config.database_url, 2, port + 2, pool), pg),
         "gql_sqlite_w2": (gql_wallet("gql_sqlite_w2", sqlite_url, 2, port + 3, pool), lite),
         "bare_sqlite_w2": (bare_starlette(sqlite_path, 2, port + 4, pool), lite),
+        "bare_pg_w2": (bare_starlette_pg(config.database_url, 2, port + 5, pool), pg),
     }
     # Rounds go over all peers in turn, so that a slow spell of the (shared) machine lands on
     # one round of every peer rather than on every round of one peer; the medians absorb it.
