@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,6 +25,19 @@ from gql_wallet.migrate import upgrade_to_head
 from gql_wallet.operations import MetricsEndpoint, Readiness, healthz
 from gql_wallet.settings import Settings
 
+_heap_frozen = False
+
+
+def _freeze_startup_heap() -> None:
+    """Once per process: move what start-up built (modules, the schema, prepared statements) out
+    of the garbage collector's sight, so that full collections under load walk only the objects
+    of requests instead of the whole heap (shorter pauses, a shorter latency tail)."""
+    global _heap_frozen
+    if not _heap_frozen:
+        _heap_frozen = True
+        gc.collect()
+        gc.freeze()
+
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
@@ -42,6 +56,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if settings.migrate_on_start:
             await upgrade_to_head(engine)
         await feed.start()
+        _freeze_startup_heap()
         try:
             yield
         finally:
