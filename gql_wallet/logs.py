@@ -8,7 +8,7 @@ import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 logger = logging.getLogger("gql_wallet")
 request_logger = logging.getLogger("gql_wallet.request")
@@ -57,7 +57,7 @@ def configure_logging(log_format: str, level: str = "INFO") -> None:
     handler.addFilter(_RequestIdFilter())
     if log_format == "json":
         handler.setFormatter(
-            JsonFormatter(
+            OrjsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
                 timestamp=False,
