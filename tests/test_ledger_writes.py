@@ -334,7 +334,9 @@ async def test_postgresql_writes_in_one_statement_sqlite_in_one_transaction(env:
             # The API key lookup, then the balance change.
             assert sent == ["AUTOCOMMIT/SELECT", "AUTOCOMMIT/SELECT"], sent
         else:
-            assert sent.count("COMMIT") == 2, sent  # the key lookup, the write
+            # The API key lookup, then the write in one BEGIN IMMEDIATE transaction.
+            assert sent[:2] == ["SELECT", "BEGIN"] and sent[-1] == "COMMIT", sent
+            assert sent.count("BEGIN") == sent.count("COMMIT") == 1, sent
     assert (await env.api.top_up("cus_1", 50, "k1"))["wallet"]["balance"] == 120  # a replay
     assert codes(await env.api.charge("cus_1", 10**6, "k3")) == ["INSUFFICIENT_FUNDS"]
     assert codes(await env.api.charge("cus_2", 1, "k4")) == ["WALLET_NOT_FOUND"]
@@ -360,3 +362,16 @@ async def test_sqlite_writers_wait_in_the_writer_lock_queue(env: Env) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
     assert (await asyncio.wait_for(write, 10))["wallet"]["balance"] == 150
+
+
+async def test_single_reads_send_one_statement_each(env: Env) -> None:
+    """A lookup is the API key SELECT and the wallets SELECT, each its own implicit transaction:
+    no BEGIN or COMMIT on either database (a single statement reads one snapshot anyway)."""
+    await env.api.top_up("cus_1", 100, "k1")
+    with statements_sent(env) as sent:
+        data = await env.api('query { customerWallets(customerId: "cus_1") { balance } }')
+    assert data["customerWallets"] == [{"balance": 100}]
+    if env.engine.dialect.name == "postgresql":
+        assert sent == ["AUTOCOMMIT/SELECT", "AUTOCOMMIT/SELECT"], sent
+    else:
+        assert sent == ["SELECT", "SELECT"], sent
