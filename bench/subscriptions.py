@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--client-processes", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between commits")
+    parser.add_argument("--port", type=int, default=8765, help="the server's port on 127.0.0.1")
     parser.add_argument(
         "--database-url", default="postgresql://postgres@127.0.0.1:5432/bench_subscriptions"
     )
@@ -113,7 +114,7 @@ def main() -> None:
         capture_output=True,
         text=True,
     ).stdout.splitlines()[-1]
-    port = 8765
+    port = args.port
     log = tempfile.NamedTemporaryFile(prefix="bench-subscriptions-", suffix=".log", delete=False)
     server = subprocess.Popen(
         [CLI, "serve", "--port", str(port), "--workers", str(args.workers)],
