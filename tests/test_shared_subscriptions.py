@@ -1,0 +1,247 @@
+"""walletUpdated: identical subscriptions share one execution per event (graphql/fanout.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gql_wallet import ledger, repository
+from gql_wallet.auth import Authenticator
+from gql_wallet.db import create_engine
+from gql_wallet.feed import LedgerFeed, SlowConsumer
+from gql_wallet.graphql.fanout import Delivery, GroupKey, SharedSubscriptions
+from gql_wallet.graphql.schema import build_schema
+from gql_wallet.graphql.subscriptions import wallet_update
+from gql_wallet.settings import Settings
+from tests.conftest import CHARGE, TOP_UP, LiveServer, cli, start_server, stop_server
+from tests.test_operability import metric
+from tests.test_subscriptions import NO_LIMITS, session_token, write
+from tests.wsclient import SUBSCRIBE, Socket, connect
+
+BALANCE_ONLY = (
+    """subscription($c: String!) { walletUpdated(customerId: $c) { wallet { balance } } }"""
+)
+EXECUTIONS = "gql_wallet_subscription_executions_total"
+GROUPS = "gql_wallet_subscription_groups"
+
+
+@pytest.fixture
+def server(database_url: str, tmp_path: Path) -> Iterator[LiveServer]:
+    # One process, so that every subscription below is in it and its metrics count them all.
+    live = start_server(database_url, 1, tmp_path / "server.log", NO_LIMITS)
+    try:
+        yield live
+    finally:
+        stop_server(live)
+
+
+async def metrics(client: httpx.AsyncClient) -> str:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    return response.text
+
+
+async def wait_for_groups(client: httpx.AsyncClient, expected: int) -> None:
+    """The groups gauge reaches `expected` (members leave asynchronously after a complete)."""
+    for _ in range(100):
+        if metric(await metrics(client), GROUPS) == expected:
+            return
+        await asyncio.sleep(0.05)
+    assert metric(await metrics(client), GROUPS) == expected
+
+
+async def next_messages(ws: Socket, count: int) -> list[dict[str, Any]]:
+    messages = [await asyncio.wait_for(ws.receive(), 10) for _ in range(count)]
+    assert all(m["type"] == "next" for m in messages), messages
+    return messages
+
+
+async def assert_silent(*sockets: Socket) -> None:
+    for ws in sockets:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.receive(), 1.0)
+
+
+async def test_identical_subscriptions_share_one_execution_per_event(server: LiveServer) -> None:
+    key = server.new_key("acme")
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        await write(client, key, TOP_UP, "cus_1", 100, "seed")
+        async with (
+            connect(server.url, key) as twice,
+            connect(server.url, key) as a,
+            connect(server.url, key) as b,
+            connect(server.url, key) as c,
+        ):
+            ops = {twice: [await twice.subscribe("cus_1"), await twice.subscribe("cus_1")]}
+            for ws in (a, b, c):
+                ops[ws] = [await ws.subscribe("cus_1")]
+            for ws, ids in ops.items():
+                initial = await next_messages(ws, len(ids))
+                assert sorted(m["id"] for m in initial) == ids
+                assert all(
+                    m["payload"]["data"]["walletUpdated"]["transaction"] is None for m in initial
+                )
+            before = await metrics(client)
+            assert metric(before, GROUPS) == 1
+
+            await write(client, key, CHARGE, "cus_1", 1, "c1")
+            await write(client, key, TOP_UP, "cus_1", 5, "t1")
+            await write(client, key, CHARGE, "cus_1", 2, "c2")
+
+            received: dict[str, list[dict[str, Any]]] = {}
+            for ws, ids in ops.items():
+                for message in await next_messages(ws, 3 * len(ids)):
+                    received.setdefault(f"{id(ws)}/{message['id']}", []).append(message["payload"])
+            executions = metric(await metrics(client), EXECUTIONS) - metric(before, EXECUTIONS)
+
+    assert len(received) == 5
+    payloads = list(received.values())
+    assert all(p == payloads[0] for p in payloads)  # the very same result for every member
+    events = [p["data"]["walletUpdated"] for p in payloads[0]]
+    assert [(e["wallet"]["balance"], e["transaction"]["idempotencyKey"]) for e in events] == [
+        (99, "c1"),
+        (104, "t1"),
+        (102, "c2"),
+    ]
+    assert executions == 3  # one per event, not one per event and subscription
+
+
+async def test_subscriptions_with_other_inputs_are_executed_apart(server: LiveServer) -> None:
+    key = server.new_key("acme")
+    other_org = server.new_key("other")
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        await write(client, key, TOP_UP, "cus_1", 100, "seed")
+        await write(client, other_org, TOP_UP, "cus_1", 7, "seed")
+        token = await session_token(client, key, "cus_1")
+        async with (
+            connect(server.url, key) as everything,
+            connect(server.url, key) as balance_only,
+            connect(server.url, key) as euros,
+            connect(server.url, key) as dollars,
+            connect(server.url, token) as customer,
+            connect(server.url, other_org) as foreign,
+        ):
+            await everything.subscribe("cus_1")
+            await balance_only.subscribe("cus_1", query=BALANCE_ONLY)
+            await euros.subscribe("cus_1", currency="eur")  # no euro wallet: no initial event
+            await dollars.subscribe("cus_1", currency="USD")
+            await customer.subscribe("cus_1")
+            await foreign.subscribe("cus_1")
+            for ws in (everything, balance_only, dollars, customer, foreign):
+                await next_messages(ws, 1)
+            before = await metrics(client)
+            assert metric(before, GROUPS) == 6
+
+            await write(client, key, CHARGE, "cus_1", 1, "c1")
+            mine = {
+                ws: (await next_messages(ws, 1))[0]["payload"]["data"]["walletUpdated"]
+                for ws in (everything, balance_only, dollars, customer)
+            }
+            await assert_silent(euros, foreign)
+            await write(client, other_org, CHARGE, "cus_1", 2, "c1")
+            theirs = (await next_messages(foreign, 1))[0]["payload"]["data"]["walletUpdated"]
+            await assert_silent(everything, balance_only, euros, dollars, customer)
+            executions = metric(await metrics(client), EXECUTIONS) - metric(before, EXECUTIONS)
+
+    assert mine[balance_only] == {"wallet": {"balance": 99}}
+    for ws in (everything, dollars, customer):
+        assert mine[ws]["wallet"]["balance"] == 99
+        assert mine[ws]["transaction"]["idempotencyKey"] == "c1"
+    assert mine[everything] == mine[dollars] == mine[customer]
+    assert theirs["wallet"]["balance"] == 5 and theirs["transaction"]["amount"] == -2
+    assert theirs["wallet"]["id"] != mine[everything]["wallet"]["id"]
+    assert executions == 5  # four groups saw acme's change, one the other organization's
+
+
+async def test_a_group_goes_when_its_last_member_leaves(server: LiveServer) -> None:
+    key = server.new_key("acme")
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        await write(client, key, TOP_UP, "cus_1", 100, "seed")
+        async with connect(server.url, key) as stays:
+            first, second = await stays.subscribe("cus_1"), await stays.subscribe("cus_1")
+            await next_messages(stays, 2)
+            async with connect(server.url, key) as leaves:
+                await leaves.subscribe("cus_1")
+                await next_messages(leaves, 1)
+                await wait_for_groups(client, 1)
+            # One member disconnected, another completed: the rest of the group still receives.
+            await stays.complete(first)
+            await write(client, key, CHARGE, "cus_1", 1, "c1")
+            [message] = await next_messages(stays, 1)
+            assert message["id"] == second
+            assert message["payload"]["data"]["walletUpdated"]["wallet"]["balance"] == 99
+            await assert_silent(stays)
+            await wait_for_groups(client, 1)
+
+            await stays.complete(second)
+            await wait_for_groups(client, 0)
+
+            # A new subscription starts a new group, which follows the ledger from its snapshot.
+            again = await stays.subscribe("cus_1")
+            assert (await next_messages(stays, 1))[0]["payload"]["data"]["walletUpdated"]["wallet"][
+                "balance"
+            ] == 99
+            await write(client, key, CHARGE, "cus_1", 1, "c2")
+            [message] = await next_messages(stays, 1)
+            assert message["id"] == again
+            assert (
+                message["payload"]["data"]["walletUpdated"]["transaction"]["idempotencyKey"] == "c2"
+            )
+            await wait_for_groups(client, 1)
+        await wait_for_groups(client, 0)  # the connection closed
+
+
+async def test_a_slow_member_overflows_alone(database_url: str) -> None:
+    # In process, where a member that does not read is simple to arrange: the group hands each
+    # event to every member without waiting, so the reader keeps up while the other overflows.
+    settings = Settings(database_url=database_url, subscription_queue_size=3)
+    token = cli(database_url, "api-keys", "create", "--organization", "acme").stdout.split()[-1]
+    engine = create_engine(settings)
+    feed = LedgerFeed(engine, settings)
+    shared = SharedSubscriptions(build_schema(settings), engine, settings, feed)
+    try:
+        principal = await Authenticator(engine, settings.token_secret_bytes).authenticate(
+            token, repository.now_utc()
+        )
+        assert principal is not None
+        organization = principal.organization_id
+        await ledger.top_up(engine, organization, ledger.BalanceChange("cus_1", "usd", 100, "seed"))
+        variables = {"c": "cus_1"}
+
+        async def never_sent(_payload: str) -> None:
+            raise AssertionError
+
+        delivery = Delivery(SUBSCRIBE, None, variables, never_sent, shared)
+        key = GroupKey.of(delivery, principal, "cus_1", None)
+        async with (
+            shared.join(key, principal, variables, wallet_update) as slow,
+            shared.join(key, principal, variables, wallet_update) as reader,
+        ):
+            group = shared.groups[key]
+            assert group.members == {slow, reader}
+            for i in range(5):
+                result = await ledger.charge(
+                    engine, organization, ledger.BalanceChange("cus_1", "usd", 1, f"c{i}")
+                )
+                assert result.wallet is not None
+                feed.wake(organization, "cus_1", result.wallet.seq)
+                event = json.loads(await asyncio.wait_for(reader.next(), 10))
+                assert event["data"]["walletUpdated"]["wallet"]["balance"] == 99 - i
+            assert slow.overflowed and not reader.overflowed
+            with pytest.raises(SlowConsumer):
+                await slow.next()
+            assert shared.groups == {key: group}  # the others' group goes on
+        assert shared.groups == {}
+        assert group.task is not None
+        await asyncio.wait([group.task])
+        assert feed.watchers == {}
+    finally:
+        await shared.stop()
+        await feed.stop()
+        await engine.dispose()
