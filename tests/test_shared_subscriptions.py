@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet import ledger, repository
-from gql_wallet.auth import Authenticator
+from gql_wallet.auth import Authenticator, Principal
 from gql_wallet.db import create_engine
-from gql_wallet.feed import LedgerFeed, SlowConsumer
+from gql_wallet.feed import LedgerFeed, SlowConsumer, WalletChange
 from gql_wallet.graphql.fanout import Delivery, GroupKey, SharedSubscriptions
 from gql_wallet.graphql.schema import build_schema
 from gql_wallet.graphql.subscriptions import wallet_update
@@ -197,51 +200,122 @@ async def test_a_group_goes_when_its_last_member_leaves(server: LiveServer) -> N
         await wait_for_groups(client, 0)  # the connection closed
 
 
-async def test_a_slow_member_overflows_alone(database_url: str) -> None:
-    # In process, where a member that does not read is simple to arrange: the group hands each
-    # event to every member without waiting, so the reader keeps up while the other overflows.
-    settings = Settings(database_url=database_url, subscription_queue_size=3)
+async def test_errors_of_a_shared_execution_are_those_of_a_single_one(server: LiveServer) -> None:
+    query = """subscription($c: String!) { walletUpdated(customerId: $c) {
+      wallet { balance transactions(first: 500) { edges { node { amount } } } } } }"""
+    key = server.new_key("acme")
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        await write(client, key, TOP_UP, "cus_1", 100, "seed")
+        async with connect(server.url, key) as a, connect(server.url, key) as b:
+            await a.subscribe("cus_1", query=query)
+            await b.subscribe("cus_1", query=query)
+            # The current state is executed for each subscription on its own...
+            [initial] = await next_messages(a, 1)
+            await next_messages(b, 1)
+            await write(client, key, CHARGE, "cus_1", 1, "c1")
+            # ...an event once for both, and the result is the same.
+            shared = [(await next_messages(ws, 1))[0]["payload"] for ws in (a, b)]
+    assert initial["payload"]["errors"][0]["message"] == "first must be between 1 and 100."
+    assert shared == [initial["payload"], initial["payload"]]
+
+
+@contextlib.asynccontextmanager
+async def in_process(
+    database_url: str, query: str = SUBSCRIBE, **settings: Any
+) -> AsyncIterator[InProcess]:
+    """The shared subscriptions of one process, without a server around them; one query."""
+    config = Settings(database_url=database_url, **settings)
     token = cli(database_url, "api-keys", "create", "--organization", "acme").stdout.split()[-1]
-    engine = create_engine(settings)
-    feed = LedgerFeed(engine, settings)
-    shared = SharedSubscriptions(build_schema(settings), engine, settings, feed)
+    engine = create_engine(config)
+    feed = LedgerFeed(engine, config)
+    shared = SharedSubscriptions(build_schema(config), engine, config, feed)
     try:
-        principal = await Authenticator(engine, settings.token_secret_bytes).authenticate(
+        principal = await Authenticator(engine, config.token_secret_bytes).authenticate(
             token, repository.now_utc()
         )
         assert principal is not None
-        organization = principal.organization_id
-        await ledger.top_up(engine, organization, ledger.BalanceChange("cus_1", "usd", 100, "seed"))
-        variables = {"c": "cus_1"}
 
         async def never_sent(_payload: str) -> None:
             raise AssertionError
 
-        delivery = Delivery(SUBSCRIBE, None, variables, never_sent, shared)
-        key = GroupKey.of(delivery, principal, "cus_1", None)
-        async with (
-            shared.join(key, principal, variables, wallet_update) as slow,
-            shared.join(key, principal, variables, wallet_update) as reader,
-        ):
-            group = shared.groups[key]
+        variables = {"c": "cus_1"}
+        delivery = Delivery(query, None, variables, never_sent, shared)
+        yield InProcess(
+            engine, feed, shared, principal, GroupKey.of(delivery, principal, "cus_1", None)
+        )
+    finally:
+        await shared.stop()
+        await feed.stop()
+        await engine.dispose()
+
+
+@dataclass
+class InProcess:
+    engine: AsyncEngine
+    feed: LedgerFeed
+    shared: SharedSubscriptions
+    principal: Principal
+    key: GroupKey
+
+    def join(self, root: Callable[[WalletChange], object] = wallet_update) -> Any:
+        return self.shared.join(self.key, self.principal, {"c": "cus_1"}, root)
+
+    async def charge(self, amount: int, idempotency_key: str) -> None:
+        organization = self.principal.organization_id
+        result = await ledger.charge(
+            self.engine,
+            organization,
+            ledger.BalanceChange("cus_1", "usd", amount, idempotency_key),
+        )
+        assert result.wallet is not None
+        self.feed.wake(organization, "cus_1", result.wallet.seq)
+
+
+async def test_a_slow_member_overflows_alone(database_url: str) -> None:
+    # In process, where a member that does not read is simple to arrange: the group hands each
+    # event to every member without waiting, so the reader keeps up while the other overflows.
+    async with in_process(database_url, subscription_queue_size=3) as env:
+        await ledger.top_up(
+            env.engine,
+            env.principal.organization_id,
+            ledger.BalanceChange("cus_1", "usd", 100, "s"),
+        )
+        async with env.join() as slow, env.join() as reader:
+            group = env.shared.groups[env.key]
             assert group.members == {slow, reader}
             for i in range(5):
-                result = await ledger.charge(
-                    engine, organization, ledger.BalanceChange("cus_1", "usd", 1, f"c{i}")
-                )
-                assert result.wallet is not None
-                feed.wake(organization, "cus_1", result.wallet.seq)
+                await env.charge(1, f"c{i}")
                 event = json.loads(await asyncio.wait_for(reader.next(), 10))
                 assert event["data"]["walletUpdated"]["wallet"]["balance"] == 99 - i
             assert slow.overflowed and not reader.overflowed
             with pytest.raises(SlowConsumer):
                 await slow.next()
-            assert shared.groups == {key: group}  # the others' group goes on
-        assert shared.groups == {}
+            assert env.shared.groups == {env.key: group}  # the others' group goes on
+        assert env.shared.groups == {}
         assert group.task is not None
         await asyncio.wait([group.task])
-        assert feed.watchers == {}
-    finally:
-        await shared.stop()
-        await feed.stop()
-        await engine.dispose()
+        assert env.feed.watchers == {}
+
+
+async def test_an_unexpected_error_in_a_shared_execution_is_masked(database_url: str) -> None:
+    def pointing_nowhere(change: WalletChange) -> object:
+        update = wallet_update(change)
+        assert update.transaction is not None
+        update.transaction.wallet_seq = -1  # its wallet cannot be loaded
+        return update
+
+    query = """subscription($c: String!) { walletUpdated(customerId: $c) {
+      transaction { amount wallet { balance } } } }"""
+    async with in_process(database_url, query) as env:
+        await ledger.top_up(
+            env.engine,
+            env.principal.organization_id,
+            ledger.BalanceChange("cus_1", "usd", 100, "s"),
+        )
+        async with env.join(pointing_nowhere) as member:
+            await env.charge(1, "c1")
+            payload = await asyncio.wait_for(member.next(), 10)
+    [error] = json.loads(payload)["errors"]
+    assert error["message"] == "Internal server error."
+    assert error["path"] == ["walletUpdated", "transaction", "wallet"]
+    assert json.loads(payload)["data"] == {"walletUpdated": {"transaction": None}}
