@@ -18,7 +18,7 @@ from gql_wallet import ledger, repository
 from gql_wallet.auth import Authenticator, Principal
 from gql_wallet.db import create_engine
 from gql_wallet.feed import LedgerFeed, SlowConsumer, WalletChange
-from gql_wallet.graphql.fanout import Delivery, GroupKey, SharedSubscriptions
+from gql_wallet.graphql.fanout import Delivery, GroupFailed, GroupKey, SharedSubscriptions
 from gql_wallet.graphql.schema import build_schema
 from gql_wallet.graphql.subscriptions import wallet_update
 from gql_wallet.settings import Settings
@@ -319,3 +319,26 @@ async def test_an_unexpected_error_in_a_shared_execution_is_masked(database_url:
     assert error["message"] == "Internal server error."
     assert error["path"] == ["walletUpdated", "transaction", "wallet"]
     assert json.loads(payload)["data"] == {"walletUpdated": {"transaction": None}}
+
+
+async def test_a_group_that_fails_ends_its_members_and_a_new_one_starts(database_url: str) -> None:
+    def broken(_change: WalletChange) -> object:
+        raise RuntimeError("cannot build the event")
+
+    async with in_process(database_url) as env:
+        await ledger.top_up(
+            env.engine,
+            env.principal.organization_id,
+            ledger.BalanceChange("cus_1", "usd", 100, "s"),
+        )
+        async with env.join(broken) as a, env.join(broken) as b:
+            await env.charge(1, "c1")
+            for member in (a, b):
+                with pytest.raises(GroupFailed):
+                    await asyncio.wait_for(member.next(), 10)
+            assert env.shared.groups == {}  # nobody joins the failed group any more
+            async with env.join() as fresh:
+                await env.charge(1, "c2")
+                event = json.loads(await asyncio.wait_for(fresh.next(), 10))
+        assert event["data"]["walletUpdated"]["transaction"]["idempotencyKey"] == "c2"
+        assert env.shared.groups == {}

@@ -73,9 +73,7 @@ class GroupKey:
             currency=currency,
             query=delivery.query,
             operation_name=delivery.operation_name,
-            variables=json.dumps(
-                delivery.variables or {}, sort_keys=True, separators=(",", ":"), default=str
-            ),
+            variables=json.dumps(delivery.variables or {}, sort_keys=True, separators=(",", ":")),
         )
 
 
