@@ -115,6 +115,8 @@ class Watcher:
         self.pending: set[int] = set()
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.reading = False
+        self.stopping = False
 
     async def start(self) -> None:
         async with read_transaction(self.engine) as conn:
@@ -128,15 +130,21 @@ class Watcher:
     async def _follow(self) -> None:
         while True:
             await self.wakeup.wait()
+            if self.stopping:
+                return
             self.wakeup.clear()
             wallets, self.pending = self.pending, set()
+            self.reading = True
             try:
                 await self._catch_up(wallets)
+                continue
             except Exception:
                 logger.exception("reading new ledger entries for %s failed; retrying", self.owner)
                 self.pending |= wallets
-                await asyncio.sleep(1)
-                self.wakeup.set()
+            finally:
+                self.reading = False
+            await asyncio.sleep(1)
+            self.wakeup.set()
 
     async def _catch_up(self, wallet_seqs: set[int]) -> None:
         async with read_transaction(self.engine) as conn:
@@ -157,10 +165,16 @@ class Watcher:
                         subscriber.offer(change)
 
     async def stop(self) -> None:
-        if self.task is not None:
+        if self.task is None:
+            return
+        self.stopping = True
+        self.wakeup.set()
+        # A read is left to finish: cancelled amid a query, a pooled connection can be left
+        # half closed (aiosqlite's close then never completes).
+        if not self.reading:
             self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
 
 
 class LedgerFeed:
