@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet import ledger, repository
@@ -342,3 +344,87 @@ async def test_a_group_that_fails_ends_its_members_and_a_new_one_starts(database
                 event = json.loads(await asyncio.wait_for(fresh.next(), 10))
         assert event["data"]["walletUpdated"]["transaction"]["idempotencyKey"] == "c2"
         assert env.shared.groups == {}
+
+
+async def test_a_slow_client_gets_4008_while_the_rest_of_its_group_keeps_receiving(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    # Big events (a page of 100 long ledger entries, about 100 kB each, sent uncompressed) to a
+    # client that reads nothing through a small receive buffer: the server's writes to it stall
+    # within a few dozen events, its queue of 2 fills, and it is closed; its group goes on at the
+    # pace of the others, which get every event.
+    query = """subscription($c: String!) { walletUpdated(customerId: $c) { wallet { balance
+      transactions(first: 100) { edges { node { id description reference idempotencyKey } } } } } }"""
+    events = 60
+    live = start_server(
+        sqlite_url,
+        1,
+        tmp_path / "server.log",
+        {**NO_LIMITS, "GQL_WALLET_SUBSCRIPTION_QUEUE_SIZE": "2"},
+    )
+    try:
+        key = live.new_key("acme")
+        async with httpx.AsyncClient(base_url=live.url) as client:
+            for i in range(100):
+                await write_long(client, key, TOP_UP, f"seed-{i}", 1000)
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", int(live.url.rsplit(":", 1)[1])))
+            sock.setblocking(False)
+            async with (
+                connect(live.url, key, sock=sock, max_queue=1, compression=None) as slow,
+                connect(live.url, key, max_queue=None) as a,
+                connect(live.url, key, max_queue=None) as b,
+            ):
+                for ws in (slow, a, b):
+                    await ws.subscribe("cus_1", query=query)
+                    await next_messages(ws, 1)
+                before = await metrics(client)
+                assert metric(before, GROUPS) == 1
+                for i in range(events):
+                    await write_long(client, key, CHARGE, f"c{i}", 1)
+                    for ws in (a, b):
+                        [message] = await next_messages(ws, 1)
+                        wallet = message["payload"]["data"]["walletUpdated"]["wallet"]
+                        assert wallet["balance"] == 100_000 - i - 1
+                executions = metric(await metrics(client), EXECUTIONS) - metric(before, EXECUTIONS)
+                received, closed = await count_until_closed(slow)
+    finally:
+        stop_server(live)
+    assert closed.rcvd is not None and closed.rcvd.code == 4008
+    assert received < events
+    assert executions == events
+
+
+async def count_until_closed(ws: Socket) -> tuple[int, websockets.ConnectionClosed]:
+    received = 0
+    try:
+        while True:
+            await asyncio.wait_for(ws.receive(), 10)
+            received += 1
+    except websockets.ConnectionClosed as closed:
+        return received, closed
+
+
+async def write_long(
+    client: httpx.AsyncClient, key: str, mutation: str, idempotency_key: str, amount: int
+) -> None:
+    """A write whose ledger entry has the longest description, reference and key allowed."""
+    response = await client.post(
+        "/graphql",
+        json={
+            "query": mutation,
+            "variables": {
+                "input": {
+                    "customerId": "cus_1",
+                    "currency": "usd",
+                    "amount": amount,
+                    "idempotencyKey": idempotency_key.ljust(255, "k"),
+                    "description": "d" * 500,
+                    "reference": "r" * 255,
+                }
+            },
+        },
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert next(iter(response.json()["data"].values()))["userErrors"] == [], response.text
