@@ -25,9 +25,11 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import websockets
+from websockets.typing import Subprotocol
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).with_name("gql-wallet"))
@@ -40,17 +42,28 @@ TOP_UP = (
     "amount: 1, idempotencyKey: $k}) { userErrors { code } } }"
 )
 
+EXECUTIONS = "gql_wallet_subscription_executions_total"
+
+
+def metric_total(text: str, name: str) -> float:
+    """The sum of a metric's samples in Prometheus text format."""
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.split("{")[0].split(" ")[0] == name
+    )
+
 
 async def client_process_main(
-    url: str, key: str, count: int, events: int, out: multiprocessing.Queue
-) -> None:  # type: ignore[type-arg]
+    url: str, key: str, count: int, events: int, out: multiprocessing.Queue[Any]
+) -> None:
     latencies: list[float] = []
     ready = 0
 
     async def one() -> None:
         nonlocal ready
         async with websockets.connect(
-            url, subprotocols=["graphql-transport-ws"], max_queue=None
+            url, subprotocols=[Subprotocol("graphql-transport-ws")], max_queue=None
         ) as ws:
             await ws.send(json.dumps({"type": "connection_init", "payload": {"token": key}}))
             await ws.recv()
@@ -77,7 +90,9 @@ async def client_process_main(
     out.put(("latencies", latencies))
 
 
-def client_process(url: str, key: str, count: int, events: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def client_process(
+    url: str, key: str, count: int, events: int, out: multiprocessing.Queue[Any]
+) -> None:
     asyncio.run(client_process_main(url, key, count, events, out))
 
 
@@ -88,6 +103,7 @@ def main() -> None:
     parser.add_argument("--client-processes", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between commits")
+    parser.add_argument("--port", type=int, default=8765, help="the server's port on 127.0.0.1")
     parser.add_argument(
         "--database-url", default="postgresql://postgres@127.0.0.1:5432/bench_subscriptions"
     )
@@ -113,7 +129,7 @@ def main() -> None:
         capture_output=True,
         text=True,
     ).stdout.splitlines()[-1]
-    port = 8765
+    port = args.port
     log = tempfile.NamedTemporaryFile(prefix="bench-subscriptions-", suffix=".log", delete=False)
     server = subprocess.Popen(
         [CLI, "serve", "--port", str(port), "--workers", str(args.workers)],
@@ -135,7 +151,7 @@ def main() -> None:
             f"{base}/graphql", json={"query": TOP_UP, "variables": {"k": "seed"}}, headers=headers
         )
 
-        out: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
+        out: multiprocessing.Queue[Any] = multiprocessing.Queue()
         per_process = args.subscribers // args.client_processes
         processes = [
             multiprocessing.Process(
@@ -165,6 +181,7 @@ def main() -> None:
         for process in processes:
             process.join()
         elapsed = time.time() - started
+        executions = metric_total(httpx.get(f"{base}/metrics").text, EXECUTIONS)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait()
@@ -187,6 +204,8 @@ def main() -> None:
         "p99_ms": round(pct(0.99), 1),
         "max_ms": round(latencies[-1] * 1000, 1),
         "mean_ms": round(statistics.fmean(latencies) * 1000, 1),
+        # Feed events executed, summed over the server's processes (each shares one per event).
+        "event_executions": executions,
         "seconds": round(elapsed, 1),
         "cpus": os.cpu_count(),
     }

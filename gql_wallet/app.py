@@ -16,6 +16,7 @@ from starlette.staticfiles import StaticFiles
 from gql_wallet.auth import Authenticator
 from gql_wallet.db import create_engine
 from gql_wallet.feed import LedgerFeed
+from gql_wallet.graphql.fanout import SharedSubscriptions
 from gql_wallet.graphql.graphiql import ASSETS_URL
 from gql_wallet.graphql.http import GraphQLEndpoint
 from gql_wallet.graphql.schema import build_schema
@@ -46,8 +47,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     authenticator = Authenticator(engine, settings.token_secret_bytes)
     feed = LedgerFeed(engine, settings)
     endpoint = GraphQLEndpoint(schema, engine, settings, authenticator, feed)
+    shared = SharedSubscriptions(schema, engine, settings, feed)
     subscriptions = SubscriptionEndpoint(
-        SubscriptionView(schema, engine, settings, authenticator, feed),
+        SubscriptionView(schema, engine, settings, authenticator, feed, shared),
         settings.subscription_max_connections,
     )
 
@@ -60,6 +62,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             yield
         finally:
+            await shared.stop()
             await feed.stop()
             await engine.dispose()
 

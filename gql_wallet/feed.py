@@ -17,6 +17,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from typing import Generic, TypeVar
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -42,35 +43,65 @@ class SlowConsumer(Exception):
     """The subscriber fell further behind than its queue allows."""
 
 
-@dataclass(eq=False)
-class Subscriber:
-    currency: str | None
-    capacity: int
-    queue: asyncio.Queue[WalletChange | None] = field(default_factory=asyncio.Queue)
-    seen: dict[int, int] = field(default_factory=dict)  # wallet seq -> last entry delivered
-    overflowed: bool = False
+T = TypeVar("T")
 
-    def offer(self, change: WalletChange) -> None:
-        if self.overflowed or (
-            self.currency is not None and change.wallet.currency != self.currency
-        ):
+
+@dataclass(eq=False)
+class Mailbox(Generic[T]):
+    """One subscriber's bounded queue of events, each tagged with its wallet and ledger entry.
+
+    `next` hands them out in the order they were put, skipping any entry at or before the last
+    one seen for its wallet: a subscriber sets `seen` from the snapshot it starts with, so an
+    entry is neither missed (it joined before reading the snapshot) nor repeated.
+    """
+
+    capacity: int
+    queue: asyncio.Queue[tuple[int, int, T] | None] = field(default_factory=asyncio.Queue)
+    seen: dict[int, int] = field(default_factory=dict)  # wallet seq -> last entry delivered
+    error: Exception | None = None  # once set, the reader gets it instead of further events
+
+    @property
+    def overflowed(self) -> bool:
+        return isinstance(self.error, SlowConsumer)
+
+    def put(self, wallet_seq: int, entry_seq: int, item: T) -> None:
+        if self.error is not None:
             return
         if self.queue.qsize() >= self.capacity:
-            self.overflowed = True
-            self.queue.put_nowait(None)  # wakes the reader, which then gives up
+            self.end(SlowConsumer())
             return
-        self.queue.put_nowait(change)
+        self.queue.put_nowait((wallet_seq, entry_seq, item))
 
-    async def next(self) -> WalletChange:
-        """The next change after those already seen; raises SlowConsumer once it overflowed."""
+    def end(self, error: Exception) -> None:
+        """Stop delivering: the reader gets `error` (after nothing else) from `next`."""
+        if self.error is None:
+            self.error = error
+            self.queue.put_nowait(None)  # wakes the reader
+
+    async def next(self) -> T:
+        """The next event after those already seen; raises the error once one was set."""
         while True:
-            change = await self.queue.get()
-            if change is None or self.overflowed:
-                raise SlowConsumer
-            assert change.transaction is not None
-            if change.transaction.seq > self.seen.get(change.wallet.seq, 0):
-                self.seen[change.wallet.seq] = change.transaction.seq
-                return change
+            tagged = await self.queue.get()
+            if self.error is not None:
+                raise self.error
+            assert tagged is not None
+            wallet_seq, entry_seq, item = tagged
+            if entry_seq > self.seen.get(wallet_seq, 0):
+                self.seen[wallet_seq] = entry_seq
+                return item
+
+
+@dataclass(eq=False)
+class Subscriber(Mailbox[WalletChange]):
+    """Committed changes of one customer's wallets (of one currency, if set)."""
+
+    currency: str | None = None
+
+    def offer(self, change: WalletChange) -> None:
+        if self.currency is not None and change.wallet.currency != self.currency:
+            return
+        assert change.transaction is not None
+        self.put(change.wallet.seq, change.transaction.seq, change)
 
 
 class Watcher:
@@ -84,6 +115,8 @@ class Watcher:
         self.pending: set[int] = set()
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.reading = False
+        self.stopping = False
 
     async def start(self) -> None:
         async with read_transaction(self.engine) as conn:
@@ -97,15 +130,21 @@ class Watcher:
     async def _follow(self) -> None:
         while True:
             await self.wakeup.wait()
+            if self.stopping:
+                return
             self.wakeup.clear()
             wallets, self.pending = self.pending, set()
+            self.reading = True
             try:
                 await self._catch_up(wallets)
+                continue
             except Exception:
                 logger.exception("reading new ledger entries for %s failed; retrying", self.owner)
                 self.pending |= wallets
-                await asyncio.sleep(1)
-                self.wakeup.set()
+            finally:
+                self.reading = False
+            await asyncio.sleep(1)
+            self.wakeup.set()
 
     async def _catch_up(self, wallet_seqs: set[int]) -> None:
         async with read_transaction(self.engine) as conn:
@@ -126,10 +165,16 @@ class Watcher:
                         subscriber.offer(change)
 
     async def stop(self) -> None:
-        if self.task is not None:
+        if self.task is None:
+            return
+        self.stopping = True
+        self.wakeup.set()
+        # A read is left to finish: cancelled amid a query, a pooled connection can be left
+        # half closed (aiosqlite's close then never completes).
+        if not self.reading:
             self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
 
 
 class LedgerFeed:
@@ -166,7 +211,7 @@ class LedgerFeed:
     ) -> AsyncIterator[Subscriber]:
         owner = (organization_id, customer_id)
         watcher = await self._watcher(owner)
-        subscriber = Subscriber(currency, self.settings.subscription_queue_size)
+        subscriber = Subscriber(self.settings.subscription_queue_size, currency=currency)
         watcher.subscribers.add(subscriber)
         try:
             yield subscriber

@@ -49,6 +49,16 @@ SUBSCRIPTION_CONNECTIONS = Gauge(
     multiprocess_mode="livesum",
 )
 
+SUBSCRIPTION_GROUPS = Gauge(
+    "gql_wallet_subscription_groups",
+    "Groups of identical subscriptions that share one execution per event.",
+    multiprocess_mode="livesum",
+)
+SUBSCRIPTION_EXECUTIONS = Counter(
+    "gql_wallet_subscription_executions",
+    "Executions of a subscription event, each shared by every member of a group.",
+)
+
 
 def render() -> bytes:
     """The current metrics in the Prometheus text format (all processes in multiprocess mode)."""

@@ -214,6 +214,15 @@ def database_url(
         yield url
 
 
+@pytest.fixture
+def sqlite_url(
+    tmp_path: Path, sqlite_template: Path, postgres_template: str | None
+) -> Iterator[str]:
+    """A fresh, migrated SQLite database, for tests that need one process's view of it."""
+    with fresh_database("sqlite", tmp_path, sqlite_template, postgres_template) as url:
+        yield url
+
+
 def changed(settings: Settings, update: dict[str, Any]) -> Settings:
     """`settings` with some fields changed, validated like settings read at start."""
     return Settings.model_validate({**settings.model_dump(), **update})

@@ -354,14 +354,6 @@ async def test_the_npm_graphql_ws_client_receives_updates(server: LiveServer) ->
     ]
 
 
-@pytest.fixture
-def sqlite_url(
-    tmp_path: Path, sqlite_template: Path, postgres_template: str | None
-) -> Iterator[str]:
-    with fresh_database("sqlite", tmp_path, sqlite_template, postgres_template) as url:
-        yield url
-
-
 async def test_a_slow_consumer_is_closed_with_a_clear_code(sqlite_url: str, tmp_path: Path) -> None:
     env = {**NO_LIMITS, "GQL_WALLET_SUBSCRIPTION_QUEUE_SIZE": "3"}
     live = start_server(sqlite_url, 1, tmp_path / "server.log", env)

@@ -19,7 +19,9 @@ class Socket:
         self.ws = ws
         self.next_id = 0
 
-    async def subscribe(self, customer_id: str, currency: str | None = None) -> str:
+    async def subscribe(
+        self, customer_id: str, currency: str | None = None, query: str = SUBSCRIBE
+    ) -> str:
         self.next_id += 1
         op = str(self.next_id)
         await self.ws.send(
@@ -28,7 +30,7 @@ class Socket:
                     "type": "subscribe",
                     "id": op,
                     "payload": {
-                        "query": SUBSCRIBE,
+                        "query": query,
                         "variables": {"c": customer_id, "cur": currency},
                     },
                 }
@@ -43,6 +45,9 @@ class Socket:
                 await self.ws.send(json.dumps({"type": "pong"}))
                 continue
             return dict(message)
+
+    async def complete(self, op: str) -> None:
+        await self.ws.send(json.dumps({"type": "complete", "id": op}))
 
     async def update(self) -> dict[str, Any]:
         """The next walletUpdated event (fails on anything else)."""

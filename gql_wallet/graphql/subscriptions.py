@@ -11,8 +11,9 @@ from strawberry.types import Info
 
 from gql_wallet import repository as repo
 from gql_wallet.db import read_transaction
-from gql_wallet.feed import SlowConsumer
+from gql_wallet.feed import SlowConsumer, WalletChange
 from gql_wallet.graphql.context import Context
+from gql_wallet.graphql.fanout import GroupKey, current_delivery
 from gql_wallet.graphql.types import CustomerWallet, WalletTransaction
 from gql_wallet.money import normalize_currency
 
@@ -55,18 +56,24 @@ class Subscription:
         if not visible or (currency is not None and code is None):
             # Exactly like a customer that has no wallets and never gets one.
             await asyncio.Event().wait()
-        organization_id = context.principal.organization_id
-        async with context.feed.subscribe(organization_id, customer_id, code) as subscriber:
+        principal = context.principal
+        # Feed events are executed once per group of identical subscriptions and arrive here
+        # already encoded; only the current state at the start is executed for this one.
+        delivery = current_delivery.get()
+        key = GroupKey.of(delivery, principal, customer_id, code)
+        async with delivery.shared.join(
+            key, principal, delivery.variables, wallet_update
+        ) as events:
             async with read_transaction(context.engine) as conn:
                 wallets = await repo.list_wallets(
-                    conn, organization_id, customer_id=customer_id, currency=code
+                    conn, principal.organization_id, customer_id=customer_id, currency=code
                 )
-                subscriber.seen = await repo.last_entries(conn, organization_id, customer_id)
+                events.seen = await repo.last_entries(conn, principal.organization_id, customer_id)
             for wallet in wallets:
                 yield WalletUpdate(wallet=CustomerWallet.from_record(wallet), transaction=None)
             while True:
                 try:
-                    change = await subscriber.next()
+                    payload = await events.next()
                 except SlowConsumer:
                     await context.close_connection(
                         SLOW_CONSUMER_CLOSE_CODE,
@@ -74,8 +81,12 @@ class Subscription:
                         " events behind; reconnect to get the current state.",
                     )
                     return
-                assert change.transaction is not None
-                yield WalletUpdate(
-                    wallet=CustomerWallet.from_record(change.wallet),
-                    transaction=WalletTransaction.from_record(change.transaction),
-                )
+                await delivery.send_payload(payload)
+
+
+def wallet_update(change: WalletChange) -> WalletUpdate:
+    assert change.transaction is not None
+    return WalletUpdate(
+        wallet=CustomerWallet.from_record(change.wallet),
+        transaction=WalletTransaction.from_record(change.transaction),
+    )

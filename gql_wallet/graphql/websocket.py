@@ -1,26 +1,34 @@
 """The WebSocket side of /graphql: subscriptions over graphql-transport-ws.
 
 Strawberry runs the protocol; we add authentication from the connection_init payload (browsers
-cannot set headers on a WebSocket), the allowed browser origins, and a bound on connections.
+cannot set headers on a WebSocket), the allowed browser origins, a bound on connections, and a
+way for a subscription to send a payload that was executed and encoded once for many (fanout.py).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+    Operation,
+)
 
 from gql_wallet import metrics
 from gql_wallet import repository as repo
 from gql_wallet.auth import NOBODY, Authenticator, bearer_token
 from gql_wallet.feed import LedgerFeed
 from gql_wallet.graphql.context import Context
+from gql_wallet.graphql.fanout import Delivery, SharedSubscriptions, current_delivery
 from gql_wallet.settings import Settings
 
 TRY_AGAIN_LATER = 1013
@@ -37,7 +45,41 @@ def connection_token(params: dict[str, Any] | None) -> str | None:
     return token if isinstance(token, str) else None
 
 
+class TransportHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    """graphql-transport-ws as Strawberry runs it, plus a `Delivery` for each operation."""
+
+    view: SubscriptionView
+
+    async def run_operation(self, operation: Operation[Context, None]) -> None:
+        # Runs as the operation's own task: the variable is seen by its resolver alone.
+        current_delivery.set(
+            Delivery(
+                query=operation.query,
+                operation_name=operation.operation_name,
+                variables=operation.variables,
+                send_payload=lambda payload: self.send_next_payload(operation, payload),
+                shared=self.view.shared,
+            )
+        )
+        await super().run_operation(operation)
+
+    async def send_next_payload(self, operation: Operation[Context, None], payload: str) -> None:
+        """A `next` message whose payload (data, errors) is already encoded as JSON."""
+        if operation.completed:
+            return
+        websocket = self.context.websocket
+        assert websocket is not None
+        try:
+            await websocket.send_text(
+                f'{{"id":{json.dumps(operation.id)},"type":"next","payload":{payload}}}'
+            )
+        except WebSocketDisconnect as exc:
+            raise WebSocketDisconnected from exc
+
+
 class SubscriptionView(GraphQL[Context, None]):
+    graphql_transport_ws_handler_class = TransportHandler
+
     def __init__(
         self,
         schema: Any,
@@ -45,6 +87,7 @@ class SubscriptionView(GraphQL[Context, None]):
         settings: Settings,
         authenticator: Authenticator,
         feed: LedgerFeed,
+        shared: SharedSubscriptions,
     ) -> None:
         super().__init__(
             schema,
@@ -58,6 +101,7 @@ class SubscriptionView(GraphQL[Context, None]):
         self.settings = settings
         self.authenticator = authenticator
         self.feed = feed
+        self.shared = shared
         regex = settings.cors_origin_regex
         self.origin_pattern = re.compile(regex) if regex else None
 
