@@ -29,6 +29,8 @@ from strawberry.types.graphql import OperationType
 from gql_wallet import repository as repo
 from gql_wallet.auth import Authenticator, bearer_token
 from gql_wallet.feed import LedgerFeed
+from gql_wallet.graphql.compiled import LABEL as PLAN_LABEL
+from gql_wallet.graphql.compiled import Plans
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.graphiql import GRAPHIQL_HEADERS, graphiql_html
 from gql_wallet.logs import current_request, logger
@@ -164,6 +166,7 @@ class GraphQLEndpoint:
         self.authenticator = authenticator
         self.feed = feed
         self.rate_limiter = RateLimiter(settings)
+        self.plans = Plans(settings.precompiled_lookups)
         self.ide_html = graphiql_html() if settings.graphiql_enabled else None
 
     async def handle(self, request: Request) -> Response:
@@ -237,13 +240,21 @@ class GraphQLEndpoint:
         query, variables, operation_name = _operation(params)
         info.variables = variables
         allowed = {OperationType.QUERY} if request.method == "GET" else None
+        context = Context(
+            engine=self.engine, principal=principal, settings=self.settings, feed=self.feed
+        )
+        plan = self.plans.get(query, operation_name)
+        if plan is not None:
+            planned = await plan.run(variables, context)
+            if planned is not None:
+                self.plans.hits += 1
+                info.operation, info.outcome = PLAN_LABEL, "ok"
+                return _json_response(planned, 200, None, media_type)
         try:
             result = await self.schema.execute(
                 query,
                 variable_values=variables,
-                context_value=Context(
-                    engine=self.engine, principal=principal, settings=self.settings, feed=self.feed
-                ),
+                context_value=context,
                 operation_name=operation_name,
                 allowed_operation_types=allowed,
             )
@@ -262,8 +273,10 @@ class GraphQLEndpoint:
         payload = _result_payload(result)
         if "errors" in payload:
             info.outcome = "error" if "data" in payload else "invalid"
-        elif info.outcome == "-":
-            info.outcome = "ok"
+        else:
+            self.plans.answered(query, operation_name)
+            if info.outcome == "-":
+                info.outcome = "ok"
         # graphql-response+json: a result without `data` is a request error, hence a 400.
         # application/json keeps 200 for it: older clients read errors only from a 200.
         status = 400 if media_type == GRAPHQL_RESPONSE_MEDIA_TYPE and "data" not in payload else 200

@@ -23,10 +23,21 @@ from gql_wallet.graphql.types import (
     page_size,
 )
 from gql_wallet.money import normalize_currency
+from gql_wallet.repository import WalletRecord
 
 CustomerIdArg = Annotated[
     str, strawberry.argument(description="The organization's own ID for the customer.")
 ]
+
+
+async def customer_wallet_records(context: Context, customer_id: str) -> list[WalletRecord]:
+    """customerWallets' answer; also run by its precompiled plan (graphql/compiled.py)."""
+    visible, customer = context.customer_scope(customer_id)
+    if not visible:
+        return []
+    assert customer is not None  # a customer was named, so the scope names one
+    async with read_connection(context.engine) as conn:
+        return await repo.list_customer_wallets(conn, context.principal.organization_id, customer)
 
 
 @strawberry.type(description="Read wallets and their ledgers.")
@@ -38,14 +49,7 @@ class Query:
     async def customer_wallets(
         self, info: Info[Context, None], customer_id: CustomerIdArg
     ) -> list[CustomerWallet]:
-        visible, customer = info.context.customer_scope(customer_id)
-        if not visible:
-            return []
-        assert customer is not None  # a customer was named, so the scope names one
-        async with read_connection(info.context.engine) as conn:
-            records = await repo.list_customer_wallets(
-                conn, info.context.principal.organization_id, customer
-            )
+        records = await customer_wallet_records(info.context, customer_id)
         return [CustomerWallet.from_record(r) for r in records]
 
     @strawberry.field(description="A customer's wallet in one currency; null if there is none.")

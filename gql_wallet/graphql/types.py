@@ -26,7 +26,7 @@ SafeInt = NewType("SafeInt", int)
 _MAX_LITERAL_DIGITS = 30
 
 
-def _serialize_safe_int(value: Any) -> int:
+def serialize_safe_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or abs(value) > MAX_SAFE_INT:
         raise GraphQLError(f"SafeInt cannot represent {value!r}.")
     return value
@@ -55,13 +55,13 @@ SAFE_INT_SCALAR = strawberry.scalar(
         "the range every JSON and JavaScript client reads exactly. Money amounts are SafeInts "
         "in the currency's minor unit (cents for usd); never floats."
     ),
-    serialize=_serialize_safe_int,
+    serialize=serialize_safe_int,
     parse_value=_parse_safe_int,
     parse_literal=_parse_safe_int_literal,
 )
 
 
-def _serialize_datetime(value: Any) -> str:
+def serialize_datetime(value: Any) -> str:
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise GraphQLError(f"DateTime cannot represent {value!r}.")
     return value.astimezone(UTC).isoformat()
@@ -81,7 +81,7 @@ DATETIME_SCALAR = strawberry.scalar(
     name="DateTime",
     description="A point in time: ISO 8601 text with its UTC offset, "
     "e.g. 2026-11-26T04:28:47.123456+00:00. Always given in UTC.",
-    serialize=_serialize_datetime,
+    serialize=serialize_datetime,
     parse_value=_parse_datetime,
 )
 

@@ -1,0 +1,186 @@
+"""Precompiled customerWallets plans (gql_wallet/graphql/compiled.py) answer exactly like the
+general executor: the same documents, sent to an app with plans and to one without, on the same
+database, get byte-identical responses; and plans are really used."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from starlette.routing import Route
+
+from gql_wallet.app import create_app
+from gql_wallet.auth import create_api_key
+from gql_wallet.graphql.compiled import compile_plan
+from gql_wallet.graphql.http import GraphQLEndpoint
+from gql_wallet.settings import Settings
+from tests.conftest import Env, changed
+
+LEAVES = ["id", "createdAt", "modifiedAt", "customerId", "balance", "currency", "__typename"]
+
+
+@dataclass
+class Served:
+    client: httpx.AsyncClient
+    endpoint: GraphQLEndpoint
+    key: str
+
+    async def post(
+        self, query: str, variables: Any = None, token: str | None = None, **extra: Any
+    ) -> tuple[int, Any]:
+        body: dict[str, Any] = {"query": query, **extra}
+        if variables is not None:
+            body["variables"] = variables
+        response = await self.client.post(
+            "/graphql", json=body, headers={"Authorization": f"Bearer {token or self.key}"}
+        )
+        return response.status_code, response.json()
+
+
+@asynccontextmanager
+async def served(settings: Settings) -> AsyncIterator[Served]:
+    app = create_app(settings)
+    route = next(r for r in app.routes if isinstance(r, Route) and r.path == "/graphql")
+    async with app.router.lifespan_context(app):
+        key = await create_api_key(app.state.engine, settings.token_secret_bytes, "org-a")
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield Served(client, route.endpoint.__self__, key)  # type: ignore[attr-defined]
+
+
+@asynccontextmanager
+async def both(env: Env) -> AsyncIterator[tuple[Served, Served]]:
+    """An app with plans and one without, on env's database (org-a is env.api's organization)."""
+    async with (
+        served(changed(env.settings, {"precompiled_lookups": True})) as planned,
+        served(changed(env.settings, {"precompiled_lookups": False})) as general,
+    ):
+        assert planned.endpoint.plans.enabled and not general.endpoint.plans.enabled
+        yield planned, general
+
+
+def generated_lookups(count: int) -> list[tuple[str, dict[str, Any] | None]]:
+    """customerWallets documents: random scalar selections, aliases, literal or variable."""
+    rng = random.Random(7)
+    customers = ["cus_1", "cus_2", "nobody", "", 'ü \\" 💶']
+    found = []
+    for _ in range(count):
+        fields = []
+        for _ in range(rng.randint(1, 6)):
+            name = rng.choice(LEAVES)
+            alias = rng.choice([None, None, "a", "b", name])
+            fields.append(f"{alias}: {name}" if alias else name)
+        root = rng.choice(["customerWallets", "w: customerWallets"])
+        customer = rng.choice(customers)
+        if rng.random() < 0.5:
+            literal = json.dumps(customer, ensure_ascii=rng.random() < 0.5)
+            found.append((f"{{ {root}(customerId: {literal}) {{ {' '.join(fields)} }} }}", None))
+        else:
+            name = rng.choice(["Lookup", ""])
+            found.append(
+                (
+                    f"query {name}($c: String!) {{ {root}(customerId: $c) {{ {' '.join(fields)} }} }}",
+                    {"c": customer},
+                )
+            )
+    return found
+
+
+async def test_generated_lookups_answer_alike_with_and_without_plans(env: Env) -> None:
+    await env.api.top_up("cus_1", 1234, "k1")
+    await env.api.top_up("cus_1", 99, "k2", currency="eur")
+    await env.api.top_up("cus_2", 5, "k3")
+    async with both(env) as (planned, general):
+        session = await env.customer_session(env.api, "cus_1")
+        documents = generated_lookups(120)
+        for token in (None, session.key):
+            for query, variables in documents:
+                for _ in range(2):  # the first answer plans the document, the second uses it
+                    expected = await general.post(query, variables, token)
+                    assert await planned.post(query, variables, token) == expected, query
+        assert planned.endpoint.plans.hits >= 200
+        assert general.endpoint.plans.hits == 0
+
+
+async def test_other_shapes_and_bad_variables_take_the_general_path(env: Env) -> None:
+    await env.api.top_up("cus_1", 100, "k1")
+    selection = "{ balance currency }"
+    cases: list[tuple[str, Any]] = [
+        (
+            'fragment F on CustomerWallet { balance } { customerWallets(customerId: "cus_1") { ...F } }',
+            None,
+        ),
+        ('{ customerWallets(customerId: "cus_1") { balance @include(if: true) } }', None),
+        ('{ customerWallets(customerId: "cus_1") @skip(if: false) { balance } }', None),
+        (
+            '{ customerWallets(customerId: "cus_1") { transactions { edges { node { amount } } } } }',
+            None,
+        ),
+        (
+            '{ a: customerWallets(customerId: "cus_1") { balance } b: customerWallets(customerId: "x") { balance } }',
+            None,
+        ),
+        (
+            '{ customerWallets(customerId: "cus_1") { balance a: balance b: currency } __typename }',
+            None,
+        ),
+        (f"query($c: String!) {{ customerWallets(customerId: $c) {selection} }}", {}),
+        (f"query($c: String!) {{ customerWallets(customerId: $c) {selection} }}", {"c": 5}),
+        (f"query($c: String!) {{ customerWallets(customerId: $c) {selection} }}", {"c": None}),
+        (f"query($c: String!) {{ customerWallets(customerId: $c) {selection} }}", {"c": ["cus_1"]}),
+        (f'query($c: String = "cus_1") {{ customerWallets(customerId: $c) {selection} }}', {}),
+        (f"query($c: ID!) {{ customerWallets(customerId: $c) {selection} }}", {"c": "cus_1"}),
+        (
+            f'query A {{ customerWallets(customerId: "cus_1") {selection} }} query B {{ __typename }}',
+            None,
+        ),
+        ('{ customerWallets(customerId: "cus_1") { balance balance: currency } }', None),
+        ('{ customerWallets(customerId: "cus_1") { nope } }', None),
+    ]
+    async with both(env) as (planned, general):
+        for query, variables in cases:
+            for _ in range(2):
+                expected = await general.post(query, variables)
+                assert await planned.post(query, variables) == expected, query
+        # operationName picks the planned operation of a two-operation document
+        query = cases[12][0]
+        for name in ("A", "B", "A"):
+            expected = await general.post(query, None, operationName=name)
+            assert await planned.post(query, None, operationName=name) == expected
+        assert planned.endpoint.plans.hits == 1  # only the third request above
+
+
+async def test_a_plan_reads_live_data_and_the_callers_scope(env: Env) -> None:
+    query = "query($c: String!) { customerWallets(customerId: $c) { balance } }"
+    async with both(env) as (planned, _general):
+        assert await planned.post(query, {"c": "cus_1"}) == (200, {"data": {"customerWallets": []}})
+        await env.api.top_up("cus_1", 100, "k1")
+        assert (await planned.post(query, {"c": "cus_1"}))[1]["data"]["customerWallets"] == [
+            {"balance": 100}
+        ]
+        await env.api.top_up("cus_1", 20, "k2")
+        assert (await planned.post(query, {"c": "cus_1"}))[1]["data"]["customerWallets"] == [
+            {"balance": 120}
+        ]
+        session = await env.customer_session(env.api, "cus_2")  # sees only cus_2
+        assert (await planned.post(query, {"c": "cus_1"}, session.key))[1] == {
+            "data": {"customerWallets": []}
+        }
+        other = await env.other.post(query, {"c": "cus_1"})  # another organization
+        assert other.json() == {"data": {"customerWallets": []}}
+        assert planned.endpoint.plans.hits == 3
+
+
+def test_compile_plan_accepts_only_the_exact_shape() -> None:
+    plan = compile_plan('{ w: customerWallets(customerId: "c") { b: balance id balance } }', None)
+    assert plan is not None
+    assert (plan.response_key, plan.customer_literal, plan.customer_variable) == ("w", "c", None)
+    assert [key for key, _ in plan.fields] == ["b", "id", "balance"]
+    assert compile_plan('mutation { customerWallets(customerId: "c") { id } }', None) is None
+    assert compile_plan('{ customerWallets(customerId: "c") { id } } {', None) is None
+    assert compile_plan('{ customerWallet(customerId: "c", currency: "usd") { id } }', None) is None
