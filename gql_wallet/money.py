@@ -28,9 +28,20 @@ def normalize_currency(currency: str) -> str | None:
     return code if code in CURRENCIES else None
 
 
+def is_unicode_text(value: str) -> bool:
+    """False for text with lone surrogates (JSON's "\\ud800"): no database can store it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def is_valid_customer_id(customer_id: str) -> bool:
-    return 1 <= len(customer_id) <= MAX_CUSTOMER_ID_LENGTH and not any(
-        unicodedata.category(ch) == "Cc" for ch in customer_id
+    return (
+        1 <= len(customer_id) <= MAX_CUSTOMER_ID_LENGTH
+        and is_unicode_text(customer_id)
+        and not any(unicodedata.category(ch) == "Cc" for ch in customer_id)
     )
 
 
@@ -75,12 +86,14 @@ def check_amount(amount: int) -> list[UserError]:
 def check_text(
     value: str | None, field: str, max_length: int, *, required: bool
 ) -> list[UserError]:
-    if value is None or ((value or not required) and len(value) <= max_length):
+    if value is None or (
+        (value or not required) and len(value) <= max_length and is_unicode_text(value)
+    ):
         return []
     return [
         UserError(
             ErrorCode.INVALID_INPUT,
-            f"{field} must be {'1' if required else '0'}-{max_length} characters.",
+            f"{field} must be {'1' if required else '0'}-{max_length} characters of Unicode text.",
             ("input", field),
         )
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -375,3 +376,48 @@ async def test_single_reads_send_one_statement_each(env: Env) -> None:
         assert sent == ["AUTOCOMMIT/SELECT", "AUTOCOMMIT/SELECT"], sent
     else:
         assert sent == ["SELECT", "SELECT"], sent
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "code"),
+    [
+        ("customerId", "cus\ud800", "INVALID_CUSTOMER_ID"),
+        ("description", "d\udfff", "INVALID_INPUT"),
+        ("reference", "\ud800r", "INVALID_INPUT"),
+        ("idempotencyKey", "k\udc00", "INVALID_INPUT"),
+    ],
+)
+async def test_lone_surrogates_are_typed_errors_and_write_nothing(
+    env: Env, field: str, value: str, code: str
+) -> None:
+    """JSON may carry "\\ud800" (a lone surrogate); no database stores it, so it is invalid
+    input, never a masked internal error, and a lookup of such a customer finds none."""
+    await env.api.top_up("cus_1", 100, "seed")
+    before = await env.counts()
+    change = {"customerId": "cus_1", "currency": "usd", "amount": 5, "idempotencyKey": "k1"}
+    for mutation, query in (("topUpWallet", TOP_UP), ("chargeWallet", CHARGE)):
+        body = json.dumps({"query": query, "variables": {"input": {**change, field: value}}})
+        response = await env.api.client.post(
+            "/graphql",
+            content=body.encode(),  # ASCII: json.dumps escapes the surrogate
+            headers={"Authorization": f"Bearer {env.api.key}", "Content-Type": "application/json"},
+        )
+        assert response.status_code == 200, response.text
+        payload = response.json()["data"][mutation]
+        assert [(e["code"], e["field"]) for e in payload["userErrors"]] == [
+            (code, ["input", field])
+        ]
+    assert await env.counts() == before
+    lookup = json.dumps(
+        {
+            "query": "query($c: String!) { customerWallets(customerId: $c) { id } }",
+            "variables": {"c": "cus\ud800"},
+        }
+    )
+    for _ in range(2):  # the second one through the precompiled plan
+        response = await env.api.client.post(
+            "/graphql",
+            content=lookup.encode(),
+            headers={"Authorization": f"Bearer {env.api.key}", "Content-Type": "application/json"},
+        )
+        assert response.json() == {"data": {"customerWallets": []}}
