@@ -28,6 +28,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gql_wallet import metrics
+from gql_wallet.logs import logger
 from gql_wallet.settings import Settings
 
 try:
@@ -158,38 +159,55 @@ class _SqliteWriterQueue:
     def __init__(self, database: str | None) -> None:
         self.lock = asyncio.Lock()
         in_memory = not database or database == ":memory:" or database.startswith("file:")
-        self.path = None if in_memory or fcntl is None else f"{database}.writer-lock"
-        self.fd: int | None = None
+        self.database = None if in_memory or fcntl is None else database
+        self.path = f"{database}.writer-lock"
 
     @asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
         async with self.lock:
-            if self.path is None or fcntl is None:
+            fd = self._open()
+            if fd is None:
                 yield
                 return
-            if self.fd is None:
-                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-                weakref.finalize(self, os.close, self.fd)  # with the engine
-            fd = self.fd
+            # Each turn opens the file anew: a flock belongs to one open file, so a wait that
+            # was cancelled (and whose thread may still get the lock later) can only ever
+            # release its own lock, never the next writer's.
+            handed_over = False
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                waiting = asyncio.ensure_future(asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX))
                 try:
-                    await asyncio.shield(waiting)
-                except asyncio.CancelledError:
-                    # The thread still gets the lock: give it back as soon as it does.
-                    waiting.add_done_callback(lambda _: _unlock(fd))
-                    raise
-            try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    waiting = asyncio.ensure_future(
+                        asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+                    )
+                    try:
+                        await asyncio.shield(waiting)
+                    except asyncio.CancelledError:
+                        # The thread may still get the lock: its own file, closed when it does.
+                        waiting.add_done_callback(lambda _: os.close(fd))
+                        handed_over = True
+                        raise
                 yield
             finally:
-                _unlock(fd)
+                if not handed_over:
+                    os.close(fd)  # releases the lock
 
-
-def _unlock(fd: int) -> None:
-    if fcntl is not None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+    def _open(self) -> int | None:
+        """A new open file of the lock file, or None to go without the queue."""
+        if self.database is None:
+            return None
+        try:
+            # Read-only is enough for flock; created with the database file's permissions, so
+            # that every user who may write the database may also queue.
+            mode = os.stat(self.database).st_mode & 0o666
+        except OSError:
+            mode = 0o666  # no file yet (the first connection creates it): the umask decides
+        try:
+            return os.open(self.path, os.O_RDONLY | os.O_CREAT, mode)
+        except OSError as error:
+            logger.warning("SQLite writers not queued (%s): %s", self.path, error)
+            self.database = None  # once: SQLite's busy handler alone orders them from now on
+            return None
 
 
 _sqlite_writers: weakref.WeakKeyDictionary[AsyncEngine, _SqliteWriterQueue] = (

@@ -7,7 +7,9 @@ import re
 import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
+from pythonjsonlogger.json import JsonFormatter
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 logger = logging.getLogger("gql_wallet")
@@ -51,13 +53,26 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+class _LineFormatter(OrjsonFormatter):
+    """orjson for speed; the stdlib encoder for what orjson refuses (integers beyond 64 bits, lone
+    surrogates: both can arrive in logged variables), so that no request loses its log line."""
+
+    _fallback = JsonFormatter()
+
+    def jsonify_log_record(self, log_data: Any) -> str:
+        try:
+            return super().jsonify_log_record(log_data)
+        except TypeError:
+            return self._fallback.jsonify_log_record(log_data)
+
+
 def configure_logging(log_format: str, level: str = "INFO") -> None:
     """JSON lines (default) or plain text on stderr, for gql_wallet, uvicorn and alembic."""
     handler = logging.StreamHandler()
     handler.addFilter(_RequestIdFilter())
     if log_format == "json":
         handler.setFormatter(
-            OrjsonFormatter(
+            _LineFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
                 timestamp=False,

@@ -9,11 +9,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import event
 
+from gql_wallet.db import _SqliteWriterQueue
 from tests.conftest import CHARGE, TOP_UP, Env
 
 MAX = 2**53 - 1
@@ -421,3 +423,39 @@ async def test_lone_surrogates_are_typed_errors_and_write_nothing(
             headers={"Authorization": f"Bearer {env.api.key}", "Content-Type": "application/json"},
         )
         assert response.json() == {"data": {"customerWallets": []}}
+
+
+async def test_a_cancelled_wait_never_releases_the_next_writers_lock(tmp_path: Path) -> None:
+    """A writer cancelled while it waits for the writer lock leaves a thread that may still get
+    the lock later; that must never end the lock of the writer whose turn it is then."""
+    database = tmp_path / "w.db"
+    database.touch()
+    queue = _SqliteWriterQueue(str(database))
+    for _ in range(5):
+        other = os.open(f"{database}.writer-lock", os.O_RDONLY | os.O_CREAT)
+        fcntl.flock(other, fcntl.LOCK_EX)  # another process holds the lock
+
+        async def write(inside: asyncio.Event, leave: asyncio.Event) -> None:
+            async with queue.turn():
+                inside.set()
+                await leave.wait()
+
+        cancelled = asyncio.create_task(write(asyncio.Event(), asyncio.Event()))
+        await asyncio.sleep(0.1)
+        cancelled.cancel()
+        inside, leave = asyncio.Event(), asyncio.Event()
+        second = asyncio.create_task(write(inside, leave))
+        await asyncio.sleep(0.1)
+        os.close(other)  # the other process lets go: the cancelled wait's thread may win first
+        await asyncio.wait_for(inside.wait(), 10)
+        await asyncio.sleep(0.2)  # time for the cancelled wait's thread and its clean-up
+        probe = os.open(f"{database}.writer-lock", os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):  # the second writer still holds it
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(probe)
+        leave.set()
+        await second
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled

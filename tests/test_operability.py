@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import json
+import logging
 import os
 import signal
 from pathlib import Path
@@ -16,6 +18,7 @@ import websockets
 from alembic import command
 
 from gql_wallet.db import create_engine, write_transaction
+from gql_wallet.logs import configure_logging, request_logger
 from gql_wallet.migrate import alembic_config
 from gql_wallet.settings import Settings
 from tests.conftest import (
@@ -388,3 +391,22 @@ async def test_the_start_up_heap_is_frozen_out_of_full_collections(env: Env) -> 
     few thousand requests without it, none in 3,000 requests with it."""
     assert env.client is not None  # the app has started
     assert gc.get_freeze_count() > 50_000
+
+
+def test_a_log_line_survives_values_orjson_refuses() -> None:
+    """Logged variables may hold integers beyond 64 bits or lone surrogates (both valid JSON
+    input); the line is still one JSON object, written through the stdlib encoder."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("json")
+        stream = io.StringIO()
+        root.handlers[0].stream = stream  # type: ignore[attr-defined]
+        extra = {"variables": {"amount": 10**20, "customerId": "\ud800"}, "status": 200}
+        request_logger.info("request", extra=extra)
+        request_logger.info("request", extra={"variables": {"amount": 5}})
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert [line["variables"]["amount"] for line in lines] == [10**20, 5]
+        assert lines[0]["variables"]["customerId"] == "\ud800"
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
