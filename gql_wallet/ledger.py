@@ -120,6 +120,7 @@ async def _write(
             engine, organization_id, kind, change, currency, request, now
         )
 
+    # SQLite: the same steps, statement by statement, in one BEGIN IMMEDIATE transaction.
     async with write_transaction(engine) as conn:
         key = change.idempotency_key
         if not await repo.claim_idempotency_key(conn, organization_id, key, request, now):
@@ -165,7 +166,6 @@ async def _write(
             now=now,
         )
         await repo.record_outcome(conn, organization_id, key, transaction_seq=transaction.seq)
-        await repo.notify_change(conn, organization_id, change.customer_id, wallet.seq)
         return WriteResult(wallet=wallet, transaction=transaction)
 
 

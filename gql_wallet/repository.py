@@ -7,7 +7,6 @@ concurrent writers can neither lose an update nor take a balance below zero, on 
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -763,16 +762,9 @@ async def list_transactions(
 
 # --- live changes ---------------------------------------------------------------------------
 
+# PostgreSQL: gql_wallet_balance_change (migration 0003) announces each applied change here, on
+# commit; SQLite has one process per file, whose writes wake the feed in process.
 LEDGER_CHANNEL = "gql_wallet_ledger"
-
-
-async def notify_change(
-    conn: AsyncConnection, organization_id: uuid.UUID, customer_id: str, wallet_seq: int
-) -> None:
-    """Announce a wallet change to every process; PostgreSQL delivers it only on commit."""
-    if conn.dialect.name == "postgresql":
-        payload = json.dumps({"o": str(organization_id), "c": customer_id, "w": wallet_seq})
-        await conn.execute(select(func.pg_notify(LEDGER_CHANNEL, payload)))
 
 
 async def last_entries(
