@@ -24,6 +24,7 @@ from gql_wallet.settings import Settings
 from tests.conftest import (
     CHARGE,
     TOP_UP,
+    Api,
     Env,
     app_env,
     changed,
@@ -177,22 +178,10 @@ class TestMetrics:
         try:
             key = server.new_key("acme")
             async with httpx.AsyncClient(base_url=server.url) as client:
+                api = Api(client, key)
                 for i in range(20):
-                    await client.post(
-                        "/graphql",
-                        json={
-                            "query": TOP_UP,
-                            "variables": {
-                                "input": {
-                                    "customerId": "c",
-                                    "currency": "usd",
-                                    "amount": 1,
-                                    "idempotencyKey": f"k{i}",
-                                }
-                            },
-                        },
-                        headers={"Authorization": f"Bearer {key}"},
-                    )
+                    change = {"customerId": "c", "currency": "usd", "amount": 1}
+                    await api.post(TOP_UP, {"input": {**change, "idempotencyKey": f"k{i}"}})
             scraped = httpx.get(f"http://127.0.0.1:{port}/metrics").text
             assert (
                 metric(
@@ -276,20 +265,10 @@ class TestGracefulShutdown:
         key = server.new_key("acme")
         acked: list[str] = []
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            await client.post(
-                "/graphql",
-                json={
-                    "query": TOP_UP,
-                    "variables": {
-                        "input": {
-                            "customerId": "c",
-                            "currency": "usd",
-                            "amount": 10_000,
-                            "idempotencyKey": "seed",
-                        }
-                    },
-                },
-                headers={"Authorization": f"Bearer {key}"},
+            api = Api(client, key)
+            change = {"customerId": "c", "currency": "usd"}
+            await api.post(
+                TOP_UP, {"input": {**change, "amount": 10_000, "idempotencyKey": "seed"}}
             )
             async with connect(server.url, key) as ws:
                 await ws.subscribe("c")
@@ -297,20 +276,8 @@ class TestGracefulShutdown:
 
                 async def charge(i: int) -> None:
                     try:
-                        response = await client.post(
-                            "/graphql",
-                            json={
-                                "query": CHARGE,
-                                "variables": {
-                                    "input": {
-                                        "customerId": "c",
-                                        "currency": "usd",
-                                        "amount": 1,
-                                        "idempotencyKey": f"c{i}",
-                                    }
-                                },
-                            },
-                            headers={"Authorization": f"Bearer {key}"},
+                        response = await api.post(
+                            CHARGE, {"input": {**change, "amount": 1, "idempotencyKey": f"c{i}"}}
                         )
                     except httpx.TransportError:
                         return  # not acknowledged: refused once shutdown began

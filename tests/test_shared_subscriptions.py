@@ -410,21 +410,8 @@ async def write_long(
     client: httpx.AsyncClient, key: str, mutation: str, idempotency_key: str, amount: int
 ) -> None:
     """A write whose ledger entry has the longest description, reference and key allowed."""
-    response = await client.post(
-        "/graphql",
-        json={
-            "query": mutation,
-            "variables": {
-                "input": {
-                    "customerId": "cus_1",
-                    "currency": "usd",
-                    "amount": amount,
-                    "idempotencyKey": idempotency_key.ljust(255, "k"),
-                    "description": "d" * 500,
-                    "reference": "r" * 255,
-                }
-            },
-        },
-        headers={"Authorization": f"Bearer {key}"},
+    key_text = idempotency_key.ljust(255, "k")
+    payload = await write(
+        client, key, mutation, "cus_1", amount, key_text, description="d" * 500, reference="r" * 255
     )
-    assert next(iter(response.json()["data"].values()))["userErrors"] == [], response.text
+    assert payload["userErrors"] == [], payload

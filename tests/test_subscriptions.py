@@ -10,6 +10,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -54,7 +55,9 @@ async def write(
     amount: int,
     idem: str,
     currency: str = "usd",
+    **extra: Any,
 ) -> dict:
+    """The payload of a topUpWallet/chargeWallet `query`; `extra` adds input fields."""
     response = await client.post(
         "/graphql",
         json={
@@ -65,6 +68,7 @@ async def write(
                     "currency": currency,
                     "amount": amount,
                     "idempotencyKey": idem,
+                    **extra,
                 }
             },
         },
