@@ -130,6 +130,26 @@ def _json(payload: dict[str, Any], status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
+async def read_top_up(request: Request) -> tuple[str, str, int, str, str]:
+    """(customer, currency, amount, idempotency key, canonical request) of a top-up body, the
+    canonical request as gql_wallet's ledger writes it (shared by the PostgreSQL reference)."""
+    body = orjson.loads(await request.body())
+    customer, currency, amount = body["customerId"], body["currency"].lower(), body["amount"]
+    canonical = json.dumps(
+        {
+            "type": "TOP_UP",
+            "customerId": customer,
+            "currency": currency,
+            "amount": amount,
+            "description": None,
+            "reference": None,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return customer, currency, amount, body["idempotencyKey"], canonical
+
+
 def create_app() -> Starlette:
     pool = Pool(os.environ["BENCH_SQLITE_PATH"], int(os.environ.get("BENCH_POOL_SIZE", "32")))
     secret = Settings().token_secret_bytes
@@ -160,21 +180,7 @@ def create_app() -> Starlette:
         org = await organization(request)
         if org is None:
             return _json({"error": "UNAUTHENTICATED"}, 401)
-        body = orjson.loads(await request.body())
-        customer, currency, amount = body["customerId"], body["currency"].lower(), body["amount"]
-        key = body["idempotencyKey"]
-        canonical = json.dumps(
-            {
-                "type": "TOP_UP",
-                "customerId": customer,
-                "currency": currency,
-                "amount": amount,
-                "description": None,
-                "reference": None,
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-        )
+        customer, currency, amount, key, canonical = await read_top_up(request)
         now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
         async with pool.transaction("BEGIN IMMEDIATE") as conn:
             claimed = await (await conn.execute(CLAIM_KEY, (org, key, canonical, now))).fetchone()

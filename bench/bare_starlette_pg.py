@@ -15,7 +15,6 @@ Run: uvicorn bench.bare_starlette_pg:create_app --factory --workers 2, with BENC
 from __future__ import annotations
 
 import hmac
-import json
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -30,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from bench.bare_starlette import _json, read_top_up
 from gql_wallet.auth import bearer_token, parse_token, token_hash
 from gql_wallet.repository import LEDGER_CHANNEL
 from gql_wallet.settings import Settings
@@ -62,10 +62,6 @@ def _wallet(row: Any) -> dict[str, Any]:
     }
 
 
-def _json(payload: dict[str, Any], status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
-
-
 def create_app() -> Starlette:
     url = os.environ["BENCH_POSTGRES_URL"]
     size = int(os.environ.get("BENCH_POOL_SIZE", "32"))
@@ -94,21 +90,7 @@ def create_app() -> Starlette:
         org = await organization(request)
         if org is None:
             return _json({"error": "UNAUTHENTICATED"}, 401)
-        body = orjson.loads(await request.body())
-        customer, currency, amount = body["customerId"], body["currency"].lower(), body["amount"]
-        key = body["idempotencyKey"]
-        canonical = json.dumps(
-            {
-                "type": "TOP_UP",
-                "customerId": customer,
-                "currency": currency,
-                "amount": amount,
-                "description": None,
-                "reference": None,
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-        )
+        customer, currency, amount, key, canonical = await read_top_up(request)
         row = await pools[0].fetchrow(
             BALANCE_CHANGE,
             org,

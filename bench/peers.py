@@ -157,6 +157,22 @@ def postgraphile(database_url: str, port: int, pool_size: int) -> Peer:
     )
 
 
+def _uvicorn(app_factory: str, port: int, workers: int) -> tuple[str, ...]:
+    return (
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app_factory,
+        "--factory",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+    )
+
+
 def bare_starlette(sqlite_path: Path, workers: int, port: int, pool_size: int) -> Peer:
     return Peer(
         name=f"bare_sqlite_w{workers}",
@@ -164,19 +180,7 @@ def bare_starlette(sqlite_path: Path, workers: int, port: int, pool_size: int) -
         database="sqlite",
         workload=BARE_STARLETTE,
         port=port,
-        command=(
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.bare_starlette:create_app",
-            "--factory",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--log-level",
-            "warning",
-        ),
+        command=_uvicorn("bench.bare_starlette:create_app", port, workers),
         env={"BENCH_SQLITE_PATH": str(sqlite_path), "BENCH_POOL_SIZE": str(pool_size)},
     )
 
@@ -188,19 +192,7 @@ def bare_starlette_pg(database_url: str, workers: int, port: int, pool_size: int
         database="postgresql",
         workload=BARE_STARLETTE,
         port=port,
-        command=(
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.bare_starlette_pg:create_app",
-            "--factory",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--log-level",
-            "warning",
-        ),
+        command=_uvicorn("bench.bare_starlette_pg:create_app", port, workers),
         env={"BENCH_POSTGRES_URL": database_url, "BENCH_POOL_SIZE": str(pool_size)},
     )
 
