@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from gql_wallet.auth import Authenticator
-from gql_wallet.db import create_engine
+from gql_wallet.db import create_engine, dispose
 from gql_wallet.feed import LedgerFeed
 from gql_wallet.graphql.fanout import SharedSubscriptions
 from gql_wallet.graphql.graphiql import ASSETS_URL
@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await shared.stop()
             await feed.stop()
-            await engine.dispose()
+            await dispose(engine)
 
     async def root(_request: object) -> Response:
         return RedirectResponse("/graphql")

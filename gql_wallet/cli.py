@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gql_wallet import repository as repo
 from gql_wallet.audit import audit
 from gql_wallet.auth import API_KEY_PREFIX, SCOPE_READ, SCOPE_WRITE, SCOPES, create_api_key
-from gql_wallet.db import create_engine, read_transaction, write_transaction
+from gql_wallet.db import create_engine, dispose, read_transaction, write_transaction
 from gql_wallet.logs import configure_logging
 from gql_wallet.migrate import head_revision, upgrade_to_head
 from gql_wallet.settings import Settings
@@ -35,7 +35,7 @@ def _with_engine(
                 await upgrade_to_head(engine)
             return await work(engine)
         finally:
-            await engine.dispose()
+            await dispose(engine)
 
     return asyncio.run(run())
 

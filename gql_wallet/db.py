@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import os
 import weakref
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, TypeVar
 
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gql_wallet import metrics
@@ -36,6 +38,7 @@ try:
 except ImportError:  # not on Windows: SQLite's busy handler alone queues writers there
     fcntl = None  # type: ignore[assignment]
 
+_T = TypeVar("_T")
 _WRITE = "gql_wallet_write"
 _SINGLE = "gql_wallet_single_statement"
 _POOL_RECYCLE_SECONDS = 1800
@@ -61,13 +64,13 @@ def create_engine(settings: Settings) -> AsyncEngine:
         if url.get_backend_name() == "sqlite"
         else _postgresql_engine(url, settings)
     )
-    _count_connections(engine)
+    _count_connections(engine.sync_engine)
     return engine
 
 
-def _count_connections(engine: AsyncEngine) -> None:
+def _count_connections(engine: Engine) -> None:
     """Pool gauge: connections checked out now (waiting ones are counted by `_connect`)."""
-    pool = engine.sync_engine.pool
+    pool = engine.pool
     event.listen(pool, "checkout", lambda *_: metrics.DB_IN_USE.inc())
     event.listen(pool, "checkin", lambda *_: metrics.DB_IN_USE.dec())
 
@@ -119,8 +122,16 @@ def _sqlite_engine(url: URL, settings: Settings) -> AsyncEngine:
         max_overflow=0,
         pool_timeout=settings.db_pool_timeout_seconds,
     )
+    _configure_sqlite(engine.sync_engine, settings)
+    _sqlite_writers[engine] = _SqliteWriterQueue(url, settings)
+    return engine
 
-    @event.listens_for(engine.sync_engine, "connect")
+
+def _configure_sqlite(engine: Engine, settings: Settings) -> None:
+    """Every SQLite connection: WAL, synchronous=FULL, foreign keys, the busy timeout, and the
+    driver in autocommit mode so that we issue BEGIN ourselves (see the module docstring)."""
+
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # autocommit: we issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
@@ -130,37 +141,53 @@ def _sqlite_engine(url: URL, settings: Settings) -> AsyncEngine:
         cursor.execute(f"PRAGMA busy_timeout={int(settings.sqlite_busy_timeout_ms)}")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         options = conn.get_execution_options()
         if options.get(_SINGLE, False):
             return  # one statement in autocommit mode: its own implicit transaction
         conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_WRITE, False) else "BEGIN")
 
-    return engine
-
 
 # SQLite has one writer at a time. Writers of one process queue here, in order, instead of all
 # polling the file lock: SQLite's busy handler sleeps in growing steps (up to 100 ms), which under
 # contention made writes tens of times slower. Other processes still meet at the file lock.
 class _SqliteWriterQueue:
-    """Where the writers of one SQLite file wait, instead of in SQLite's busy handler.
+    """Where the writers of one SQLite file wait, instead of in SQLite's busy handler, and the
+    thread that runs top-ups and charges.
 
     SQLite's busy handler polls: a writer that finds the file locked sleeps (1 ms growing to
     100 ms) and tries again, so with several server processes the one that just committed
     usually wins again and the others' waits grow to seconds (measured: top-up p99 of 1-5 s with
-    2 workers at c=32). Here each process lets one writer at a time through an asyncio.Lock, and
-    that writer takes an exclusive flock() on `<database file>.writer-lock`, a blocking wait in
-    the kernel that ends the moment the other process releases it. This only orders writers:
-    SQLite's own locks (BEGIN IMMEDIATE and the busy timeout) still guarantee correctness, so a
-    writer that does not use this queue (another tool on the file) is merely not queued.
+    2 workers at c=32). Here a writer takes an exclusive flock() on `<database file>.writer-lock`
+    first, a blocking wait in the kernel that ends the moment the other process releases it.
+    This only orders writers: SQLite's own locks (BEGIN IMMEDIATE and the busy timeout) still
+    guarantee correctness, so a writer that does not use this queue (another tool on the file)
+    is merely not queued.
+
+    Two kinds of writers queue here. `turn()` is for async blocks (`write_transaction`): one
+    at a time per process through an asyncio.Lock, then the flock. `run()` is for writes written
+    as one synchronous function (`run_write`: top-ups, charges, wallet creation): they run whole
+    in this queue's one thread, on its own connection, flock and BEGIN IMMEDIATE to COMMIT
+    included. Through aiosqlite each statement of a write would be a hop to its thread and back
+    to the event loop, which runs other requests in between, so the file stayed locked for
+    several turns of a busy loop; in the writer thread the lock is held only for the SQL itself.
+    Both kinds exclude each other by the flock (one per open file, so also within one process).
     """
 
-    def __init__(self, database: str | None) -> None:
+    def __init__(self, url: URL, settings: Settings) -> None:
         self.lock = asyncio.Lock()
-        in_memory = not database or database == ":memory:" or database.startswith("file:")
-        self.database = None if in_memory or fcntl is None else database
+        database = url.database
+        self.in_memory = not database or database == ":memory:" or database.startswith("file:")
+        self.database = None if self.in_memory or fcntl is None else database
         self.path = f"{database}.writer-lock"
+        self._thread: ThreadPoolExecutor | None = None
+        # The writer thread's engine: one connection, used by that thread only (not opened yet).
+        self.engine = create_sync_engine(
+            url.set(drivername="sqlite+pysqlite"), pool_size=1, max_overflow=0
+        )
+        _configure_sqlite(self.engine, settings)
+        _count_connections(self.engine)
 
     @asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
@@ -192,6 +219,45 @@ class _SqliteWriterQueue:
                 if not handed_over:
                     os.close(fd)  # releases the lock
 
+    async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """`fn(connection, *args)` in one write transaction, in the writer thread.
+
+        Writes of this process run one after another, in the order they were submitted. A
+        caller that is cancelled while its write waits in line takes it out of the line; once
+        the write has started it runs to its end (committed or rolled back), like a statement
+        already sent to a server, and its caller just does not see the result.
+        """
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="gql_wallet-sqlite-writer")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._run, fn, args)
+
+    def _run(self, fn: Callable[..., _T], args: tuple[Any, ...]) -> _T:
+        with self._file_lock(), self.engine.connect() as conn:
+            conn.execution_options(**{_WRITE: True})
+            with conn.begin():
+                return fn(conn, *args)
+
+    @contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """The flock, waited for in the writer thread (a blocking wait is what it is for)."""
+        fd = self._open()
+        if fd is None:
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def close(self) -> None:
+        """Close the writer thread's connection; the thread ends once its work is done."""
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
+        self.engine.dispose()
+
     def _open(self) -> int | None:
         """A new open file of the lock file, or None to go without the queue."""
         if self.database is None:
@@ -222,13 +288,40 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
         async with _connect(engine) as conn, conn.begin():
             yield conn
         return
-    queue = _sqlite_writers.get(engine)
-    if queue is None:
-        queue = _sqlite_writers.setdefault(engine, _SqliteWriterQueue(engine.url.database))
-    async with queue.turn(), _connect(engine) as conn:
+    async with _sqlite_writers[engine].turn(), _connect(engine) as conn:
         await conn.execution_options(**{_WRITE: True})
         async with conn.begin():
             yield conn
+
+
+async def run_write(engine: AsyncEngine, fn: Callable[..., _T], *args: Any) -> _T:
+    """`fn(connection, *args)` in one write transaction: committed when it returns, rolled
+    back if it raises. For writes that are a fixed sequence of statements (a top-up's steps).
+
+    SQLite: in the writer thread (`_SqliteWriterQueue.run`), the whole transaction in one hop.
+    PostgreSQL: in `write_transaction`, through `run_sync`. An in-memory SQLite database is a
+    different database on every connection, so there the write stays on the engine's own pool.
+    """
+    queue = _sqlite_writers.get(engine)
+    if queue is not None and not queue.in_memory:
+        return await queue.run(fn, *args)
+    async with write_transaction(engine) as conn:
+        return await conn.run_sync(fn, *args)
+
+
+def sync_engines(engine: AsyncEngine) -> list[Engine]:
+    """Every engine whose connections run `engine`'s statements: its own, and on SQLite the
+    writer thread's (for event listeners that must see every statement)."""
+    queue = _sqlite_writers.get(engine)
+    return [engine.sync_engine, *([queue.engine] if queue is not None else [])]
+
+
+async def dispose(engine: AsyncEngine) -> None:
+    """Close every connection of `engine`, the SQLite writer thread's included."""
+    queue = _sqlite_writers.get(engine)
+    if queue is not None:
+        await asyncio.to_thread(queue.close)
+    await engine.dispose()
 
 
 @asynccontextmanager

@@ -14,10 +14,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet import repository as repo
-from gql_wallet.db import read_transaction, single_statement, write_transaction
+from gql_wallet.db import read_transaction, run_write, single_statement
 from gql_wallet.errors import ErrorCode, UserError
 from gql_wallet.money import (
     MAX_DESCRIPTION_LENGTH,
@@ -121,52 +122,58 @@ async def _write(
         )
 
     # SQLite: the same steps, statement by statement, in one BEGIN IMMEDIATE transaction.
-    async with write_transaction(engine) as conn:
-        key = change.idempotency_key
-        if not await repo.claim_idempotency_key(conn, organization_id, key, request, now):
-            return await _replay(conn, organization_id, change, currency, request)
+    return await run_write(engine, _apply, organization_id, kind, change, currency, request, now)
 
-        delta = change.amount if kind is TransactionType.TOP_UP else -change.amount
-        wallet = await repo.change_balance(
+
+def _apply(
+    conn: Connection,
+    organization_id: uuid.UUID,
+    kind: TransactionType,
+    change: BalanceChange,
+    currency: str,
+    request: str,
+    now: datetime,
+) -> WriteResult:
+    """The steps of a write, in one transaction that the caller commits (SQLite)."""
+    key = change.idempotency_key
+    if not repo.claim_idempotency_key(conn, organization_id, key, request, now):
+        return _replay(conn, organization_id, change, currency, request)
+
+    delta = change.amount if kind is TransactionType.TOP_UP else -change.amount
+    wallet = repo.change_balance(conn, organization_id, change.customer_id, currency, delta, now)
+    if wallet is None and kind is TransactionType.TOP_UP:
+        # The cheap path above covers existing wallets; create one on the first top-up.
+        repo.insert_wallet_if_missing(conn, organization_id, change.customer_id, currency, now)
+        wallet = repo.change_balance(
             conn, organization_id, change.customer_id, currency, delta, now
         )
-        if wallet is None and kind is TransactionType.TOP_UP:
-            # The cheap path above covers existing wallets; create one on the first top-up.
-            await repo.insert_wallet_if_missing(
-                conn, organization_id, change.customer_id, currency, now
-            )
-            wallet = await repo.change_balance(
-                conn, organization_id, change.customer_id, currency, delta, now
-            )
 
-        if wallet is None:
-            current = await repo.get_wallet_by_owner(
-                conn, organization_id, change.customer_id, currency
-            )
-            refusal = _refusal(kind, current)
-            await repo.record_outcome(
-                conn,
-                organization_id,
-                key,
-                error_code=refusal.code.value,
-                error_message=refusal.message,
-            )
-            return WriteResult(wallet=current, errors=(refusal,))
-
-        transaction = await repo.insert_transaction(
+    if wallet is None:
+        current = repo.get_wallet_by_owner(conn, organization_id, change.customer_id, currency)
+        refusal = _refusal(kind, current)
+        repo.record_outcome(
             conn,
-            organization_id=organization_id,
-            wallet_seq=wallet.seq,
-            type_=kind.value,
-            amount=delta,
-            balance_after=wallet.balance,
-            description=change.description,
-            reference=change.reference,
-            idempotency_key=key,
-            now=now,
+            organization_id,
+            key,
+            error_code=refusal.code.value,
+            error_message=refusal.message,
         )
-        await repo.record_outcome(conn, organization_id, key, transaction_seq=transaction.seq)
-        return WriteResult(wallet=wallet, transaction=transaction)
+        return WriteResult(wallet=current, errors=(refusal,))
+
+    transaction = repo.insert_transaction(
+        conn,
+        organization_id=organization_id,
+        wallet_seq=wallet.seq,
+        type_=kind.value,
+        amount=delta,
+        balance_after=wallet.balance,
+        description=change.description,
+        reference=change.reference,
+        idempotency_key=key,
+        now=now,
+    )
+    repo.record_outcome(conn, organization_id, key, transaction_seq=transaction.seq)
+    return WriteResult(wallet=wallet, transaction=transaction)
 
 
 async def _write_in_one_statement(
@@ -202,7 +209,7 @@ async def _write_in_one_statement(
     if done.outcome == "taken":
         # An earlier write holds the key; it has committed (the claim waited for it).
         async with read_transaction(engine) as conn:
-            return await _replay(conn, organization_id, change, currency, request)
+            return await conn.run_sync(_replay, organization_id, change, currency, request)
     if done.outcome == "refused":
         code = ErrorCode(done.refusal_code)
         message = missing_message if code is missing_code else refused_message
@@ -231,14 +238,14 @@ def _refusal(kind: TransactionType, current: WalletRecord | None) -> UserError:
     return UserError(code, message, _OUTCOME_FIELDS[code])
 
 
-async def _replay(
-    conn: AsyncConnection,
+def _replay(
+    conn: Connection,
     organization_id: uuid.UUID,
     change: BalanceChange,
     currency: str,
     request: str,
 ) -> WriteResult:
-    record = await repo.get_idempotency_record(conn, organization_id, change.idempotency_key)
+    record = repo.get_idempotency_record(conn, organization_id, change.idempotency_key)
     if record.request != request:
         return WriteResult(
             errors=(
@@ -249,9 +256,9 @@ async def _replay(
                 ),
             )
         )
-    wallet = await repo.get_wallet_by_owner(conn, organization_id, change.customer_id, currency)
+    wallet = repo.get_wallet_by_owner(conn, organization_id, change.customer_id, currency)
     if record.transaction_seq is not None:
-        transaction = await repo.get_transaction_by_seq(conn, record.transaction_seq)
+        transaction = repo.get_transaction_by_seq(conn, record.transaction_seq)
         return WriteResult(wallet=wallet, transaction=transaction, replayed=True)
     code = ErrorCode(record.error_code)
     return WriteResult(
@@ -269,10 +276,13 @@ async def create_wallet(
         return WriteResult(errors=tuple(errors))
     code = normalize_currency(currency)
     assert code is not None  # validated above
-    async with write_transaction(engine) as conn:
-        await repo.insert_wallet_if_missing(
-            conn, organization_id, customer_id, code, repo.now_utc()
-        )
-        return WriteResult(
-            wallet=await repo.get_wallet_by_owner(conn, organization_id, customer_id, code)
-        )
+    return await run_write(engine, _create_wallet, organization_id, customer_id, code)
+
+
+def _create_wallet(
+    conn: Connection, organization_id: uuid.UUID, customer_id: str, currency: str
+) -> WriteResult:
+    repo.insert_wallet_if_missing(conn, organization_id, customer_id, currency, repo.now_utc())
+    return WriteResult(
+        wallet=repo.get_wallet_by_owner(conn, organization_id, customer_id, currency)
+    )

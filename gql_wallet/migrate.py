@@ -22,7 +22,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gql_wallet.db import create_engine, write_transaction
+from gql_wallet.db import create_engine, dispose, write_transaction
 from gql_wallet.settings import Settings
 
 # Any fixed 64-bit number: the PostgreSQL advisory lock that serialises migrators.
@@ -67,7 +67,7 @@ def _revision(message: str) -> None:
                         )
                     )
             finally:
-                await engine.dispose()
+                await dispose(engine)
 
         asyncio.run(run())
 

@@ -3,6 +3,11 @@
 Balances change only through one conditional `UPDATE ... RETURNING` per write: the condition
 (enough funds, room below the limit) is checked by the database against the row it locks, so
 concurrent writers can neither lose an update nor take a balance below zero, on any dialect.
+
+The statements of a top-up or charge and of its replay are plain functions of a synchronous
+`Connection`: SQLite runs a whole write in its writer thread (db.run_write), and async callers
+run them with `await conn.run_sync(fn, ...)`, which costs what `await conn.execute(...)` costs
+(SQLAlchemy's async layer is that same greenlet hop around the synchronous call).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Row, String, Table, and_, bindparam, column, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gql_wallet.models import (
@@ -323,15 +329,15 @@ async def revoke_customer_session(
 # --- idempotency ----------------------------------------------------------------------------
 
 
-async def claim_idempotency_key(
-    conn: AsyncConnection, organization_id: uuid.UUID, key: str, request: str, now: datetime
+def claim_idempotency_key(
+    conn: Connection, organization_id: uuid.UUID, key: str, request: str, now: datetime
 ) -> bool:
     """Claim `key` for this write; False when an earlier write holds it.
 
     On PostgreSQL a concurrent claim of the same key waits here until the first commits or
     rolls back, so exactly one attempt decides the outcome.
     """
-    claimed = await conn.execute(
+    claimed = conn.execute(
         _CLAIM_KEY[conn.dialect.name],
         {"p_organization_id": organization_id, "p_key": key, "p_request": request, "p_now": now},
     )
@@ -356,11 +362,11 @@ def _claim_key(dialect: Any) -> Any:
 _CLAIM_KEY = {"postgresql": _claim_key(postgresql), "sqlite": _claim_key(sqlite)}
 
 
-async def get_idempotency_record(
-    conn: AsyncConnection, organization_id: uuid.UUID, key: str
+def get_idempotency_record(
+    conn: Connection, organization_id: uuid.UUID, key: str
 ) -> IdempotencyRecord:
     params = {"p_organization_id": organization_id, "p_key": key}
-    row = (await conn.execute(_IDEMPOTENCY_RECORD, params)).one()
+    row = conn.execute(_IDEMPOTENCY_RECORD, params).one()
     return IdempotencyRecord(row.request, row.transaction_seq, row.error_code, row.error_message)
 
 
@@ -385,8 +391,8 @@ _RECORD_OUTCOME = (
 )
 
 
-async def record_outcome(
-    conn: AsyncConnection,
+def record_outcome(
+    conn: Connection,
     organization_id: uuid.UUID,
     key: str,
     *,
@@ -394,7 +400,7 @@ async def record_outcome(
     error_code: str | None = None,
     error_message: str | None = None,
 ) -> None:
-    await conn.execute(
+    conn.execute(
         _RECORD_OUTCOME,
         {
             "p_organization_id": organization_id,
@@ -409,14 +415,14 @@ async def record_outcome(
 # --- wallets: writes ------------------------------------------------------------------------
 
 
-async def insert_wallet_if_missing(
-    conn: AsyncConnection,
+def insert_wallet_if_missing(
+    conn: Connection,
     organization_id: uuid.UUID,
     customer_id: str,
     currency: str,
     now: datetime,
 ) -> None:
-    await conn.execute(
+    conn.execute(
         _INSERT_WALLET[conn.dialect.name],
         {
             "p_id": uuid.uuid4(),
@@ -447,8 +453,8 @@ def _insert_wallet(dialect: Any) -> Any:
 _INSERT_WALLET = {"postgresql": _insert_wallet(postgresql), "sqlite": _insert_wallet(sqlite)}
 
 
-async def change_balance(
-    conn: AsyncConnection,
+def change_balance(
+    conn: Connection,
     organization_id: uuid.UUID,
     customer_id: str,
     currency: str,
@@ -468,7 +474,7 @@ async def change_balance(
         "w_bound": MAX_SAFE_INT - delta if delta > 0 else -delta,
         "w_now": now,
     }
-    row = (await conn.execute(statement, params)).first()
+    row = conn.execute(statement, params).first()
     return WalletRecord.from_row(row) if row else None
 
 
@@ -492,8 +498,8 @@ _CREDIT = _balance_update(wallets.c.balance <= bindparam("w_bound"))
 _DEBIT = _balance_update(wallets.c.balance >= bindparam("w_bound"))
 
 
-async def insert_transaction(
-    conn: AsyncConnection,
+def insert_transaction(
+    conn: Connection,
     *,
     organization_id: uuid.UUID,
     wallet_seq: int,
@@ -517,7 +523,7 @@ async def insert_transaction(
         "p_idempotency_key": idempotency_key,
         "p_now": now,
     }
-    return TransactionRecord.from_row((await conn.execute(_INSERT_TRANSACTION, params)).one())
+    return TransactionRecord.from_row(conn.execute(_INSERT_TRANSACTION, params).one())
 
 
 _INSERT_TRANSACTION = (
@@ -654,15 +660,15 @@ async def apply_balance_change(
 # --- wallets: reads -------------------------------------------------------------------------
 
 
-async def get_wallet_by_owner(
-    conn: AsyncConnection, organization_id: uuid.UUID, customer_id: str, currency: str
+def get_wallet_by_owner(
+    conn: Connection, organization_id: uuid.UUID, customer_id: str, currency: str
 ) -> WalletRecord | None:
     params = {
         "p_organization_id": organization_id,
         "p_customer_id": customer_id,
         "p_currency": currency,
     }
-    row = (await conn.execute(_WALLET_BY_OWNER, params)).first()
+    row = conn.execute(_WALLET_BY_OWNER, params).first()
     return WalletRecord.from_row(row) if row else None
 
 
@@ -740,10 +746,8 @@ async def list_wallets(
 # --- ledger: reads --------------------------------------------------------------------------
 
 
-async def get_transaction_by_seq(conn: AsyncConnection, seq: int) -> TransactionRecord:
-    return TransactionRecord.from_row(
-        (await conn.execute(_TRANSACTION_BY_SEQ, {"p_seq": seq})).one()
-    )
+def get_transaction_by_seq(conn: Connection, seq: int) -> TransactionRecord:
+    return TransactionRecord.from_row(conn.execute(_TRANSACTION_BY_SEQ, {"p_seq": seq}).one())
 
 
 _TRANSACTION_BY_SEQ = select(*transactions.c).where(transactions.c.seq == bindparam("p_seq"))

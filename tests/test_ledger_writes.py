@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from gql_wallet.db import _SqliteWriterQueue
+from gql_wallet.db import _SqliteWriterQueue, async_url, sync_engines
+from gql_wallet.settings import Settings
 from tests.conftest import CHARGE, TOP_UP, Env
 
 MAX = 2**53 - 1
@@ -310,15 +311,18 @@ def statements_sent(env: Env) -> Iterator[list[str]]:
         if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
             sent.append("COMMIT")
 
-    engine = env.engine.sync_engine
-    listeners = (("before_cursor_execute", on_execute), ("commit", on_commit))
-    for name, listener in listeners:
-        event.listen(engine, name, listener)
+    listeners = [
+        (engine, name, listener)
+        for engine in sync_engines(env.engine)  # on SQLite also the writer thread's
+        for name, listener in (("before_cursor_execute", on_execute), ("commit", on_commit))
+    ]
+    for listener in listeners:
+        event.listen(*listener)
     try:
         yield sent
     finally:
-        for name, listener in listeners:
-            event.remove(engine, name, listener)
+        for listener in listeners:
+            event.remove(*listener)
 
 
 async def test_postgresql_writes_in_one_statement_sqlite_in_one_transaction(env: Env) -> None:
@@ -430,7 +434,8 @@ async def test_a_cancelled_wait_never_releases_the_next_writers_lock(tmp_path: P
     the lock later; that must never end the lock of the writer whose turn it is then."""
     database = tmp_path / "w.db"
     database.touch()
-    queue = _SqliteWriterQueue(str(database))
+    url = f"sqlite:///{database}"
+    queue = _SqliteWriterQueue(async_url(url), Settings(database_url=url))
     for _ in range(5):
         other = os.open(f"{database}.writer-lock", os.O_RDONLY | os.O_CREAT)
         fcntl.flock(other, fcntl.LOCK_EX)  # another process holds the lock

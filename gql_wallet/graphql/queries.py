@@ -66,8 +66,8 @@ class Query:
         if code is None or not visible:
             return None
         async with read_connection(info.context.engine) as conn:
-            record = await repo.get_wallet_by_owner(
-                conn, info.context.principal.organization_id, customer_id, code
+            record = await conn.run_sync(
+                repo.get_wallet_by_owner, info.context.principal.organization_id, customer_id, code
             )
         return CustomerWallet.from_record(record) if record else None
 
