@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
+import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
@@ -149,6 +150,26 @@ def _configure_sqlite(engine: Engine, settings: Settings) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_WRITE, False) else "BEGIN")
 
 
+# A write waiting for the writer thread: the caller's future, the function and its arguments.
+_Job = tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]
+
+# The most writes in one group commit (a bound on how long one group holds the file), and how
+# long the writer thread waits for work before it ends (a new one starts with the next write).
+_MAX_BATCH = 64
+_WRITER_IDLE_SECONDS = 5.0
+
+
+def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    """On the event loop: hand a write's outcome to its caller, unless it stopped waiting."""
+    if future.done():
+        return
+    ok, value = outcome
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
 # SQLite has one writer at a time. Writers of one process queue here, in order, instead of all
 # polling the file lock: SQLite's busy handler sleeps in growing steps (up to 100 ms), which under
 # contention made writes tens of times slower. Other processes still meet at the file lock.
@@ -168,11 +189,11 @@ class _SqliteWriterQueue:
     Two kinds of writers queue here. `turn()` is for async blocks (`write_transaction`): one
     at a time per process through an asyncio.Lock, then the flock. `run()` is for writes written
     as one synchronous function (`run_write`: top-ups, charges, wallet creation): they run whole
-    in this queue's one thread, on its own connection, flock and BEGIN IMMEDIATE to COMMIT
-    included. Through aiosqlite each statement of a write would be a hop to its thread and back
-    to the event loop, which runs other requests in between, so the file stayed locked for
-    several turns of a busy loop; in the writer thread the lock is held only for the SQL itself.
-    Both kinds exclude each other by the flock (one per open file, so also within one process).
+    in this queue's one thread, on its own connection, in group commits (see `run`). Through
+    aiosqlite each statement of a write would be a hop to its thread and back to the event loop,
+    which runs other requests in between, so the file stayed locked for several turns of a busy
+    loop; in the writer thread the lock is held only for the SQL itself. Both kinds exclude each
+    other by the flock (one per open file, so also within one process).
     """
 
     def __init__(self, url: URL, settings: Settings) -> None:
@@ -181,7 +202,9 @@ class _SqliteWriterQueue:
         self.in_memory = not database or database == ":memory:" or database.startswith("file:")
         self.database = None if self.in_memory or fcntl is None else database
         self.path = f"{database}.writer-lock"
-        self._thread: ThreadPoolExecutor | None = None
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
         # The writer thread's engine: one connection, used by that thread only (not opened yet).
         self.engine = create_sync_engine(
             url.set(drivername="sqlite+pysqlite"), pool_size=1, max_overflow=0
@@ -220,23 +243,65 @@ class _SqliteWriterQueue:
                     os.close(fd)  # releases the lock
 
     async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """`fn(connection, *args)` in one write transaction, in the writer thread.
+        """`fn(connection, *args)` as its own savepoint of a write transaction, in the writer
+        thread; the result once that transaction has committed.
 
-        Writes of this process run one after another, in the order they were submitted. A
-        caller that is cancelled while its write waits in line takes it out of the line; once
-        the write has started it runs to its end (committed or rolled back), like a statement
-        already sent to a server, and its caller just does not see the result.
+        Group commit: the writer thread takes every write that is waiting (up to
+        `_MAX_BATCH`) into one BEGIN IMMEDIATE .. COMMIT, each in its own savepoint, in the order
+        they were submitted. One flock, one COMMIT and so one fsync serve the whole group,
+        where each write used to pay its own. Every write keeps its own outcome: one that
+        raises is rolled back to its savepoint and gets the exception, the others go on; no
+        caller hears of success before the COMMIT (durable, synchronous=FULL), and if the
+        COMMIT fails every write of the group gets that error and none is written. A later
+        write sees the earlier ones of its group (so a retry of an idempotency key in the same
+        group is a replay). A caller cancelled while its write waits is taken out of the line;
+        once its group has started, its write ends with the group and the result is dropped.
         """
-        if self._thread is None:
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix="gql_wallet-sqlite-writer")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._run, fn, args)
+        future: asyncio.Future[_T] = loop.create_future()
+        with self._thread_lock:
+            self._jobs.put((future, fn, args))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._serve, name="gql_wallet-sqlite-writer", daemon=True
+                )
+                self._thread.start()
+        return await future
 
-    def _run(self, fn: Callable[..., _T], args: tuple[Any, ...]) -> _T:
-        with self._file_lock(), self.engine.connect() as conn:
-            conn.execution_options(**{_WRITE: True})
-            with conn.begin():
-                return fn(conn, *args)
+    def _serve(self) -> None:
+        """The writer thread: groups of waiting writes until it has been idle for a while."""
+        while True:
+            try:
+                group = [self._jobs.get(timeout=_WRITER_IDLE_SECONDS)]
+            except queue.Empty:
+                with self._thread_lock:
+                    if self._jobs.empty():  # else a write came in just now: serve it
+                        self._thread = None
+                        return
+                continue
+            while len(group) < _MAX_BATCH:
+                try:
+                    group.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+            self._run_group([job for job in group if not job[0].cancelled()])
+
+    def _run_group(self, group: list[_Job]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with self._file_lock(), self.engine.connect() as conn:
+                conn.execution_options(**{_WRITE: True})
+                with conn.begin():
+                    for _future, fn, args in group:
+                        try:
+                            with conn.begin_nested():
+                                outcomes.append((True, fn(conn, *args)))
+                        except Exception as error:  # rolled back to its savepoint
+                            outcomes.append((False, error))
+        except Exception as error:  # BEGIN or COMMIT failed: nothing of the group is written
+            outcomes = [(False, error)] * len(group)
+        for (future, _fn, _args), outcome in zip(group, outcomes, strict=True):
+            future.get_loop().call_soon_threadsafe(_settle, future, outcome)
 
     @contextmanager
     def _file_lock(self) -> Iterator[None]:
@@ -252,10 +317,7 @@ class _SqliteWriterQueue:
             os.close(fd)  # releases the lock
 
     def close(self) -> None:
-        """Close the writer thread's connection; the thread ends once its work is done."""
-        if self._thread is not None:
-            self._thread.shutdown(wait=True)
-            self._thread = None
+        """Close the writer thread's connection (the thread ends when it has been idle)."""
         self.engine.dispose()
 
     def _open(self) -> int | None:

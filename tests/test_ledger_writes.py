@@ -6,6 +6,7 @@ import asyncio
 import fcntl
 import json
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -14,8 +15,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
-from gql_wallet.db import _SqliteWriterQueue, async_url, sync_engines
+from gql_wallet.db import _SqliteWriterQueue, async_url, run_write, sync_engines
 from gql_wallet.settings import Settings
 from tests.conftest import CHARGE, TOP_UP, Env
 
@@ -369,6 +372,94 @@ async def test_sqlite_writers_wait_in_the_writer_lock_queue(env: Env) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
     assert (await asyncio.wait_for(write, 10))["wallet"]["balance"] == 150
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_sqlite_group_commit_keeps_each_writes_outcome(env: Env) -> None:
+    """Writes that wait for the writer thread together share one BEGIN .. COMMIT, each in its
+    own savepoint: one that raises is rolled back alone and gets its exception."""
+    engine = env.engine
+    await run_write(engine, _create_scratch_tables)
+    started, release = threading.Event(), threading.Event()
+
+    def blocker(_conn: Connection) -> str:
+        started.set()
+        release.wait(10)
+        return "blocker"
+
+    first = asyncio.create_task(run_write(engine, blocker))
+    assert await asyncio.to_thread(started.wait, 10)  # the writer thread is busy now
+    with statements_sent(env) as sent:
+        group = [
+            asyncio.create_task(run_write(engine, _insert, 1)),
+            asyncio.create_task(run_write(engine, _insert_then_fail, 2)),
+            asyncio.create_task(run_write(engine, _insert, 3)),
+        ]
+        await asyncio.sleep(0.2)  # all three wait behind the blocker
+        release.set()
+        results = await asyncio.gather(*group, return_exceptions=True)
+    assert await first == "blocker"
+    assert results[0] == 1 and results[2] == 3, results
+    assert isinstance(results[1], RuntimeError) and str(results[1]) == "refused"
+    # The blocker's group commits, then the three writes in one group: one BEGIN, 3 savepoints.
+    assert sent.count("BEGIN") == 1 and sent.count("COMMIT") == 2, sent
+    assert sent.count("SAVEPOINT") == 3, sent
+    assert await run_write(engine, _scratch) == [1, 3]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_sqlite_group_commit_that_fails_writes_nothing_of_the_group(env: Env) -> None:
+    """No write hears of success before its group's COMMIT: when the COMMIT fails (here a
+    deferred foreign key), every write of the group gets the error and none is written."""
+    engine = env.engine
+    await run_write(engine, _create_scratch_tables)
+    started, release = threading.Event(), threading.Event()
+
+    def blocker(_conn: Connection) -> None:
+        started.set()
+        release.wait(10)
+
+    first = asyncio.create_task(run_write(engine, blocker))
+    assert await asyncio.to_thread(started.wait, 10)
+    group = [
+        asyncio.create_task(run_write(engine, _insert, 1)),
+        asyncio.create_task(run_write(engine, _orphan)),  # fails only at COMMIT
+        asyncio.create_task(run_write(engine, _insert, 2)),
+    ]
+    await asyncio.sleep(0.2)
+    release.set()
+    results = await asyncio.gather(*group, return_exceptions=True)
+    await first
+    assert all(isinstance(r, IntegrityError) for r in results), results
+    assert await run_write(engine, _scratch) == []
+    assert await run_write(engine, _insert, 7) == 7  # the writer goes on afterwards
+    assert await run_write(engine, _scratch) == [7]
+
+
+def _create_scratch_tables(conn: Connection) -> None:
+    conn.exec_driver_sql("CREATE TABLE scratch (v INTEGER PRIMARY KEY)")
+    conn.exec_driver_sql("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    conn.exec_driver_sql(
+        "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+
+
+def _insert(conn: Connection, value: int) -> int:
+    conn.exec_driver_sql("INSERT INTO scratch (v) VALUES (?)", (value,))
+    return value
+
+
+def _insert_then_fail(conn: Connection, value: int) -> None:
+    _insert(conn, value)
+    raise RuntimeError("refused")
+
+
+def _orphan(conn: Connection) -> None:
+    conn.exec_driver_sql("INSERT INTO child (parent_id) VALUES (42)")
+
+
+def _scratch(conn: Connection) -> list[int]:
+    return [row[0] for row in conn.exec_driver_sql("SELECT v FROM scratch ORDER BY v")]
 
 
 async def test_single_reads_send_one_statement_each(env: Env) -> None:
