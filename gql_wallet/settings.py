@@ -90,6 +90,12 @@ class Settings(BaseSettings):
         description="Answer repeated customerWallets lookups of plain scalar fields by a "
         "precompiled plan instead of the general GraphQL executor (same answers, less CPU).",
     )
+    precompiled_writes: bool = Field(
+        default=True,
+        description="Answer repeated topUpWallet and chargeWallet mutations whose payload "
+        "selects plain scalar fields by a precompiled plan instead of the general GraphQL "
+        "executor (same writes, same answers, less CPU).",
+    )
     rate_limit_api_key: str = Field(
         default="1000/second",
         description="Requests allowed per organization API key, in the `limits` notation "

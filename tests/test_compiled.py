@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 from starlette.routing import Route
 
+from gql_wallet import metrics
 from gql_wallet.app import create_app
 from gql_wallet.auth import create_api_key
 from gql_wallet.graphql.compiled import compile_plan
@@ -21,6 +22,8 @@ from gql_wallet.graphql.http import GraphQLEndpoint
 from gql_wallet.settings import Settings
 from tests.conftest import Env, changed
 
+PLANS_ON = {"precompiled_lookups": True, "precompiled_writes": True}
+PLANS_OFF = {"precompiled_lookups": False, "precompiled_writes": False}
 LEAVES = ["id", "createdAt", "modifiedAt", "customerId", "balance", "currency", "__typename"]
 
 
@@ -57,8 +60,8 @@ async def served(settings: Settings) -> AsyncIterator[Served]:
 async def both(env: Env) -> AsyncIterator[tuple[Served, Served]]:
     """An app with plans and one without, on env's database (org-a is env.api's organization)."""
     async with (
-        served(changed(env.settings, {"precompiled_lookups": True})) as planned,
-        served(changed(env.settings, {"precompiled_lookups": False})) as general,
+        served(changed(env.settings, PLANS_ON)) as planned,
+        served(changed(env.settings, PLANS_OFF)) as general,
     ):
         assert planned.endpoint.plans.enabled and not general.endpoint.plans.enabled
         yield planned, general
@@ -184,3 +187,193 @@ def test_compile_plan_accepts_only_the_exact_shape() -> None:
     assert compile_plan('mutation { customerWallets(customerId: "c") { id } }', None) is None
     assert compile_plan('{ customerWallets(customerId: "c") { id } } {', None) is None
     assert compile_plan('{ customerWallet(customerId: "c", currency: "usd") { id } }', None) is None
+
+
+# --- write plans (gql_wallet/graphql/compiled_writes.py) -------------------------------------
+
+PAYLOAD_LEAVES = {
+    "wallet": ["id", "createdAt", "modifiedAt", "customerId", "balance", "currency", "__typename"],
+    "transaction": [
+        "id",
+        "createdAt",
+        "type",
+        "amount",
+        "balanceAfter",
+        "description",
+        "reference",
+        "idempotencyKey",
+        "__typename",
+    ],
+    "userErrors": ["code", "field", "message", "__typename"],
+}
+
+
+def generated_writes(count: int) -> list[tuple[str, str, str]]:
+    """topUpWallet/chargeWallet documents: random payload selections and aliases.
+    Returns (query, root field, variable name)."""
+    rng = random.Random(11)
+    found = []
+    for _ in range(count):
+        root = rng.choice(["topUpWallet", "chargeWallet"])
+        input_type = "TopUpWalletInput" if root == "topUpWallet" else "ChargeWalletInput"
+        parts = []
+        for name in rng.sample([*PAYLOAD_LEAVES, "__typename"], rng.randint(1, 4)):
+            alias = rng.choice([None, None, f"x_{name}", name])  # no two fields share a key
+            head = f"{alias}: {name}" if alias else name
+            if name == "__typename":
+                parts.append(head)
+                continue
+            leaves = [
+                f"{leaf_alias}: {leaf}"
+                if (leaf_alias := rng.choice([None, None, f"a_{leaf}"]))
+                else leaf
+                for leaf in rng.sample(PAYLOAD_LEAVES[name], rng.randint(1, 4))
+            ]
+            parts.append(f"{head} {{ {' '.join(leaves)} }}")
+        variable = rng.choice(["i", "input"])
+        field = f"w: {root}" if rng.random() < 0.3 else root
+        name = rng.choice(["", "Write"])
+        query = (
+            f"mutation {name}(${variable}: {input_type}!) "
+            f"{{ {field}(input: ${variable}) {{ {' '.join(parts)} }} }}"
+        )
+        found.append((query, root, variable))
+    return found
+
+
+def write_inputs(root: str, key: str) -> list[dict[str, Any]]:
+    """Inputs for one document: fresh writes, refusals and inputs the general path rejects."""
+    base = {"customerId": "cus_1", "currency": "usd", "amount": 7, "idempotencyKey": key}
+    return [
+        base,
+        {**base, "idempotencyKey": f"{key}-d", "description": "ü 💶", "reference": None},
+        {**base, "idempotencyKey": f"{key}-r", "reference": "inv_1", "currency": "USD"},
+        {**base, "idempotencyKey": key, "amount": 8},  # IDEMPOTENCY_KEY_REUSED
+        {**base, "idempotencyKey": f"{key}-0", "amount": 0},  # INVALID_AMOUNT
+        {**base, "idempotencyKey": f"{key}-big", "amount": 2**53},  # INVALID_AMOUNT
+        {**base, "idempotencyKey": f"{key}-cur", "currency": "zzz"},  # INVALID_CURRENCY
+        {**base, "idempotencyKey": f"{key}-many", "amount": 10**12},  # refused by the ledger
+        {**base, "idempotencyKey": f"{key}-nobody", "customerId": f"nobody-{root}"},
+        # The general path's variable errors:
+        {**base, "idempotencyKey": f"{key}-f", "amount": 1.5},
+        {**base, "idempotencyKey": f"{key}-s", "amount": "5"},
+        {**base, "idempotencyKey": f"{key}-b", "amount": True},
+        {**base, "idempotencyKey": f"{key}-n", "customerId": 5},
+        {**base, "idempotencyKey": f"{key}-dn", "description": 7},
+        {**base, "idempotencyKey": f"{key}-x", "extra": 1},
+        {k: v for k, v in base.items() if k != "idempotencyKey"},
+    ]
+
+
+async def test_generated_writes_answer_alike_with_and_without_plans(env: Env) -> None:
+    """A write the plan makes gets the same response as the general path's replay of it (the
+    contract's identical replay); refusals and rejected inputs answer alike on both paths."""
+    await env.api.top_up("cus_1", 10_000, "seed")
+    async with both(env) as (planned, general):
+        for number, (query, root, variable) in enumerate(generated_writes(40)):
+            for step, value in enumerate(write_inputs(root, f"k{number}")):
+                variables: dict[str, Any] = {variable: value}
+                first = await planned.post(query, variables)  # the plan, from the 2nd input on
+                assert await general.post(query, variables) == first, (query, value)
+                assert await planned.post(query, variables) == first, (query, value)
+                if step == 0:
+                    assert first[0] == 200 and "errors" not in first[1], first
+            assert await planned.post(query, {variable: None}) == await general.post(
+                query, {variable: None}
+            )
+        # Per document: its first request plans it; then 9 inputs the plan answers, twice each
+        # (a write and its replay, or a refusal twice), and 7 it leaves to the general path.
+        assert planned.endpoint.plans.hits == 40 * (9 * 2 - 1)
+        assert general.endpoint.plans.hits == 0
+
+
+async def test_write_plans_keep_the_writes_side_effects_and_refusals(env: Env) -> None:
+    query = (
+        "mutation($i: TopUpWalletInput!) { topUpWallet(input: $i) "
+        "{ transaction { amount balanceAfter } userErrors { code } } }"
+    )
+    counted = metrics.LEDGER_WRITES.labels("TOP_UP")
+    async with both(env) as (planned, general):
+        value = {"customerId": "cus_1", "currency": "usd", "amount": 5, "idempotencyKey": "k1"}
+        await planned.post(query, {"i": value})  # the general path: the document gets a plan
+        before = counted._value.get()
+        status, body = await planned.post(query, {"i": {**value, "idempotencyKey": "k2"}})
+        assert (status, body) == (
+            200,
+            {
+                "data": {
+                    "topUpWallet": {
+                        "transaction": {"amount": 5, "balanceAfter": 10},
+                        "userErrors": [],
+                    }
+                }
+            },
+        )
+        assert counted._value.get() == before + 1  # counted like any write
+        await planned.post(query, {"i": {**value, "idempotencyKey": "k2"}})  # a replay
+        assert counted._value.get() == before + 1  # not counted again
+        hits = planned.endpoint.plans.hits
+        assert hits == 2
+        # GET never runs a write, a customer session may not write: as on the general path.
+        for answer in (planned, general):
+            response = await answer.client.get(
+                "/graphql",
+                params={"query": query, "variables": json.dumps({"i": value})},
+                headers={"Authorization": f"Bearer {answer.key}"},
+            )
+            assert response.status_code == 405
+        session = await env.customer_session(env.api, "cus_1")
+        denied = {**value, "idempotencyKey": "k3"}
+        assert await planned.post(query, {"i": denied}, session.key) == await general.post(
+            query, {"i": denied}, session.key
+        )
+        assert planned.endpoint.plans.hits == hits
+    assert await env.counts() == (1, 2, 2)
+
+
+def test_compile_write_plan_accepts_only_the_exact_shape() -> None:
+    shape = "mutation($i: TopUpWalletInput!) { topUpWallet(input: $i) { %s } }"
+    assert compile_plan(shape % "wallet { balance } userErrors { code }", None) is not None
+    assert compile_plan(shape % "transaction { wallet { id } }", None) is None
+    assert compile_plan(shape % "wallet { balance } wallet { id }", None) is None
+    assert compile_plan(shape % "... on TopUpWalletPayload { __typename }", None) is None
+    assert compile_plan(shape % "wallet @skip(if: false) { id }", None) is None
+    assert (
+        compile_plan(
+            "mutation($i: ChargeWalletInput!) { topUpWallet(input: $i) { __typename } }", None
+        )
+        is None
+    )
+    assert (
+        compile_plan(
+            'mutation { topUpWallet(input: {customerId: "c", currency: "usd", amount: 1, '
+            'idempotencyKey: "k"}) { __typename } }',
+            None,
+        )
+        is None
+    )
+    assert (
+        compile_plan(
+            "mutation($i: TopUpWalletInput!) { a: topUpWallet(input: $i) { __typename } "
+            "b: topUpWallet(input: $i) { __typename } }",
+            None,
+        )
+        is None
+    )
+
+
+async def test_each_kind_of_plan_has_its_own_switch(env: Env) -> None:
+    lookup = "query($c: String!) { customerWallets(customerId: $c) { balance } }"
+    write = "mutation($i: TopUpWalletInput!) { topUpWallet(input: $i) { userErrors { code } } }"
+    for lookups, writes in ((True, False), (False, True)):
+        settings = changed(
+            env.settings, {"precompiled_lookups": lookups, "precompiled_writes": writes}
+        )
+        async with served(settings) as app:
+            for attempt in range(3):
+                value = {"customerId": "c", "currency": "usd", "amount": 1}
+                await app.post(write, {"i": {**value, "idempotencyKey": f"{lookups}{attempt}"}})
+                await app.post(lookup, {"c": "c"})
+            assert app.endpoint.plans.hits == 2  # the 2nd and 3rd of the kind that is on
+            assert (app.endpoint.plans.get(lookup, None) is not None) is lookups
+            assert (app.endpoint.plans.get(write, None) is not None) is writes

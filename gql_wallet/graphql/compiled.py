@@ -1,4 +1,5 @@
-"""Precompiled plans for the hottest read: `customerWallets` with plain scalar selections.
+"""Precompiled plans for the hottest read: `customerWallets` with plain scalar selections (and,
+through compiled_writes.py, for the hot writes `topUpWallet` and `chargeWallet`).
 
 A request with a plan still goes through everything around execution (body checks,
 authentication, rate limits, the log line and metrics) and through the same resolver logic
@@ -37,21 +38,12 @@ from graphql import (
     parse,
 )
 
+from gql_wallet.graphql.compiled_writes import WALLET_LEAVES, WritePlan, compile_write_plan
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.queries import customer_wallet_records
-from gql_wallet.graphql.types import serialize_datetime, serialize_safe_int
-from gql_wallet.repository import WalletRecord
 
 # CustomerWallet's scalar fields, serialised as the schema's scalars serialise them.
-_LEAVES: dict[str, Callable[[WalletRecord], Any]] = {
-    "id": lambda wallet: str(wallet.id),
-    "createdAt": lambda wallet: serialize_datetime(wallet.created_at),
-    "modifiedAt": lambda wallet: serialize_datetime(wallet.modified_at),
-    "customerId": lambda wallet: wallet.customer_id,
-    "balance": lambda wallet: serialize_safe_int(wallet.balance),
-    "currency": lambda wallet: wallet.currency,
-    "__typename": lambda _wallet: "CustomerWallet",
-}
+_LEAVES = WALLET_LEAVES
 ROOT_FIELD = "customerWallets"
 LABEL = f"query {ROOT_FIELD}"  # as OperationLabel names it, for the log line and metrics
 MAX_PLANNED_QUERY_LENGTH = 4_000  # characters; the cache holds the texts
@@ -62,7 +54,9 @@ class Plan:
     response_key: str
     customer_literal: str | None  # customerId given in the text
     customer_variable: str | None  # or the name of its String! variable
-    fields: tuple[tuple[str, Callable[[WalletRecord], Any]], ...]  # (response key, serialiser)
+    fields: tuple[tuple[str, Callable[[Any], Any]], ...]  # (response key, serialiser)
+    label = LABEL
+    mutation = False
 
     async def run(self, variables: dict[str, Any] | None, context: Context) -> Any:
         """The response payload, or None when the general path must answer."""
@@ -81,7 +75,7 @@ class Plan:
         return {"data": {self.response_key: wallets}}
 
 
-def compile_plan(query: str, operation_name: str | None) -> Plan | None:
+def compile_plan(query: str, operation_name: str | None) -> Plan | WritePlan | None:
     """A plan for the document, or None when its shape is not one a plan reproduces."""
     try:
         document = parse(query, no_location=True)
@@ -101,6 +95,8 @@ def compile_plan(query: str, operation_name: str | None) -> Plan | None:
         if len(named) != 1:
             return None
         operation = named[0]
+    if operation.operation is OperationType.MUTATION:
+        return compile_write_plan(operation)
     if operation.operation is not OperationType.QUERY or operation.directives:
         return None
     roots = operation.selection_set.selections
@@ -132,7 +128,7 @@ def compile_plan(query: str, operation_name: str | None) -> Plan | None:
         variable = argument.name.value
     else:
         return None
-    fields: dict[str, Callable[[WalletRecord], Any]] = {}
+    fields: dict[str, Callable[[Any], Any]] = {}
     for selection in root.selection_set.selections:
         if (
             not isinstance(selection, FieldNode)
@@ -153,14 +149,15 @@ def compile_plan(query: str, operation_name: str | None) -> Plan | None:
 class Plans:
     """Per process: plans by (query, operationName), bounded (least recently used go first)."""
 
-    def __init__(self, enabled: bool, maxsize: int = 1024) -> None:
-        self.enabled = enabled
+    def __init__(self, enabled: bool, maxsize: int = 1024, *, writes: bool = False) -> None:
+        self.enabled = enabled or writes
+        self.lookups, self.writes = enabled, writes
         self.maxsize = maxsize
         # Documents the general path answered without errors -> their plan, or None.
-        self._plans: OrderedDict[tuple[str, str | None], Plan | None] = OrderedDict()
+        self._plans: OrderedDict[tuple[str, str | None], Plan | WritePlan | None] = OrderedDict()
         self.hits = 0  # requests answered by a plan (tests read it)
 
-    def get(self, query: str, operation_name: str | None) -> Plan | None:
+    def get(self, query: str, operation_name: str | None) -> Plan | WritePlan | None:
         if not self.enabled:
             return None
         key = (query, operation_name)
@@ -175,6 +172,9 @@ class Plans:
         key = (query, operation_name)
         if not self.enabled or key in self._plans or len(query) > MAX_PLANNED_QUERY_LENGTH:
             return
-        self._plans[key] = compile_plan(query, operation_name)
+        plan = compile_plan(query, operation_name)
+        if plan is not None and not (self.writes if plan.mutation else self.lookups):
+            plan = None  # that kind of plan is turned off
+        self._plans[key] = plan
         if len(self._plans) > self.maxsize:
             self._plans.popitem(last=False)

@@ -29,7 +29,6 @@ from strawberry.types.graphql import OperationType
 from gql_wallet import repository as repo
 from gql_wallet.auth import Authenticator, bearer_token
 from gql_wallet.feed import LedgerFeed
-from gql_wallet.graphql.compiled import LABEL as PLAN_LABEL
 from gql_wallet.graphql.compiled import Plans
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.graphiql import GRAPHIQL_HEADERS, graphiql_html
@@ -166,7 +165,7 @@ class GraphQLEndpoint:
         self.authenticator = authenticator
         self.feed = feed
         self.rate_limiter = RateLimiter(settings)
-        self.plans = Plans(settings.precompiled_lookups)
+        self.plans = Plans(settings.precompiled_lookups, writes=settings.precompiled_writes)
         self.ide_html = graphiql_html() if settings.graphiql_enabled else None
 
     async def handle(self, request: Request) -> Response:
@@ -244,11 +243,13 @@ class GraphQLEndpoint:
             engine=self.engine, principal=principal, settings=self.settings, feed=self.feed
         )
         plan = self.plans.get(query, operation_name)
-        if plan is not None:
+        if plan is not None and not (plan.mutation and request.method == "GET"):
             planned = await plan.run(variables, context)
             if planned is not None:
                 self.plans.hits += 1
-                info.operation, info.outcome = PLAN_LABEL, "ok"
+                info.operation = plan.label
+                if info.outcome == "-":  # a write's userErrors set it to user_error
+                    info.outcome = "ok"
                 return _json_response(planned, 200, None, media_type)
         try:
             result = await self.schema.execute(

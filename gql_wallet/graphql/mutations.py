@@ -171,7 +171,7 @@ def _user_errors(errors: tuple[UserError, ...]) -> list[WalletUserError]:
     ]
 
 
-def _change(data: TopUpWalletInput | ChargeWalletInput) -> ledger.BalanceChange:
+def _change(data: BalanceChangeInput) -> ledger.BalanceChange:
     return ledger.BalanceChange(
         customer_id=data.customer_id,
         currency=data.currency,
@@ -182,14 +182,16 @@ def _change(data: TopUpWalletInput | ChargeWalletInput) -> ledger.BalanceChange:
     )
 
 
-def _parts(
-    info: Info[Context, None], result: ledger.WriteResult
+def write_parts(
+    context: Context, result: ledger.WriteResult
 ) -> tuple[CustomerWallet | None, WalletTransaction | None, list[WalletUserError]]:
+    """A write's payload parts, after its metrics and its wake-up of this process's subscribers
+    (shared with the precompiled write plans, gql_wallet/graphql/compiled_writes.py)."""
     if result.transaction is not None and not result.replayed:
         metrics.LEDGER_WRITES.labels(result.transaction.type).inc()
     if result.transaction is not None and result.wallet is not None:
         # Subscribers in this process hear of the change at once (others through the database).
-        info.context.feed.wake(
+        context.feed.wake(
             result.wallet.organization_id, result.wallet.customer_id, result.wallet.seq
         )
     return (
@@ -293,7 +295,7 @@ class Mutation:
             input.customer_id,
             input.currency,
         )
-        wallet, _, errors = _parts(info, result)
+        wallet, _, errors = write_parts(info.context, result)
         return CreateWalletPayload(wallet=wallet, user_errors=errors)
 
     @strawberry.mutation(
@@ -308,7 +310,7 @@ class Mutation:
         result = await ledger.top_up(
             info.context.engine, info.context.principal.organization_id, _change(input)
         )
-        wallet, transaction, errors = _parts(info, result)
+        wallet, transaction, errors = write_parts(info.context, result)
         return TopUpWalletPayload(wallet=wallet, transaction=transaction, user_errors=errors)
 
     @strawberry.mutation(
@@ -324,5 +326,5 @@ class Mutation:
         result = await ledger.charge(
             info.context.engine, info.context.principal.organization_id, _change(input)
         )
-        wallet, transaction, errors = _parts(info, result)
+        wallet, transaction, errors = write_parts(info.context, result)
         return ChargeWalletPayload(wallet=wallet, transaction=transaction, user_errors=errors)
