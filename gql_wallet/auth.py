@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet import repository as repo
-from gql_wallet.db import read_connection, write_transaction
+from gql_wallet.db import driver_connection, read_connection, write_transaction
 
 API_KEY_PREFIX = "gqlw_sk_"
 SESSION_PREFIX = "gqlw_cs_"
@@ -124,14 +124,15 @@ class Authenticator:
         if parsed is None or token is None:
             return None
         prefix, public_id = parsed
-        async with read_connection(self.engine) as conn:
-            if prefix == API_KEY_PREFIX:
+        if prefix == API_KEY_PREFIX:
+            async with driver_connection(self.engine) as conn:
                 key = await repo.find_api_key(conn, public_id)
-                if key is None or key.revoked_at is not None:
-                    return None
-                stored = key.token_hash
-                principal = Principal(key.organization_id, key.id, frozenset(key.scopes.split()))
-            else:
+            if key is None or key.revoked_at is not None:
+                return None
+            stored = key.token_hash
+            principal = Principal(key.organization_id, key.id, frozenset(key.scopes.split()))
+        else:
+            async with read_connection(self.engine) as conn:
                 session = await repo.find_customer_session(conn, public_id)
                 if session is None or not session.active(now):
                     return None

@@ -10,7 +10,7 @@ import strawberry
 from strawberry.types import Info
 
 from gql_wallet import repository as repo
-from gql_wallet.db import read_connection
+from gql_wallet.db import driver_connection, read_connection
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.types import (
     DEFAULT_PAGE_SIZE,
@@ -36,7 +36,7 @@ async def customer_wallet_records(context: Context, customer_id: str) -> list[Wa
     if not visible:
         return []
     assert customer is not None  # a customer was named, so the scope names one
-    async with read_connection(context.engine) as conn:
+    async with driver_connection(context.engine) as conn:
         return await repo.list_customer_wallets(conn, context.principal.organization_id, customer)
 
 
