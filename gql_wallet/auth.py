@@ -22,10 +22,10 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gql_wallet import repository as repo
-from gql_wallet.db import read_connection, write_transaction
+from gql_wallet.db import driver_connection, read_connection, write_transaction
 
 API_KEY_PREFIX = "gqlw_sk_"
 SESSION_PREFIX = "gqlw_cs_"
@@ -119,19 +119,27 @@ class Authenticator:
         self.engine = engine
         self.secret_key = secret_key
 
-    async def authenticate(self, token: str | None, now: datetime) -> Principal | None:
+    async def authenticate(
+        self, token: str | None, now: datetime, conn: AsyncConnection | None = None
+    ) -> Principal | None:
+        """`conn`, from `db.driver_connection`, serves an API key's lookup when given (the
+        request's own connection); otherwise the lookup takes a connection of its own."""
         parsed = parse_token(token) if token else None
         if parsed is None or token is None:
             return None
         prefix, public_id = parsed
-        async with read_connection(self.engine) as conn:
-            if prefix == API_KEY_PREFIX:
+        if prefix == API_KEY_PREFIX:
+            if conn is not None:
                 key = await repo.find_api_key(conn, public_id)
-                if key is None or key.revoked_at is not None:
-                    return None
-                stored = key.token_hash
-                principal = Principal(key.organization_id, key.id, frozenset(key.scopes.split()))
             else:
+                async with driver_connection(self.engine) as own:
+                    key = await repo.find_api_key(own, public_id)
+            if key is None or key.revoked_at is not None:
+                return None
+            stored = key.token_hash
+            principal = Principal(key.organization_id, key.id, frozenset(key.scopes.split()))
+        else:
+            async with read_connection(self.engine) as conn:
                 session = await repo.find_customer_session(conn, public_id)
                 if session is None or not session.active(now):
                     return None

@@ -18,7 +18,7 @@ from gql_wallet import repository as repo
 from gql_wallet.audit import audit
 from gql_wallet.auth import API_KEY_PREFIX, SCOPE_READ, SCOPE_WRITE, SCOPES, create_api_key
 from gql_wallet.db import create_engine, dispose, read_transaction, write_transaction
-from gql_wallet.logs import configure_logging
+from gql_wallet.logs import configure_logging, logging_config
 from gql_wallet.migrate import head_revision, upgrade_to_head
 from gql_wallet.settings import Settings
 
@@ -72,7 +72,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        log_config=None,  # ours, from configure_logging
+        # Ours, applied by uvicorn in each worker process too.
+        log_config=logging_config(settings.log_format, settings.log_level),
         access_log=False,  # the request log line (gql_wallet.request) replaces it
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         timeout_keep_alive=settings.keep_alive_seconds,

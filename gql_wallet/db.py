@@ -417,6 +417,15 @@ async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]
 
 
 @asynccontextmanager
+async def driver_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection for `repository.DriverRead` statements, which go to the driver's own
+    connection: SQLAlchemy opens no transaction on it, so each statement is its own implicit
+    transaction on both databases, without the options `read_connection` sets for that."""
+    async with _connect(engine) as conn:
+        yield conn
+
+
+@asynccontextmanager
 async def single_statement(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """PostgreSQL only: a connection in autocommit mode, for exactly one statement that is its
     own transaction (one round trip, no BEGIN/COMMIT): a single SELECT, or a call of a function

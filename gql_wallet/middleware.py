@@ -4,6 +4,7 @@ X-Request-ID), one structured log line, and the request metrics of /graphql."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -15,6 +16,19 @@ class RequestMiddleware:
     def __init__(self, app: ASGIApp, *, log_variables: bool = False) -> None:
         self.app = app
         self.log_variables = log_variables
+        # The metric children by (operation, outcome): `labels()` takes a lock and builds its
+        # key on every call. prometheus_client keeps every child anyway, so this holds no more.
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def _metrics(self, operation: str, outcome: str) -> tuple[Any, Any]:
+        children = self._children.get((operation, outcome))
+        if children is None:
+            children = (
+                metrics.REQUESTS.labels(operation, outcome),
+                metrics.LATENCY.labels(operation, outcome),
+            )
+            self._children[(operation, outcome)] = children
+        return children
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -45,8 +59,9 @@ class RequestMiddleware:
             duration = time.perf_counter() - started
             path = scope.get("path", "")
             if path == "/graphql" and info.outcome != "-":
-                metrics.REQUESTS.labels(info.operation, info.outcome).inc()
-                metrics.LATENCY.labels(info.operation, info.outcome).observe(duration)
+                counter, histogram = self._metrics(info.operation, info.outcome)
+                counter.inc()
+                histogram.observe(duration)
             fields: dict[str, object] = {
                 "event": "request",
                 "request_id": rid,

@@ -13,13 +13,26 @@ run them with `await conn.run_sync(fn, ...)`, which costs what `await conn.execu
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Row, String, Table, and_, bindparam, column, func, select, text, update
+from sqlalchemy import (
+    Dialect,
+    Row,
+    Select,
+    String,
+    Table,
+    and_,
+    bindparam,
+    column,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -218,14 +231,95 @@ def _api_key_record(row: Any) -> ApiKeyRecord:
     )
 
 
+@dataclass(frozen=True)
+class _DriverForm:
+    sql: str
+    binds: tuple[tuple[str, Callable[[Any], Any] | None], ...]  # (name, bind processor)
+    results: tuple[Callable[[Any], Any] | None, ...]  # a result processor per column
+
+
+class DriverRead:
+    """A hot SELECT sent on the driver's own connection, past SQLAlchemy's execution layers.
+
+    On the two reads of every lookup (the API key, the customer's wallets) SQLAlchemy's execute
+    path cost more CPU than the query, and through aiosqlite it made four hops to the
+    connection's thread per statement (cursor, execute, fetchall, cursor close) where one does.
+    SQLAlchemy still compiles the statement (once per dialect) and its type processors convert
+    every value both ways, so the values are exactly those `conn.execute` returns.
+
+    Run it only on a connection from `db.driver_connection`: no SQLAlchemy transaction is open
+    on it, so the statement is its own implicit transaction, as in `db.read_connection`.
+    """
+
+    def __init__(self, statement: Select[Any]) -> None:
+        self.statement = statement
+        self._forms: dict[str, _DriverForm] = {}
+
+    def _form(self, dialect: Dialect) -> _DriverForm:
+        form = self._forms.get(dialect.name)
+        if form is None:
+            compiled = self.statement.compile(dialect=dialect)
+            binds = tuple(
+                (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+                for name in compiled.positiontup or ()
+            )
+            results = tuple(
+                column.type.dialect_impl(dialect).result_processor(dialect, None)
+                for column in self.statement.selected_columns
+            )
+            form = self._forms[dialect.name] = _DriverForm(compiled.string, binds, results)
+        return form
+
+    async def fetchall(
+        self, conn: AsyncConnection, parameters: dict[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        form = self._form(conn.dialect)
+        arguments = [
+            parameters[name] if process is None else process(parameters[name])
+            for name, process in form.binds
+        ]
+        driver: Any = (await conn.get_raw_connection()).driver_connection
+        try:
+            if conn.dialect.name == "sqlite":
+                rows = await driver.execute_fetchall(form.sql, arguments)  # one thread hop
+            else:
+                rows = await driver.fetch(form.sql, *arguments)
+        except BaseException:
+            # SQLAlchemy would have checked the error for a lost connection and dropped it from
+            # the pool; without it here, no connection that failed a statement is used again.
+            await conn.invalidate()
+            raise
+        results = form.results
+        return [
+            tuple(
+                value if process is None else process(value)
+                for value, process in zip(row, results, strict=True)
+            )
+            for row in rows
+        ]
+
+
 # Built once: this lookup runs on every request, and building a statement costs more CPU than
 # compiling it (compiled forms are cached by SQLAlchemy, the statement objects are not).
-_FIND_API_KEY = _api_key_query().where(api_keys.c.public_id == bindparam("public_id"))
+_FIND_API_KEY = DriverRead(_api_key_query().where(api_keys.c.public_id == bindparam("public_id")))
 
 
 async def find_api_key(conn: AsyncConnection, public_id: str) -> ApiKeyRecord | None:
-    row = (await conn.execute(_FIND_API_KEY, {"public_id": public_id})).first()
-    return _api_key_record(row) if row else None
+    """The key with this public id; `conn` comes from `db.driver_connection`."""
+    rows = await _FIND_API_KEY.fetchall(conn, {"public_id": public_id})
+    if not rows:
+        return None
+    id_, organization_id, organization, public_id, key_hash, scopes, created, revoked = rows[0]
+    return ApiKeyRecord(
+        id=id_,
+        organization_id=organization_id,
+        organization=organization,
+        public_id=public_id,
+        token_hash=key_hash,
+        scopes=scopes,
+        created_at=utc(created),
+        revoked_at=utc(revoked) if revoked else None,
+    )
 
 
 async def list_api_keys(conn: AsyncConnection) -> list[ApiKeyRecord]:
@@ -700,7 +794,7 @@ async def get_wallets_by_seq(conn: AsyncConnection, seqs: Sequence[int]) -> list
     return [WalletRecord.from_row(row) for row in rows]
 
 
-_CUSTOMER_WALLETS = (
+_CUSTOMER_WALLETS = DriverRead(
     select(*_WALLET_COLUMNS)
     .where(
         wallets.c.organization_id == bindparam("organization_id"),
@@ -713,11 +807,15 @@ _CUSTOMER_WALLETS = (
 async def list_customer_wallets(
     conn: AsyncConnection, organization_id: uuid.UUID, customer_id: str
 ) -> list[WalletRecord]:
-    """A customer's wallets, oldest first: `list_wallets` for the hot path, built once."""
-    rows = await conn.execute(
-        _CUSTOMER_WALLETS, {"organization_id": organization_id, "customer_id": customer_id}
+    """A customer's wallets, oldest first: `list_wallets` for the hot path, built once;
+    `conn` comes from `db.driver_connection`."""
+    rows = await _CUSTOMER_WALLETS.fetchall(
+        conn, {"organization_id": organization_id, "customer_id": customer_id}
     )
-    return [WalletRecord.from_row(row) for row in rows.all()]
+    return [
+        WalletRecord(seq, id_, organization_id, customer, currency, balance, utc(c), utc(m))
+        for seq, id_, organization_id, customer, currency, balance, c, m in rows
+    ]
 
 
 async def list_wallets(

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import pytest
+from sqlalchemy import event
 from starlette.routing import Route
 
 from gql_wallet import metrics
@@ -377,3 +379,47 @@ async def test_each_kind_of_plan_has_its_own_switch(env: Env) -> None:
             assert app.endpoint.plans.hits == 2  # the 2nd and 3rd of the kind that is on
             assert (app.endpoint.plans.get(lookup, None) is not None) is lookups
             assert (app.endpoint.plans.get(write, None) is not None) is writes
+
+
+async def test_a_planned_lookup_takes_one_pooled_connection(env: Env) -> None:
+    """The API key lookup and the plan's read share the request's connection."""
+    query = "query($c: String!) { customerWallets(customerId: $c) { balance } }"
+    await env.api.top_up("cus_1", 100, "k1")
+    async with both(env) as (planned, _general):
+        assert (await planned.post(query, {"c": "cus_1"}))[0] == 200  # general path, then planned
+        pool = planned.endpoint.engine.sync_engine.pool
+        checkouts = 0
+
+        def count(*_: Any) -> None:
+            nonlocal checkouts
+            checkouts += 1
+
+        event.listen(pool, "checkout", count)
+        try:
+            answer = await planned.post(query, {"c": "cus_1"})
+        finally:
+            event.remove(pool, "checkout", count)
+        assert answer == (200, {"data": {"customerWallets": [{"balance": 100}]}})
+        assert planned.endpoint.plans.hits == 1 and checkouts == 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status"),
+    [
+        ({}, b"{not json", 401),
+        ({"Authorization": "Bearer gqlw_sk_not-a-real-key"}, b"[1]", 401),
+        ({"Content-Type": "text/plain"}, b"{}", 401),
+        ({"Authorization": "KEY"}, b"{not json", 400),
+        ({"Authorization": "KEY", "Content-Type": "text/plain"}, b"{}", 415),
+    ],
+)
+async def test_the_body_is_judged_after_authentication(
+    env: Env, headers: dict[str, str], body: bytes, status: int
+) -> None:
+    """The body is read before the token is checked, but a bad token is still what a request
+    with a bad token and a bad body hears about."""
+    headers = {"Content-Type": "application/json", **headers}
+    if headers.get("Authorization") == "KEY":
+        headers["Authorization"] = f"Bearer {env.api.key}"
+    response = await env.client.post("/graphql", content=body, headers=headers)
+    assert response.status_code == status

@@ -18,6 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from gql_wallet import repository
 from gql_wallet.db import _SqliteWriterQueue, async_url, run_write, sync_engines
 from gql_wallet.settings import Settings
 from tests.conftest import CHARGE, TOP_UP, Env
@@ -314,6 +315,23 @@ def statements_sent(env: Env) -> Iterator[list[str]]:
         if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
             sent.append("COMMIT")
 
+    # The hot reads go to the driver's own connection, past SQLAlchemy's events: seen here, with
+    # the driver's word on whether a transaction is open (AUTOCOMMIT/ on PostgreSQL as above).
+    driver_read = repository.DriverRead.fetchall
+
+    async def on_driver_read(
+        read: repository.DriverRead, conn: Any, parameters: dict[str, Any]
+    ) -> Any:
+        driver = (await conn.get_raw_connection()).driver_connection
+        in_transaction = (
+            driver.in_transaction if conn.dialect.name == "sqlite" else driver.is_in_transaction()
+        )
+        prefix = "IN-TRANSACTION/" if in_transaction else ""
+        if not in_transaction and conn.dialect.name == "postgresql":
+            prefix = "AUTOCOMMIT/"
+        sent.append(prefix + str(read.statement).split(None, 1)[0].upper())
+        return await driver_read(read, conn, parameters)
+
     listeners = [
         (engine, name, listener)
         for engine in sync_engines(env.engine)  # on SQLite also the writer thread's
@@ -321,9 +339,11 @@ def statements_sent(env: Env) -> Iterator[list[str]]:
     ]
     for listener in listeners:
         event.listen(*listener)
+    repository.DriverRead.fetchall = on_driver_read  # type: ignore[method-assign]
     try:
         yield sent
     finally:
+        repository.DriverRead.fetchall = driver_read  # type: ignore[method-assign]
         for listener in listeners:
             event.remove(*listener)
 

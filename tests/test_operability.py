@@ -210,13 +210,13 @@ def request_lines(log: Path) -> list[dict]:
 
 
 class TestLogs:
-    @pytest.mark.parametrize("log_variables", [False, True])
+    @pytest.mark.parametrize(("log_variables", "workers"), [(False, 1), (True, 1), (False, 2)])
     async def test_one_json_line_per_request_without_secrets(
-        self, database_url: str, tmp_path: Path, log_variables: bool
+        self, database_url: str, tmp_path: Path, log_variables: bool, workers: int
     ) -> None:
         log = tmp_path / "server.log"
         server = start_server(
-            database_url, 1, log, {"GQL_WALLET_LOG_VARIABLES": str(log_variables).lower()}
+            database_url, workers, log, {"GQL_WALLET_LOG_VARIABLES": str(log_variables).lower()}
         )
         try:
             key = server.new_key("acme")

@@ -37,6 +37,7 @@ from graphql import (
     VariableNode,
     parse,
 )
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gql_wallet.graphql.compiled_writes import WALLET_LEAVES, WritePlan, compile_write_plan
 from gql_wallet.graphql.context import Context
@@ -58,8 +59,11 @@ class Plan:
     label = LABEL
     mutation = False
 
-    async def run(self, variables: dict[str, Any] | None, context: Context) -> Any:
-        """The response payload, or None when the general path must answer."""
+    async def run(
+        self, variables: dict[str, Any] | None, context: Context, conn: AsyncConnection
+    ) -> Any:
+        """The response payload, or None when the general path must answer. `conn` is the
+        request's connection, from `db.driver_connection`."""
         customer_id = self.customer_literal
         if self.customer_variable is not None:
             value = (variables or {}).get(self.customer_variable)
@@ -68,7 +72,7 @@ class Plan:
             customer_id = value
         assert customer_id is not None
         try:
-            records = await customer_wallet_records(context, customer_id)
+            records = await customer_wallet_records(context, customer_id, conn)
             wallets = [{key: serialise(r) for key, serialise in self.fields} for r in records]
         except Exception:
             return None

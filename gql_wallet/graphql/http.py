@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 from graphql import GraphQLError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from strawberry.exceptions import MissingQueryError
@@ -28,8 +28,10 @@ from strawberry.types.graphql import OperationType
 
 from gql_wallet import repository as repo
 from gql_wallet.auth import Authenticator, bearer_token
+from gql_wallet.db import driver_connection
 from gql_wallet.feed import LedgerFeed
-from gql_wallet.graphql.compiled import Plans
+from gql_wallet.graphql.compiled import Plan, Plans
+from gql_wallet.graphql.compiled_writes import WritePlan
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.graphiql import GRAPHIQL_HEADERS, graphiql_html
 from gql_wallet.logs import current_request, logger
@@ -206,8 +208,33 @@ class GraphQLEndpoint:
         return HTMLResponse(self.ide_html, headers=GRAPHIQL_HEADERS)
 
     async def _handle(self, request: Request, media_type: str) -> Response:
+        # The body is read first, so that no database connection waits on a slow client while
+        # one connection serves both the API key lookup and a planned lookup. Its errors are
+        # still answered only after authentication and rate limits, as the order of checks
+        # has always been.
+        try:
+            params, rejected = await self._params(request), None
+        except BadRequest as error:
+            params, rejected = None, error
+        async with driver_connection(self.engine) as conn:
+            answer = await self._authorized(request, media_type, params, rejected, conn)
+        if isinstance(answer, Response):
+            return answer
+        # The general executor: its resolvers take connections of their own.
+        return await self._execute(request, media_type, *answer)
+
+    async def _authorized(
+        self,
+        request: Request,
+        media_type: str,
+        params: Any,
+        rejected: BadRequest | None,
+        conn: AsyncConnection,
+    ) -> Response | tuple[Context, str, dict[str, Any] | None, str | None, Plan | WritePlan | None]:
+        """The response of a request that is refused or answered by a plan, else what the
+        general path needs to answer it."""
         principal = await self.authenticator.authenticate(
-            bearer_token(request.headers.get("authorization")), repo.now_utc()
+            bearer_token(request.headers.get("authorization")), repo.now_utc(), conn
         )
         info = current_request()
         if principal is None:
@@ -234,23 +261,46 @@ class GraphQLEndpoint:
             )
             payload["errors"][0]["extensions"]["retryAfter"] = retry_after
             return _json_response(payload, 429, {"Retry-After": str(retry_after)}, media_type)
-
-        params = await self._params(request)
+        if rejected is not None:
+            raise rejected
         query, variables, operation_name = _operation(params)
         info.variables = variables
-        allowed = {OperationType.QUERY} if request.method == "GET" else None
         context = Context(
             engine=self.engine, principal=principal, settings=self.settings, feed=self.feed
         )
         plan = self.plans.get(query, operation_name)
-        if plan is not None and not (plan.mutation and request.method == "GET"):
+        if isinstance(plan, Plan):
+            planned = await plan.run(variables, context, conn)
+            if planned is not None:
+                return self._planned(plan, planned, media_type)
+        return context, query, variables, operation_name, plan
+
+    def _planned(self, plan: Plan | WritePlan, payload: Any, media_type: str) -> Response:
+        info = current_request()
+        self.plans.hits += 1
+        info.operation = plan.label
+        if info.outcome == "-":  # a write's userErrors set it to user_error
+            info.outcome = "ok"
+        return _json_response(payload, 200, None, media_type)
+
+    async def _execute(
+        self,
+        request: Request,
+        media_type: str,
+        context: Context,
+        query: str,
+        variables: dict[str, Any] | None,
+        operation_name: str | None,
+        plan: Plan | WritePlan | None,
+    ) -> Response:
+        if isinstance(plan, WritePlan) and request.method == "POST":
+            # Not on the request's connection: the write takes its own (released above, so
+            # that a pool sized to the concurrency never has every request wait for a second).
             planned = await plan.run(variables, context)
             if planned is not None:
-                self.plans.hits += 1
-                info.operation = plan.label
-                if info.outcome == "-":  # a write's userErrors set it to user_error
-                    info.outcome = "ok"
-                return _json_response(planned, 200, None, media_type)
+                return self._planned(plan, planned, media_type)
+        info = current_request()
+        allowed = {OperationType.QUERY} if request.method == "GET" else None
         try:
             result = await self.schema.execute(
                 query,

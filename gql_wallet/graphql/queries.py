@@ -7,10 +7,11 @@ import uuid
 from typing import Annotated
 
 import strawberry
+from sqlalchemy.ext.asyncio import AsyncConnection
 from strawberry.types import Info
 
 from gql_wallet import repository as repo
-from gql_wallet.db import read_connection
+from gql_wallet.db import driver_connection, read_connection
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.types import (
     DEFAULT_PAGE_SIZE,
@@ -30,14 +31,20 @@ CustomerIdArg = Annotated[
 ]
 
 
-async def customer_wallet_records(context: Context, customer_id: str) -> list[WalletRecord]:
-    """customerWallets' answer; also run by its precompiled plan (graphql/compiled.py)."""
+async def customer_wallet_records(
+    context: Context, customer_id: str, conn: AsyncConnection | None = None
+) -> list[WalletRecord]:
+    """customerWallets' answer; also run by its precompiled plan (graphql/compiled.py), which
+    passes the request's connection (from `db.driver_connection`)."""
     visible, customer = context.customer_scope(customer_id)
     if not visible:
         return []
     assert customer is not None  # a customer was named, so the scope names one
-    async with read_connection(context.engine) as conn:
-        return await repo.list_customer_wallets(conn, context.principal.organization_id, customer)
+    organization_id = context.principal.organization_id
+    if conn is not None:
+        return await repo.list_customer_wallets(conn, organization_id, customer)
+    async with driver_connection(context.engine) as own:
+        return await repo.list_customer_wallets(own, organization_id, customer)
 
 
 @strawberry.type(description="Read wallets and their ledgers.")

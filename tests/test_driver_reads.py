@@ -1,0 +1,53 @@
+"""The hot reads sent on the driver's own connection (repository.DriverRead): the same values as
+SQLAlchemy's execute path, and a connection that failed a statement never goes back into use."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, Table, select
+
+from gql_wallet import repository as repo
+from gql_wallet.auth import parse_token
+from gql_wallet.db import driver_connection, read_connection
+from tests.conftest import Env
+
+
+class TestSameValuesAsSqlAlchemy:
+    async def test_customer_wallets(self, env: Env) -> None:
+        await env.api.top_up("cus_1", 100, "k1", currency="eur")
+        await env.api.top_up("cus_1", 2**53 - 1, "k2", currency="usd")
+        async with read_connection(env.engine) as conn:
+            (key,) = [
+                k
+                for k in await repo.list_api_keys(conn)
+                if k.public_id == parse_token(env.api.key)[1]  # type: ignore[index]
+            ]
+        async with read_connection(env.engine) as conn:
+            expected = await repo.list_wallets(conn, key.organization_id, customer_id="cus_1")
+        async with driver_connection(env.engine) as conn:
+            found = await repo.list_customer_wallets(conn, key.organization_id, "cus_1")
+        assert len(found) == 2 and found == expected
+        assert [type(getattr(w, f)) for w in found for f in ("id", "created_at")] == [
+            type(getattr(w, f)) for w in expected for f in ("id", "created_at")
+        ]
+
+    async def test_api_key(self, env: Env) -> None:
+        public_id = parse_token(env.api.key)[1]  # type: ignore[index]
+        async with read_connection(env.engine) as conn:
+            (expected,) = [k for k in await repo.list_api_keys(conn) if k.public_id == public_id]
+        async with driver_connection(env.engine) as conn:
+            assert await repo.find_api_key(conn, public_id) == expected
+            assert await repo.find_api_key(conn, "000000000000") is None
+
+
+async def test_a_failed_statement_invalidates_its_connection(env: Env) -> None:
+    missing = Table("no_such_table", MetaData(), Column("x", Integer))
+    broken = repo.DriverRead(select(missing.c.x))
+    async with driver_connection(env.engine) as conn:
+        with pytest.raises(Exception, match="no_such_table"):
+            await broken.fetchall(conn, {})
+        assert conn.invalidated
+    # The pool hands out working connections afterwards.
+    await env.api.top_up("cus_1", 100, "k1")
+    data = await env.api('{ customerWallets(customerId: "cus_1") { balance } }')
+    assert data == {"customerWallets": [{"balance": 100}]}
