@@ -428,8 +428,8 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
 @asynccontextmanager
 async def single_statement(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """PostgreSQL only: a connection in autocommit mode, for exactly one statement that is its
-    own transaction (one round trip, no BEGIN/COMMIT): a single SELECT, or a call of a function
-    that writes atomically (the balance change of migration 0003). Nothing else may run on it.
+    own transaction (one round trip, no BEGIN/COMMIT). Nothing else may run on it. (The balance
+    change of migration 0003 goes the same way, on a `driver_connection`.)
     """
     assert engine.dialect.name == "postgresql", "SQLite needs an explicit transaction"
     async with _connect(engine) as conn:

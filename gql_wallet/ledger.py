@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gql_wallet import repository as repo
-from gql_wallet.db import read_transaction, run_write, single_statement
+from gql_wallet.db import driver_connection, run_write
 from gql_wallet.errors import ErrorCode, UserError
 from gql_wallet.money import (
     MAX_DESCRIPTION_LENGTH,
@@ -94,21 +94,32 @@ def _canonical_request(kind: TransactionType, change: BalanceChange, currency: s
 
 
 async def top_up(
-    engine: AsyncEngine, organization_id: uuid.UUID, change: BalanceChange
+    engine: AsyncEngine,
+    organization_id: uuid.UUID,
+    change: BalanceChange,
+    conn: AsyncConnection | None = None,
 ) -> WriteResult:
-    """Add funds; the wallet is created by its first top-up."""
-    return await _write(engine, organization_id, TransactionType.TOP_UP, change)
+    """Add funds; the wallet is created by its first top-up. `conn`: the request's connection
+    from `db.driver_connection`, used on PostgreSQL instead of taking another."""
+    return await _write(engine, organization_id, TransactionType.TOP_UP, change, conn)
 
 
 async def charge(
-    engine: AsyncEngine, organization_id: uuid.UUID, change: BalanceChange
+    engine: AsyncEngine,
+    organization_id: uuid.UUID,
+    change: BalanceChange,
+    conn: AsyncConnection | None = None,
 ) -> WriteResult:
     """Pay for usage from the balance; refused whole when the balance does not cover it."""
-    return await _write(engine, organization_id, TransactionType.CHARGE, change)
+    return await _write(engine, organization_id, TransactionType.CHARGE, change, conn)
 
 
 async def _write(
-    engine: AsyncEngine, organization_id: uuid.UUID, kind: TransactionType, change: BalanceChange
+    engine: AsyncEngine,
+    organization_id: uuid.UUID,
+    kind: TransactionType,
+    change: BalanceChange,
+    conn: AsyncConnection | None,
 ) -> WriteResult:
     if errors := _validate(change):
         return WriteResult(errors=tuple(errors))
@@ -117,9 +128,14 @@ async def _write(
     request = _canonical_request(kind, change, currency)
     now = repo.now_utc()
     if engine.dialect.name == "postgresql":
-        return await _write_in_one_statement(
-            engine, organization_id, kind, change, currency, request, now
-        )
+        if conn is not None:
+            return await _write_in_one_statement(
+                conn, organization_id, kind, change, currency, request, now
+            )
+        async with driver_connection(engine) as own:
+            return await _write_in_one_statement(
+                own, organization_id, kind, change, currency, request, now
+            )
 
     # SQLite: the same steps, statement by statement, in one BEGIN IMMEDIATE transaction.
     return await run_write(engine, _apply, organization_id, kind, change, currency, request, now)
@@ -177,7 +193,7 @@ def _apply(
 
 
 async def _write_in_one_statement(
-    engine: AsyncEngine,
+    conn: AsyncConnection,
     organization_id: uuid.UUID,
     kind: TransactionType,
     change: BalanceChange,
@@ -189,26 +205,26 @@ async def _write_in_one_statement(
     migration 0003 (same statements, same order, one transaction)."""
     missing_code, missing_message = _MISSING
     refused_code, refused_message = _REFUSED[kind]
-    async with single_statement(engine) as conn:
-        done = await repo.apply_balance_change(
-            conn,
-            organization_id=organization_id,
-            idempotency_key=change.idempotency_key,
-            request=request,
-            customer_id=change.customer_id,
-            currency=currency,
-            type_=kind.value,
-            delta=change.amount if kind is TransactionType.TOP_UP else -change.amount,
-            description=change.description,
-            reference=change.reference,
-            create_missing=kind is TransactionType.TOP_UP,
-            now=now,
-            missing=(missing_code.value, missing_message),
-            refused=(refused_code.value, refused_message),
-        )
+    done = await repo.apply_balance_change(
+        conn,
+        organization_id=organization_id,
+        idempotency_key=change.idempotency_key,
+        request=request,
+        customer_id=change.customer_id,
+        currency=currency,
+        type_=kind.value,
+        delta=change.amount if kind is TransactionType.TOP_UP else -change.amount,
+        description=change.description,
+        reference=change.reference,
+        create_missing=kind is TransactionType.TOP_UP,
+        now=now,
+        missing=(missing_code.value, missing_message),
+        refused=(refused_code.value, refused_message),
+    )
     if done.outcome == "taken":
-        # An earlier write holds the key; it has committed (the claim waited for it).
-        async with read_transaction(engine) as conn:
+        # An earlier write holds the key; it has committed (the claim waited for it). The
+        # replay reads in one transaction, on the same connection (no second checkout).
+        async with conn.begin():
             return await conn.run_sync(_replay, organization_id, change, currency, request)
     if done.outcome == "refused":
         code = ErrorCode(done.refusal_code)

@@ -36,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.selectable import TextualSelect
 
 from gql_wallet.models import (
     ApiKey,
@@ -251,7 +252,7 @@ class DriverRead:
     on it, so the statement is its own implicit transaction, as in `db.read_connection`.
     """
 
-    def __init__(self, statement: Select[Any]) -> None:
+    def __init__(self, statement: Select[Any] | TextualSelect) -> None:
         self.statement = statement
         self._forms: dict[str, _DriverForm] = {}
 
@@ -685,13 +686,14 @@ def _balance_change_call() -> Any:
     return text(sql).columns(*typed)
 
 
-# Built once, like the other statements of a write.
-_BALANCE_CHANGE = _balance_change_call()
+# Built once, like the other statements of a write; sent on the driver's own connection (see
+# DriverRead: the call is a SELECT, and outside a transaction it is its own, in autocommit).
+_BALANCE_CHANGE = DriverRead(_balance_change_call())
+_BALANCE_CHANGE_COLUMNS = tuple(c.name for c in _BALANCE_CHANGE.statement.selected_columns)
 
 
-def _unprefixed(row: Any, prefix: str, table: Table) -> Any:
-    mapping = row._mapping
-    return SimpleNamespace(**{col.name: mapping[f"{prefix}_{col.name}"] for col in table.c})
+def _unprefixed(row: dict[str, Any], prefix: str, table: Table) -> Any:
+    return SimpleNamespace(**{col.name: row[f"{prefix}_{col.name}"] for col in table.c})
 
 
 async def apply_balance_change(
@@ -712,43 +714,42 @@ async def apply_balance_change(
     refused: tuple[str, str],
 ) -> BalanceChangeOutcome:
     """PostgreSQL: a whole top-up or charge in one statement (one round trip, its own
-    transaction on an autocommit connection), by the function of migration 0003. It runs the
+    transaction; `conn` comes from `db.driver_connection`), by the function of migration 0003. It runs the
     steps of ledger._write in the same order: claim the key (`taken` if an earlier write holds
     it; nothing written), the conditional balance change (creating the wallet first when
     `create_missing`), then either the ledger entry, the outcome record and the NOTIFY
     (`applied`), or the refusal recorded on the key (`refused`, with `missing` = (code,
     message) when there is no wallet, else `refused`)."""
-    row = (
-        await conn.execute(
-            _BALANCE_CHANGE,
-            {
-                "organization_id": organization_id,
-                "idempotency_key": idempotency_key,
-                "request": request,
-                "customer_id": customer_id,
-                "currency": currency,
-                "type": type_,
-                "delta": delta,
-                "description": description,
-                "reference": reference,
-                "create_missing": create_missing,
-                "wallet_id": uuid.uuid4(),
-                "entry_id": uuid.uuid4(),
-                "now": now,
-                "channel": LEDGER_CHANNEL,
-                "missing_code": missing[0],
-                "missing_message": missing[1],
-                "refused_code": refused[0],
-                "refused_message": refused[1],
-            },
-        )
-    ).one()
+    rows = await _BALANCE_CHANGE.fetchall(
+        conn,
+        {
+            "organization_id": organization_id,
+            "idempotency_key": idempotency_key,
+            "request": request,
+            "customer_id": customer_id,
+            "currency": currency,
+            "type": type_,
+            "delta": delta,
+            "description": description,
+            "reference": reference,
+            "create_missing": create_missing,
+            "wallet_id": uuid.uuid4(),
+            "entry_id": uuid.uuid4(),
+            "now": now,
+            "channel": LEDGER_CHANNEL,
+            "missing_code": missing[0],
+            "missing_message": missing[1],
+            "refused_code": refused[0],
+            "refused_message": refused[1],
+        },
+    )
+    row = dict(zip(_BALANCE_CHANGE_COLUMNS, rows[0], strict=True))
     wallet = transaction = None
-    if row.w_seq is not None:
+    if row["w_seq"] is not None:
         wallet = WalletRecord.from_row(_unprefixed(row, "w", wallets))
-    if row.t_seq is not None:
+    if row["t_seq"] is not None:
         transaction = TransactionRecord.from_row(_unprefixed(row, "t", transactions))
-    return BalanceChangeOutcome(row.outcome, row.refusal_code, wallet, transaction)
+    return BalanceChangeOutcome(row["outcome"], row["refusal_code"], wallet, transaction)
 
 
 # --- wallets: reads -------------------------------------------------------------------------

@@ -423,3 +423,27 @@ async def test_the_body_is_judged_after_authentication(
         headers["Authorization"] = f"Bearer {env.api.key}"
     response = await env.client.post("/graphql", content=body, headers=headers)
     assert response.status_code == status
+
+
+async def test_a_planned_write_takes_one_pooled_connection(env: Env) -> None:
+    """The API key lookup and the write share the request's connection (on SQLite the write
+    itself runs in the writer thread, on its own connection outside this pool)."""
+    query = "mutation($i: TopUpWalletInput!) { topUpWallet(input: $i) { wallet { balance } } }"
+    value = {"customerId": "cus_1", "currency": "usd", "amount": 5}
+    async with both(env) as (planned, _general):
+        await planned.post(query, {"i": {**value, "idempotencyKey": "k1"}})  # plans it
+        pool = planned.endpoint.engine.sync_engine.pool
+        checkouts = 0
+
+        def count(*_: Any) -> None:
+            nonlocal checkouts
+            checkouts += 1
+
+        event.listen(pool, "checkout", count)
+        try:
+            fresh = await planned.post(query, {"i": {**value, "idempotencyKey": "k2"}})
+            replayed = await planned.post(query, {"i": {**value, "idempotencyKey": "k2"}})
+        finally:
+            event.remove(pool, "checkout", count)
+        assert fresh == replayed == (200, {"data": {"topUpWallet": {"wallet": {"balance": 10}}}})
+        assert planned.endpoint.plans.hits == 2 and checkouts == 2

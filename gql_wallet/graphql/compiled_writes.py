@@ -31,6 +31,7 @@ from graphql import (
     OperationDefinitionNode,
     VariableNode,
 )
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gql_wallet import auth, ledger
 from gql_wallet.graphql.context import Context
@@ -97,14 +98,17 @@ class WritePlan:
     def label(self) -> str:
         return f"mutation {self.root_field}"  # as OperationLabel names it
 
-    async def run(self, variables: dict[str, Any] | None, context: Context) -> Any:
-        """The response payload, or None when the general path must answer."""
+    async def run(
+        self, variables: dict[str, Any] | None, context: Context, conn: AsyncConnection
+    ) -> Any:
+        """The response payload, or None when the general path must answer. `conn` is the
+        request's connection (`db.driver_connection`): on PostgreSQL the write runs on it."""
         change = _coerced((variables or {}).get(self.variable))
         if change is None or not context.principal.can(auth.SCOPE_WRITE):
             return None  # the general path words the error (variables, FORBIDDEN)
         _input_type, payload_type, write = _WRITES[self.root_field]
         try:
-            result = await write(context.engine, context.principal.organization_id, change)
+            result = await write(context.engine, context.principal.organization_id, change, conn)
             wallet, transaction, errors = write_parts(context, result)
             parts = {"wallet": wallet, "transaction": transaction, "userErrors": errors}
             payload: dict[str, Any] = {}

@@ -230,7 +230,7 @@ class GraphQLEndpoint:
         params: Any,
         rejected: BadRequest | None,
         conn: AsyncConnection,
-    ) -> Response | tuple[Context, str, dict[str, Any] | None, str | None, Plan | WritePlan | None]:
+    ) -> Response | tuple[Context, str, dict[str, Any] | None, str | None]:
         """The response of a request that is refused or answered by a plan, else what the
         general path needs to answer it."""
         principal = await self.authenticator.authenticate(
@@ -269,11 +269,12 @@ class GraphQLEndpoint:
             engine=self.engine, principal=principal, settings=self.settings, feed=self.feed
         )
         plan = self.plans.get(query, operation_name)
-        if isinstance(plan, Plan):
+        # A plan answers on the request's connection; never a write for GET (a 405 says why).
+        if plan is not None and not (isinstance(plan, WritePlan) and request.method == "GET"):
             planned = await plan.run(variables, context, conn)
             if planned is not None:
                 return self._planned(plan, planned, media_type)
-        return context, query, variables, operation_name, plan
+        return context, query, variables, operation_name
 
     def _planned(self, plan: Plan | WritePlan, payload: Any, media_type: str) -> Response:
         info = current_request()
@@ -291,14 +292,7 @@ class GraphQLEndpoint:
         query: str,
         variables: dict[str, Any] | None,
         operation_name: str | None,
-        plan: Plan | WritePlan | None,
     ) -> Response:
-        if isinstance(plan, WritePlan) and request.method == "POST":
-            # Not on the request's connection: the write takes its own (released above, so
-            # that a pool sized to the concurrency never has every request wait for a second).
-            planned = await plan.run(variables, context)
-            if planned is not None:
-                return self._planned(plan, planned, media_type)
         info = current_request()
         allowed = {OperationType.QUERY} if request.method == "GET" else None
         try:
