@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import orjson
 import pytest
 
 from gql_wallet import repository
+from gql_wallet.app import create_app
 from gql_wallet.graphql.http import (
     GRAPHQL_RESPONSE_MEDIA_TYPE,
     JSON_MEDIA_TYPE,
@@ -362,3 +364,46 @@ class TestMediaTypes:
             headers={"Authorization": f"Bearer {env.api.key}", "Content-Type": content_type},
         )
         assert response.status_code == status, response.text
+
+
+async def test_a_client_that_leaves_mid_body_is_no_server_error(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that disconnects while sending its body gets no 500 and no error log line."""
+    app = create_app(env.settings)
+    sent: list[dict] = []
+    incoming = [
+        {"type": "http.request", "body": b'{"query": "{ __typ', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/graphql",
+        "raw_path": b"/graphql",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"test"),
+            (b"content-type", b"application/json"),
+            (b"authorization", f"Bearer {env.api.key}".encode()),
+        ],
+        "client": ("127.0.0.1", 1234),
+        "server": ("test", 80),
+    }
+    async with app.router.lifespan_context(app):
+        with caplog.at_level(logging.ERROR):
+            await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 400
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

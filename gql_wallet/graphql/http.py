@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from graphql import GraphQLError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from strawberry.exceptions import MissingQueryError
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
@@ -189,6 +189,15 @@ class GraphQLEndpoint:
                     )
                 media_type = negotiated
                 response = await self._handle(request, media_type)
+        except ClientDisconnect:
+            # Gone before its body arrived: nobody reads this answer, and it is no server fault.
+            info.outcome = "disconnected"
+            response = _json_response(
+                _error_payload("The client disconnected before the request body arrived."),
+                400,
+                None,
+                media_type,
+            )
         except BadRequest as error:
             info.outcome = "rejected"
             response = _json_response(
