@@ -122,10 +122,22 @@ def _sqlite_engine(url: URL, settings: Settings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=0,
         pool_timeout=settings.db_pool_timeout_seconds,
+        # The pool's rollback on every checkin is a hop to aiosqlite's thread even when no
+        # transaction is open, which after an autocommit read is always; _reset_if_open below
+        # rolls back exactly the connections that come back inside a transaction.
+        pool_reset_on_return=None,
     )
+    event.listen(engine.sync_engine.pool, "reset", _reset_if_open)
     _configure_sqlite(engine.sync_engine, settings)
     _sqlite_writers[engine] = _SqliteWriterQueue(url, settings)
     return engine
+
+
+def _reset_if_open(dbapi_connection: Any, _record: Any, _state: Any) -> None:
+    """On checkin: roll back a transaction still open on the connection (SQLite's own flag,
+    read without a hop to aiosqlite's thread), so none reaches the next user."""
+    if dbapi_connection.driver_connection.in_transaction:
+        dbapi_connection.rollback()
 
 
 def _configure_sqlite(engine: Engine, settings: Settings) -> None:

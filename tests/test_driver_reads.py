@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, select
+from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection
 
 from gql_wallet import repository as repo
 from gql_wallet.auth import parse_token
@@ -51,3 +52,27 @@ async def test_a_failed_statement_invalidates_its_connection(env: Env) -> None:
     await env.api.top_up("cus_1", 100, "k1")
     data = await env.api('{ customerWallets(customerId: "cus_1") { balance } }')
     assert data == {"customerWallets": [{"balance": 100}]}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_connection_that_comes_back_inside_a_transaction_is_rolled_back(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's pool resets a connection on checkin only when a transaction is still open on it
+    (no unconditional rollback hop to aiosqlite's thread), and then it does roll it back."""
+    async with driver_connection(env.engine) as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        await driver.execute("BEGIN IMMEDIATE")
+        await driver.execute("DELETE FROM api_keys")
+        assert driver.in_transaction
+    assert not driver.in_transaction
+    async with read_connection(env.engine) as conn:
+        assert len(await repo.list_api_keys(conn)) == 2  # the DELETE was rolled back
+    calls: list[int] = []
+    adapter = AsyncAdapt_aiosqlite_connection
+    original = adapter.rollback
+    monkeypatch.setattr(adapter, "rollback", lambda self: calls.append(1) or original(self))
+    for _ in range(3):  # the general path, then the plan
+        data = await env.api('{ customerWallets(customerId: "c") { id } }')
+        assert data == {"customerWallets": []}
+    assert calls == []  # no rollback hop after autocommit reads
