@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -381,26 +381,32 @@ async def test_each_kind_of_plan_has_its_own_switch(env: Env) -> None:
             assert (app.endpoint.plans.get(write, None) is not None) is writes
 
 
+@contextmanager
+def checkouts_of(served: Served) -> Iterator[list[int]]:
+    """Pool checkouts while the block runs, one 1 per checkout."""
+    pool = served.endpoint.engine.sync_engine.pool
+    checkouts: list[int] = []
+
+    def count(*_: Any) -> None:
+        checkouts.append(1)
+
+    event.listen(pool, "checkout", count)
+    try:
+        yield checkouts
+    finally:
+        event.remove(pool, "checkout", count)
+
+
 async def test_a_planned_lookup_takes_one_pooled_connection(env: Env) -> None:
     """The API key lookup and the plan's read share the request's connection."""
     query = "query($c: String!) { customerWallets(customerId: $c) { balance } }"
     await env.api.top_up("cus_1", 100, "k1")
     async with both(env) as (planned, _general):
         assert (await planned.post(query, {"c": "cus_1"}))[0] == 200  # general path, then planned
-        pool = planned.endpoint.engine.sync_engine.pool
-        checkouts = 0
-
-        def count(*_: Any) -> None:
-            nonlocal checkouts
-            checkouts += 1
-
-        event.listen(pool, "checkout", count)
-        try:
+        with checkouts_of(planned) as checkouts:
             answer = await planned.post(query, {"c": "cus_1"})
-        finally:
-            event.remove(pool, "checkout", count)
         assert answer == (200, {"data": {"customerWallets": [{"balance": 100}]}})
-        assert planned.endpoint.plans.hits == 1 and checkouts == 1
+        assert planned.endpoint.plans.hits == 1 and checkouts == [1]
 
 
 @pytest.mark.parametrize(
@@ -432,18 +438,8 @@ async def test_a_planned_write_takes_one_pooled_connection(env: Env) -> None:
     value = {"customerId": "cus_1", "currency": "usd", "amount": 5}
     async with both(env) as (planned, _general):
         await planned.post(query, {"i": {**value, "idempotencyKey": "k1"}})  # plans it
-        pool = planned.endpoint.engine.sync_engine.pool
-        checkouts = 0
-
-        def count(*_: Any) -> None:
-            nonlocal checkouts
-            checkouts += 1
-
-        event.listen(pool, "checkout", count)
-        try:
+        with checkouts_of(planned) as checkouts:
             fresh = await planned.post(query, {"i": {**value, "idempotencyKey": "k2"}})
             replayed = await planned.post(query, {"i": {**value, "idempotencyKey": "k2"}})
-        finally:
-            event.remove(pool, "checkout", count)
         assert fresh == replayed == (200, {"data": {"topUpWallet": {"wallet": {"balance": 10}}}})
-        assert planned.endpoint.plans.hits == 2 and checkouts == 2
+        assert planned.endpoint.plans.hits == 2 and checkouts == [1, 1]

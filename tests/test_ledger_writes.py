@@ -400,15 +400,7 @@ async def test_sqlite_group_commit_keeps_each_writes_outcome(env: Env) -> None:
     own savepoint: one that raises is rolled back alone and gets its exception."""
     engine = env.engine
     await run_write(engine, _create_scratch_tables)
-    started, release = threading.Event(), threading.Event()
-
-    def blocker(_conn: Connection) -> str:
-        started.set()
-        release.wait(10)
-        return "blocker"
-
-    first = asyncio.create_task(run_write(engine, blocker))
-    assert await asyncio.to_thread(started.wait, 10)  # the writer thread is busy now
+    first, release = await _writer_thread_busy(engine)
     with statements_sent(env) as sent:
         group = [
             asyncio.create_task(run_write(engine, _insert, 1)),
@@ -433,14 +425,7 @@ async def test_sqlite_group_commit_that_fails_writes_nothing_of_the_group(env: E
     deferred foreign key), every write of the group gets the error and none is written."""
     engine = env.engine
     await run_write(engine, _create_scratch_tables)
-    started, release = threading.Event(), threading.Event()
-
-    def blocker(_conn: Connection) -> None:
-        started.set()
-        release.wait(10)
-
-    first = asyncio.create_task(run_write(engine, blocker))
-    assert await asyncio.to_thread(started.wait, 10)
+    first, release = await _writer_thread_busy(engine)
     group = [
         asyncio.create_task(run_write(engine, _insert, 1)),
         asyncio.create_task(run_write(engine, _orphan)),  # fails only at COMMIT
@@ -449,11 +434,26 @@ async def test_sqlite_group_commit_that_fails_writes_nothing_of_the_group(env: E
     await asyncio.sleep(0.2)
     release.set()
     results = await asyncio.gather(*group, return_exceptions=True)
-    await first
+    assert await first == "blocker"
     assert all(isinstance(r, IntegrityError) for r in results), results
     assert await run_write(engine, _scratch) == []
     assert await run_write(engine, _insert, 7) == 7  # the writer goes on afterwards
     assert await run_write(engine, _scratch) == [7]
+
+
+async def _writer_thread_busy(engine: Any) -> tuple[asyncio.Task[str], threading.Event]:
+    """A write that keeps the writer thread busy until the event is set: writes submitted
+    meanwhile wait, and then run as one group."""
+    started, release = threading.Event(), threading.Event()
+
+    def blocker(_conn: Connection) -> str:
+        started.set()
+        release.wait(10)
+        return "blocker"
+
+    first = asyncio.create_task(run_write(engine, blocker))
+    assert await asyncio.to_thread(started.wait, 10)
+    return first, release
 
 
 def _create_scratch_tables(conn: Connection) -> None:

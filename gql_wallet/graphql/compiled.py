@@ -39,7 +39,12 @@ from graphql import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gql_wallet.graphql.compiled_writes import WALLET_LEAVES, WritePlan, compile_write_plan
+from gql_wallet.graphql.compiled_writes import (
+    WALLET_LEAVES,
+    WritePlan,
+    compile_write_plan,
+    scalar_leaves,
+)
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.queries import customer_wallet_records
 
@@ -132,22 +137,11 @@ def compile_plan(query: str, operation_name: str | None) -> Plan | WritePlan | N
         variable = argument.name.value
     else:
         return None
-    fields: dict[str, Callable[[Any], Any]] = {}
-    for selection in root.selection_set.selections:
-        if (
-            not isinstance(selection, FieldNode)
-            or selection.name.value not in _LEAVES
-            or selection.arguments
-            or selection.directives
-            or selection.selection_set is not None
-        ):
-            return None
-        key = selection.alias.value if selection.alias else selection.name.value
-        if key in fields and fields[key] is not _LEAVES[selection.name.value]:
-            return None  # one key for two fields: invalid, the general path says so
-        fields.setdefault(key, _LEAVES[selection.name.value])
+    fields = scalar_leaves(root, _LEAVES)
+    if fields is None:
+        return None
     response_key = root.alias.value if root.alias else root.name.value
-    return Plan(response_key, literal, variable, tuple(fields.items()))
+    return Plan(response_key, literal, variable, fields)
 
 
 class Plans:

@@ -188,7 +188,7 @@ def compile_write_plan(operation: OperationDefinitionNode) -> WritePlan | None:
         if name == "__typename" and selection.selection_set is None:
             planned: Selection = (key, name, None)
         elif name in _OBJECTS and selection.selection_set is not None:
-            leaves = _leaves(selection, _OBJECTS[name])
+            leaves = scalar_leaves(selection, _OBJECTS[name])
             if leaves is None:
                 return None
             planned = (key, name, leaves)
@@ -201,9 +201,12 @@ def compile_write_plan(operation: OperationDefinitionNode) -> WritePlan | None:
     return WritePlan(root.name.value, response_key, argument.name.value, tuple(selections.values()))
 
 
-def _leaves(
+def scalar_leaves(
     selection: FieldNode, leaves: Leaves
 ) -> tuple[tuple[str, Callable[[Any], Any]], ...] | None:
+    """(response key, serialiser) for each field selected below `selection`, or None unless
+    all of them are plain `leaves` (aliases allowed; one key for two fields is invalid, the
+    general path says so)."""
     assert selection.selection_set is not None
     fields: dict[str, Callable[[Any], Any]] = {}
     for leaf in selection.selection_set.selections:
