@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
+import sqlite3
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -129,7 +130,9 @@ def _sqlite_engine(url: URL, settings: Settings) -> AsyncEngine:
     )
     event.listen(engine.sync_engine.pool, "reset", _reset_if_open)
     _configure_sqlite(engine.sync_engine, settings)
-    _sqlite_writers[engine] = _SqliteWriterQueue(url, settings)
+    queue = _sqlite_writers[engine] = _SqliteWriterQueue(url, settings)
+    if not queue.in_memory and url.database:
+        _sqlite_readers[engine] = SqliteReader(url.database)
     return engine
 
 
@@ -350,6 +353,52 @@ class _SqliteWriterQueue:
             return None
 
 
+class SqliteReader:
+    """Hot point reads of SQLite, run on the event loop's own thread: no thread hop at all.
+
+    Through aiosqlite each statement is two hand-overs of the GIL (to the connection's thread
+    and back), and with the event loop busy those waits, not the SQL, were most of a lookup's
+    time (the bare endpoint pays them too, but its loop is idle enough). The indexed point
+    SELECTs that go here (the API key, a customer's wallets) take microseconds from SQLite's page
+    cache, less than one hand-over. The connection is read-only (`query_only`), in autocommit
+    mode (each statement sees the newest committed data; WAL readers never wait for the
+    writer), and has a short busy timeout: in the rare case SQLite makes a reader wait (WAL
+    recovery), `read` gives up after it and returns None, and the caller takes the pooled path.
+    """
+
+    BUSY_TIMEOUT_MS = 20
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self._conn: sqlite3.Connection | None = None
+
+    def read(self, sql: str, arguments: list[Any]) -> list[Any] | None:
+        try:
+            if self._conn is None:
+                conn = sqlite3.connect(self.database, isolation_level=None, check_same_thread=False)
+                conn.execute(f"PRAGMA busy_timeout={self.BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA query_only=ON")
+                self._conn = conn
+            return self._conn.execute(sql, arguments).fetchall()
+        except sqlite3.OperationalError as error:
+            logger.warning("SQLite read on the event loop gave way to the pool: %s", error)
+            self.close()
+            return None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+_sqlite_readers: weakref.WeakKeyDictionary[AsyncEngine, SqliteReader] = weakref.WeakKeyDictionary()
+
+
+def sqlite_reader(engine: AsyncEngine) -> SqliteReader | None:
+    """The engine's reader on the event loop's thread, or None (PostgreSQL, in-memory SQLite)."""
+    return _sqlite_readers.get(engine)
+
+
 _sqlite_writers: weakref.WeakKeyDictionary[AsyncEngine, _SqliteWriterQueue] = (
     weakref.WeakKeyDictionary()
 )
@@ -395,6 +444,9 @@ async def dispose(engine: AsyncEngine) -> None:
     queue = _sqlite_writers.get(engine)
     if queue is not None:
         await asyncio.to_thread(queue.close)
+    reader = _sqlite_readers.get(engine)
+    if reader is not None:
+        reader.close()
     await engine.dispose()
 
 

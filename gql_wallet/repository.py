@@ -38,6 +38,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.selectable import TextualSelect
 
+from gql_wallet.db import sqlite_reader
 from gql_wallet.models import (
     ApiKey,
     CustomerSession,
@@ -252,8 +253,10 @@ class DriverRead:
     on it, so the statement is its own implicit transaction, as in `db.read_connection`.
     """
 
-    def __init__(self, statement: Select[Any] | TextualSelect) -> None:
+    def __init__(self, statement: Select[Any] | TextualSelect, *, point_read: bool = False) -> None:
         self.statement = statement
+        # An indexed SELECT of a few rows, which on SQLite runs on the event loop's thread.
+        self.point_read = point_read
         self._forms: dict[str, _DriverForm] = {}
 
     def _form(self, dialect: Dialect) -> _DriverForm:
@@ -279,17 +282,12 @@ class DriverRead:
             parameters[name] if process is None else process(parameters[name])
             for name, process in form.binds
         ]
-        driver: Any = (await conn.get_raw_connection()).driver_connection
-        try:
-            if conn.dialect.name == "sqlite":
-                rows = await driver.execute_fetchall(form.sql, arguments)  # one thread hop
-            else:
-                rows = await driver.fetch(form.sql, *arguments)
-        except BaseException:
-            # SQLAlchemy would have checked the error for a lost connection and dropped it from
-            # the pool; without it here, no connection that failed a statement is used again.
-            await conn.invalidate()
-            raise
+        rows: Any = None
+        reader = sqlite_reader(conn.engine) if self.point_read else None
+        if reader is not None:
+            rows = reader.read(form.sql, arguments)  # on this thread (db.SqliteReader)
+        if rows is None:
+            rows = await self._driver_fetch(conn, form.sql, arguments)
         results = form.results
         return [
             tuple(
@@ -299,10 +297,25 @@ class DriverRead:
             for row in rows
         ]
 
+    @staticmethod
+    async def _driver_fetch(conn: AsyncConnection, sql: str, arguments: list[Any]) -> Any:
+        driver: Any = (await conn.get_raw_connection()).driver_connection
+        try:
+            if conn.dialect.name == "sqlite":
+                return await driver.execute_fetchall(sql, arguments)  # one thread hop
+            return await driver.fetch(sql, *arguments)
+        except BaseException:
+            # SQLAlchemy would have checked the error for a lost connection and dropped it from
+            # the pool; without it here, no connection that failed a statement is used again.
+            await conn.invalidate()
+            raise
+
 
 # Built once: this lookup runs on every request, and building a statement costs more CPU than
 # compiling it (compiled forms are cached by SQLAlchemy, the statement objects are not).
-_FIND_API_KEY = DriverRead(_api_key_query().where(api_keys.c.public_id == bindparam("public_id")))
+_FIND_API_KEY = DriverRead(
+    _api_key_query().where(api_keys.c.public_id == bindparam("public_id")), point_read=True
+)
 
 
 async def find_api_key(conn: AsyncConnection, public_id: str) -> ApiKeyRecord | None:
@@ -801,7 +814,8 @@ _CUSTOMER_WALLETS = DriverRead(
         wallets.c.organization_id == bindparam("organization_id"),
         wallets.c.customer_id == bindparam("customer_id"),
     )
-    .order_by(wallets.c.seq)
+    .order_by(wallets.c.seq),
+    point_read=True,  # the (organization, customer, currency) unique index; a few rows
 )
 
 
