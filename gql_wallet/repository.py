@@ -13,6 +13,7 @@ run them with `await conn.run_sync(fn, ...)`, which costs what `await conn.execu
 from __future__ import annotations
 
 import uuid
+from collections import namedtuple
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -238,6 +239,7 @@ class _DriverForm:
     sql: str
     binds: tuple[tuple[str, Callable[[Any], Any] | None], ...]  # (name, bind processor)
     results: tuple[Callable[[Any], Any] | None, ...]  # a result processor per column
+    row: Any  # a namedtuple of the selected columns' names, read like SQLAlchemy's Row
 
 
 class DriverRead:
@@ -257,6 +259,8 @@ class DriverRead:
         self.statement = statement
         # An indexed SELECT of a few rows, which on SQLite runs on the event loop's thread.
         self.point_read = point_read
+        names = [column.name for column in statement.selected_columns]
+        self._row = namedtuple("DriverRow", names)  # type: ignore[misc]
         self._forms: dict[str, _DriverForm] = {}
 
     def _form(self, dialect: Dialect) -> _DriverForm:
@@ -271,12 +275,12 @@ class DriverRead:
                 column.type.dialect_impl(dialect).result_processor(dialect, None)
                 for column in self.statement.selected_columns
             )
-            form = self._forms[dialect.name] = _DriverForm(compiled.string, binds, results)
+            form = self._forms[dialect.name] = _DriverForm(
+                compiled.string, binds, results, self._row
+            )
         return form
 
-    async def fetchall(
-        self, conn: AsyncConnection, parameters: dict[str, Any]
-    ) -> list[tuple[Any, ...]]:
+    async def fetchall(self, conn: AsyncConnection, parameters: dict[str, Any]) -> list[Any]:
         form = self._form(conn.dialect)
         arguments = [
             parameters[name] if process is None else process(parameters[name])
@@ -288,9 +292,9 @@ class DriverRead:
             rows = reader.read(form.sql, arguments)  # on this thread (db.SqliteReader)
         if rows is None:
             rows = await self._driver_fetch(conn, form.sql, arguments)
-        results = form.results
+        results, make = form.results, form.row._make
         return [
-            tuple(
+            make(
                 value if process is None else process(value)
                 for value, process in zip(row, results, strict=True)
             )
@@ -323,17 +327,7 @@ async def find_api_key(conn: AsyncConnection, public_id: str) -> ApiKeyRecord | 
     rows = await _FIND_API_KEY.fetchall(conn, {"public_id": public_id})
     if not rows:
         return None
-    id_, organization_id, organization, public_id, key_hash, scopes, created, revoked = rows[0]
-    return ApiKeyRecord(
-        id=id_,
-        organization_id=organization_id,
-        organization=organization,
-        public_id=public_id,
-        token_hash=key_hash,
-        scopes=scopes,
-        created_at=utc(created),
-        revoked_at=utc(revoked) if revoked else None,
-    )
+    return _api_key_record(rows[0])
 
 
 async def list_api_keys(conn: AsyncConnection) -> list[ApiKeyRecord]:
@@ -702,11 +696,10 @@ def _balance_change_call() -> Any:
 # Built once, like the other statements of a write; sent on the driver's own connection (see
 # DriverRead: the call is a SELECT, and outside a transaction it is its own, in autocommit).
 _BALANCE_CHANGE = DriverRead(_balance_change_call())
-_BALANCE_CHANGE_COLUMNS = tuple(c.name for c in _BALANCE_CHANGE.statement.selected_columns)
 
 
-def _unprefixed(row: dict[str, Any], prefix: str, table: Table) -> Any:
-    return SimpleNamespace(**{col.name: row[f"{prefix}_{col.name}"] for col in table.c})
+def _unprefixed(row: Any, prefix: str, table: Table) -> Any:
+    return SimpleNamespace(**{col.name: getattr(row, f"{prefix}_{col.name}") for col in table.c})
 
 
 async def apply_balance_change(
@@ -756,13 +749,13 @@ async def apply_balance_change(
             "refused_message": refused[1],
         },
     )
-    row = dict(zip(_BALANCE_CHANGE_COLUMNS, rows[0], strict=True))
+    row = rows[0]
     wallet = transaction = None
-    if row["w_seq"] is not None:
+    if row.w_seq is not None:
         wallet = WalletRecord.from_row(_unprefixed(row, "w", wallets))
-    if row["t_seq"] is not None:
+    if row.t_seq is not None:
         transaction = TransactionRecord.from_row(_unprefixed(row, "t", transactions))
-    return BalanceChangeOutcome(row["outcome"], row["refusal_code"], wallet, transaction)
+    return BalanceChangeOutcome(row.outcome, row.refusal_code, wallet, transaction)
 
 
 # --- wallets: reads -------------------------------------------------------------------------
@@ -827,10 +820,7 @@ async def list_customer_wallets(
     rows = await _CUSTOMER_WALLETS.fetchall(
         conn, {"organization_id": organization_id, "customer_id": customer_id}
     )
-    return [
-        WalletRecord(seq, id_, organization_id, customer, currency, balance, utc(c), utc(m))
-        for seq, id_, organization_id, customer, currency, balance, c, m in rows
-    ]
+    return [WalletRecord.from_row(row) for row in rows]
 
 
 async def list_wallets(
