@@ -22,13 +22,16 @@ import queue
 import sqlite3
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
+import asyncpg
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gql_wallet import metrics
@@ -67,6 +70,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
         else _postgresql_engine(url, settings)
     )
     _count_connections(engine.sync_engine)
+    if engine.dialect.name == "postgresql":
+        senders = _postgresql_engine(url, settings, _GROUP_SENDERS)
+        _count_connections(senders.sync_engine)
+        _pg_groups[engine] = _PgGroupCommit(senders)
     return engine
 
 
@@ -92,10 +99,10 @@ async def _connect(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         await conn.close()
 
 
-def _postgresql_engine(url: URL, settings: Settings) -> AsyncEngine:
+def _postgresql_engine(url: URL, settings: Settings, pool_size: int | None = None) -> AsyncEngine:
     return create_async_engine(
         url,
-        pool_size=settings.db_pool_size,
+        pool_size=pool_size or settings.db_pool_size,
         # Overflow connections churn under load: size the pool to the concurrency instead.
         max_overflow=0,
         pool_timeout=settings.db_pool_timeout_seconds,
@@ -315,6 +322,8 @@ class _SqliteWriterQueue:
                             outcomes.append((False, error))
         except Exception as error:  # BEGIN or COMMIT failed: nothing of the group is written
             outcomes = [(False, error)] * len(group)
+        else:
+            metrics.WRITE_GROUP_SIZE.observe(len(group))
         for (future, _fn, _args), outcome in zip(group, outcomes, strict=True):
             future.get_loop().call_soon_threadsafe(_settle, future, outcome)
 
@@ -432,6 +441,152 @@ async def run_write(engine: AsyncEngine, fn: Callable[..., _T], *args: Any) -> _
         return await conn.run_sync(fn, *args)
 
 
+# --- PostgreSQL group commit ---------------------------------------------------------------
+
+# Connections per process that send groups: while one group is in flight, the next gathers.
+_GROUP_SENDERS = 2
+
+
+# What a statement that the server refused, or that never reached it, raises. After these the
+# group's transaction has written nothing, or (a connection lost during COMMIT) maybe everything,
+# which the writes sent again find as their own idempotency keys, `taken`, and replay. Any other
+# error comes after the group has committed: its writes get it rather than being sent again.
+_DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, DBAPIError, OSError)
+
+
+class _Line:
+    """The writes of one kind waiting to be sent together, and how many senders serve them."""
+
+    def __init__(
+        self,
+        send_group: Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]],
+        send_one: Callable[[AsyncConnection, Any], Awaitable[Any]],
+    ) -> None:
+        self.send_group = send_group
+        self.send_one = send_one
+        self.waiting: deque[tuple[Any, asyncio.Future[Any]]] = deque()
+        self.senders = 0
+
+
+class _PgGroupCommit:
+    """PostgreSQL group commit for writes that are one statement each (a top-up or a charge is
+    one call of `gql_wallet_balance_change`).
+
+    The writes waiting in a process go to the server together, as one statement that runs each
+    write's function call in turn, in one transaction: one round trip and one commit (one WAL
+    flush) for the group instead of one per write. Nobody waits for a group to fill: a write
+    that finds a sender free goes at once, and the writes that arrive while groups are in
+    flight form the next group (at most `_MAX_BATCH`).
+
+    Every write keeps its own outcome. The statement runs the same function, with the same
+    steps, as a write sent alone; a later write of a group sees the earlier ones (a retry of
+    the same idempotency key in one group is `taken`, and replays once the group has
+    committed). If the group statement raises (a deadlock with another process, a constraint,
+    a lost connection), its transaction wrote nothing, and each write of the group is sent
+    again alone, so one bad write fails only itself. Nobody hears of success before the group
+    has committed. A caller cancelled while its write waits is taken out of the line; once its
+    group has been sent, the write completes, and a retry with the same key replays it.
+
+    The senders use a pool of their own (`_GROUP_SENDERS` connections), so that requests
+    holding every connection of the main pool can never starve them.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.lines: dict[Any, _Line] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def run(
+        self,
+        send_group: Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]],
+        send_one: Callable[[AsyncConnection, Any], Awaitable[_T]],
+        item: Any,
+    ) -> _T:
+        line = self.lines.get(send_group)
+        if line is None:
+            line = self.lines[send_group] = _Line(send_group, send_one)
+        future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+        line.waiting.append((item, future))
+        if line.senders < _GROUP_SENDERS:
+            line.senders += 1
+            task = asyncio.get_running_loop().create_task(self._serve(line))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return await future
+
+    async def _serve(self, line: _Line) -> None:
+        """One sender: groups from the line until it is empty."""
+        group: list[tuple[Any, asyncio.Future[Any]]] = []
+        try:
+            while line.waiting:
+                group = []
+                while line.waiting and len(group) < _MAX_BATCH:
+                    item, future = line.waiting.popleft()
+                    if not future.done():  # else its caller was cancelled while it waited
+                        group.append((item, future))
+                if group:
+                    await self._send(line, group)
+        except BaseException as error:  # cancelled (shutdown): nobody may wait forever
+            for _item, future in group:
+                _settle(future, (False, error))
+            raise
+        finally:
+            line.senders -= 1
+
+    async def _send(self, line: _Line, group: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+        if len(group) > 1:
+            try:
+                async with _connect(self.engine) as conn:
+                    results = await line.send_group(conn, [item for item, _ in group])
+            except _DATABASE_ERRORS:
+                logger.warning(
+                    "a group of %d writes failed; sending each alone", len(group), exc_info=True
+                )
+            else:
+                metrics.WRITE_GROUP_SIZE.observe(len(group))
+                for (_item, future), result in zip(group, results, strict=True):
+                    _settle(future, (True, result))
+                return
+        for item, future in group:
+            try:
+                async with _connect(self.engine) as conn:
+                    outcome: tuple[bool, Any] = (True, await line.send_one(conn, item))
+            except Exception as error:
+                outcome = (False, error)
+            else:
+                metrics.WRITE_GROUP_SIZE.observe(1)
+            _settle(future, outcome)
+
+    async def close(self) -> None:
+        """Let the groups in flight finish, then close the senders' connections."""
+        while self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.engine.dispose()
+
+
+_pg_groups: weakref.WeakKeyDictionary[AsyncEngine, _PgGroupCommit] = weakref.WeakKeyDictionary()
+
+
+async def run_grouped(
+    engine: AsyncEngine,
+    send_group: Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]],
+    send_one: Callable[[AsyncConnection, Any], Awaitable[_T]],
+    item: Any,
+) -> _T:
+    """A single-statement write, in a group commit on PostgreSQL (see `_PgGroupCommit`).
+
+    `send_group(conn, items)` sends several writes as one statement and returns their outcomes
+    in order; `send_one(conn, item)` sends one. Both run on a `driver_connection`-like
+    connection (no SQLAlchemy transaction: the statement is its own transaction). An engine
+    not made by `create_engine` sends each write alone on a connection of its own pool.
+    """
+    groups = _pg_groups.get(engine)
+    if groups is None:
+        async with driver_connection(engine) as conn:
+            return await send_one(conn, item)
+    return await groups.run(send_group, send_one, item)
+
+
 def sync_engines(engine: AsyncEngine) -> list[Engine]:
     """Every engine whose connections run `engine`'s statements: its own, and on SQLite the
     writer thread's (for event listeners that must see every statement)."""
@@ -447,6 +602,9 @@ async def dispose(engine: AsyncEngine) -> None:
     reader = _sqlite_readers.get(engine)
     if reader is not None:
         reader.close()
+    groups = _pg_groups.get(engine)
+    if groups is not None:
+        await groups.close()
     await engine.dispose()
 
 

@@ -128,14 +128,9 @@ async def _write(
     request = _canonical_request(kind, change, currency)
     now = repo.now_utc()
     if engine.dialect.name == "postgresql":
-        if conn is not None:
-            return await _write_in_one_statement(
-                conn, organization_id, kind, change, currency, request, now
-            )
-        async with driver_connection(engine) as own:
-            return await _write_in_one_statement(
-                own, organization_id, kind, change, currency, request, now
-            )
+        return await _write_in_one_statement(
+            engine, conn, organization_id, kind, change, currency, request, now
+        )
 
     # SQLite: the same steps, statement by statement, in one BEGIN IMMEDIATE transaction.
     return await run_write(engine, _apply, organization_id, kind, change, currency, request, now)
@@ -193,7 +188,8 @@ def _apply(
 
 
 async def _write_in_one_statement(
-    conn: AsyncConnection,
+    engine: AsyncEngine,
+    conn: AsyncConnection | None,
     organization_id: uuid.UUID,
     kind: TransactionType,
     change: BalanceChange,
@@ -201,12 +197,14 @@ async def _write_in_one_statement(
     request: str,
     now: datetime,
 ) -> WriteResult:
-    """PostgreSQL: the steps of `_write` in one round trip, by the database function of
-    migration 0003 (same statements, same order, one transaction)."""
+    """PostgreSQL: the steps of `_write` in one statement, by the database function of
+    migration 0003 (same statements, same order, one transaction), in a group commit with the
+    other writes waiting in this process. `conn` (the request's, if it has one) serves a
+    replay."""
     missing_code, missing_message = _MISSING
     refused_code, refused_message = _REFUSED[kind]
     done = await repo.apply_balance_change(
-        conn,
+        engine,
         organization_id=organization_id,
         idempotency_key=change.idempotency_key,
         request=request,
@@ -223,9 +221,12 @@ async def _write_in_one_statement(
     )
     if done.outcome == "taken":
         # An earlier write holds the key; it has committed (the claim waited for it). The
-        # replay reads in one transaction, on the same connection (no second checkout).
-        async with conn.begin():
-            return await conn.run_sync(_replay, organization_id, change, currency, request)
+        # replay reads in one transaction, on the request's connection (no second checkout).
+        if conn is not None:
+            async with conn.begin():
+                return await conn.run_sync(_replay, organization_id, change, currency, request)
+        async with driver_connection(engine) as own, own.begin():
+            return await own.run_sync(_replay, organization_id, change, currency, request)
     if done.outcome == "refused":
         code = ErrorCode(done.refusal_code)
         message = missing_message if code is missing_code else refused_message

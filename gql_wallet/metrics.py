@@ -33,6 +33,11 @@ USER_ERRORS = Counter(
     "gql_wallet_user_errors", "userErrors returned by mutations, by code.", ["code"]
 )
 LEDGER_WRITES = Counter("gql_wallet_ledger_writes", "Ledger entries committed, by type.", ["type"])
+WRITE_GROUP_SIZE = Histogram(
+    "gql_wallet_write_group_size",
+    "Ledger writes committed together in one database transaction (group commit).",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 DB_IN_USE = Gauge(
     "gql_wallet_db_connections_in_use",
     "Pooled database connections checked out.",

@@ -20,8 +20,10 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     Dialect,
+    Integer,
     Row,
     Select,
     String,
@@ -36,10 +38,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.selectable import TextualSelect
 
-from gql_wallet.db import sqlite_reader
+from gql_wallet.db import run_grouped, sqlite_reader
 from gql_wallet.models import (
     ApiKey,
     CustomerSession,
@@ -678,32 +680,113 @@ _BALANCE_CHANGE_PARAMS = (
 )
 
 
-def _balance_change_call() -> Any:
-    """SELECT gql_wallet_balance_change(...) with the wallet and entry flattened into typed
-    columns (w_<column>, t_<column>), so that SQLAlchemy converts them like table rows."""
+def _outcome_columns() -> tuple[list[str], list[Any]]:
+    """The function's outcome with the wallet and entry flattened into typed columns
+    (w_<column>, t_<column>), so that SQLAlchemy converts them like table rows."""
     columns = ["r.outcome", "r.refusal_code"]
     typed = [column("outcome", String()), column("refusal_code", String())]
     for prefix, composite, table in (("w", "wallet", wallets), ("t", "entry", transactions)):
         for col in table.c:
             columns.append(f"(r.{composite}).{col.name} AS {prefix}_{col.name}")
             typed.append(column(f"{prefix}_{col.name}", col.type))
+    return columns, typed
+
+
+def _balance_change_call() -> Any:
+    """SELECT gql_wallet_balance_change(...) for one write."""
+    columns, typed = _outcome_columns()
     arguments = ", ".join(f":{name}" for name in _BALANCE_CHANGE_PARAMS)
     # Only column names of our own tables and fixed parameter names go into the text.
     sql = f"SELECT {', '.join(columns)} FROM gql_wallet_balance_change({arguments}) AS r"  # noqa: S608
     return text(sql).columns(*typed)
 
 
+# The SQL types of the parameters, for the group's JSON records (`_balance_changes_call`).
+_BALANCE_CHANGE_TYPES = {
+    "organization_id": "uuid",
+    "delta": "bigint",
+    "create_missing": "boolean",
+    "wallet_id": "uuid",
+    "entry_id": "uuid",
+    "now": "timestamptz",
+    "i": "integer",
+}
+
+
+def _balance_changes_call() -> Any:
+    """Several writes in one statement (one transaction): the same function, called for each
+    record of a JSON array in turn (a nested loop over the array, in its order), so each call
+    sees the writes before it. `i` is the record's position in the caller's list."""
+    columns, typed = _outcome_columns()
+    fields = ", ".join(
+        f"{name} {_BALANCE_CHANGE_TYPES.get(name, 'text')}"
+        for name in (*_BALANCE_CHANGE_PARAMS, "i")
+        if name != "channel"
+    )
+    arguments = ", ".join(
+        ":channel" if name == "channel" else f"c.{name}" for name in _BALANCE_CHANGE_PARAMS
+    )
+    # As above: only fixed names go into the text; the writes travel as one JSON parameter.
+    sql = (
+        f"SELECT c.i, {', '.join(columns)} "  # noqa: S608
+        f"FROM jsonb_to_recordset(CAST(:calls AS jsonb)) AS c({fields}) "
+        f"CROSS JOIN LATERAL gql_wallet_balance_change({arguments}) AS r"
+    )
+    return text(sql).columns(column("i", Integer()), *typed)
+
+
 # Built once, like the other statements of a write; sent on the driver's own connection (see
 # DriverRead: the call is a SELECT, and outside a transaction it is its own, in autocommit).
 _BALANCE_CHANGE = DriverRead(_balance_change_call())
+_BALANCE_CHANGES = DriverRead(_balance_changes_call())
 
 
 def _unprefixed(row: Any, prefix: str, table: Table) -> Any:
     return SimpleNamespace(**{col.name: getattr(row, f"{prefix}_{col.name}") for col in table.c})
 
 
+def _outcome(row: Any) -> BalanceChangeOutcome:
+    wallet = transaction = None
+    if row.w_seq is not None:
+        wallet = WalletRecord.from_row(_unprefixed(row, "w", wallets))
+    if row.t_seq is not None:
+        transaction = TransactionRecord.from_row(_unprefixed(row, "t", transactions))
+    return BalanceChangeOutcome(row.outcome, row.refusal_code, wallet, transaction)
+
+
+async def send_balance_change(conn: AsyncConnection, call: dict[str, Any]) -> BalanceChangeOutcome:
+    """One write alone: `call` holds the function's parameters (see `apply_balance_change`)."""
+    rows = await _BALANCE_CHANGE.fetchall(conn, {**call, "channel": LEDGER_CHANNEL})
+    return _outcome(rows[0])
+
+
+def _lock_order(call: dict[str, Any]) -> tuple[str, str, str]:
+    return (str(call["organization_id"]), call["customer_id"], call["currency"])
+
+
+async def send_balance_changes(
+    conn: AsyncConnection, calls: list[dict[str, Any]]
+) -> list[BalanceChangeOutcome]:
+    """Several writes in one statement and one transaction; their outcomes, in `calls`' order.
+
+    The calls run in the order of their wallets (stable for writes of one wallet), so that
+    groups sent at the same time by other processes take the wallets' row locks in one order
+    and cannot deadlock on them."""
+    order = sorted(range(len(calls)), key=lambda i: _lock_order(calls[i]))
+    records = [{**calls[i], "i": i} for i in order]
+    rows = await _BALANCE_CHANGES.fetchall(
+        conn, {"calls": orjson.dumps(records, default=str).decode(), "channel": LEDGER_CHANNEL}
+    )
+    outcomes: list[BalanceChangeOutcome | None] = [None] * len(calls)
+    for row in rows:
+        outcomes[row.i] = _outcome(row)
+    if any(outcome is None for outcome in outcomes):
+        raise RuntimeError("the group statement did not answer every write")
+    return outcomes  # type: ignore[return-value]
+
+
 async def apply_balance_change(
-    conn: AsyncConnection,
+    engine: AsyncEngine,
     *,
     organization_id: uuid.UUID,
     idempotency_key: str,
@@ -719,43 +802,34 @@ async def apply_balance_change(
     missing: tuple[str, str],
     refused: tuple[str, str],
 ) -> BalanceChangeOutcome:
-    """PostgreSQL: a whole top-up or charge in one statement (one round trip, its own
-    transaction; `conn` comes from `db.driver_connection`), by the function of migration 0003. It runs the
-    steps of ledger._write in the same order: claim the key (`taken` if an earlier write holds
-    it; nothing written), the conditional balance change (creating the wallet first when
+    """PostgreSQL: a whole top-up or charge in one statement, by the function of migration
+    0003, in a group commit with the other writes waiting in this process (`db.run_grouped`:
+    one statement and one transaction for the group, each write with its own outcome). It runs
+    the steps of ledger._write in the same order: claim the key (`taken` if an earlier write
+    holds it; nothing written), the conditional balance change (creating the wallet first when
     `create_missing`), then either the ledger entry, the outcome record and the NOTIFY
     (`applied`), or the refusal recorded on the key (`refused`, with `missing` = (code,
     message) when there is no wallet, else `refused`)."""
-    rows = await _BALANCE_CHANGE.fetchall(
-        conn,
-        {
-            "organization_id": organization_id,
-            "idempotency_key": idempotency_key,
-            "request": request,
-            "customer_id": customer_id,
-            "currency": currency,
-            "type": type_,
-            "delta": delta,
-            "description": description,
-            "reference": reference,
-            "create_missing": create_missing,
-            "wallet_id": uuid.uuid4(),
-            "entry_id": uuid.uuid4(),
-            "now": now,
-            "channel": LEDGER_CHANNEL,
-            "missing_code": missing[0],
-            "missing_message": missing[1],
-            "refused_code": refused[0],
-            "refused_message": refused[1],
-        },
-    )
-    row = rows[0]
-    wallet = transaction = None
-    if row.w_seq is not None:
-        wallet = WalletRecord.from_row(_unprefixed(row, "w", wallets))
-    if row.t_seq is not None:
-        transaction = TransactionRecord.from_row(_unprefixed(row, "t", transactions))
-    return BalanceChangeOutcome(row.outcome, row.refusal_code, wallet, transaction)
+    call = {
+        "organization_id": organization_id,
+        "idempotency_key": idempotency_key,
+        "request": request,
+        "customer_id": customer_id,
+        "currency": currency,
+        "type": type_,
+        "delta": delta,
+        "description": description,
+        "reference": reference,
+        "create_missing": create_missing,
+        "wallet_id": uuid.uuid4(),
+        "entry_id": uuid.uuid4(),
+        "now": now,
+        "missing_code": missing[0],
+        "missing_message": missing[1],
+        "refused_code": refused[0],
+        "refused_message": refused[1],
+    }
+    return await run_grouped(engine, send_balance_changes, send_balance_change, call)
 
 
 # --- wallets: reads -------------------------------------------------------------------------

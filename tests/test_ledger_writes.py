@@ -7,19 +7,28 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
-from sqlalchemy import event
+from prometheus_client import REGISTRY
+from sqlalchemy import event, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from gql_wallet import repository
-from gql_wallet.db import _SqliteWriterQueue, async_url, run_write, sync_engines
+from gql_wallet import ledger, repository
+from gql_wallet.db import (
+    _SqliteWriterQueue,
+    async_url,
+    read_transaction,
+    run_write,
+    sync_engines,
+)
 from gql_wallet.settings import Settings
 from tests.conftest import CHARGE, TOP_UP, Env
 
@@ -575,3 +584,154 @@ async def test_a_cancelled_wait_never_releases_the_next_writers_lock(tmp_path: P
         await second
         with pytest.raises(asyncio.CancelledError):
             await cancelled
+
+
+@contextmanager
+def _group_sizes() -> Iterator[list[float]]:
+    """The sizes of the group commits made in the block (from the metric): one number per
+    group, summed up as [groups, writes] at the end of the block."""
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(f"gql_wallet_write_group_size_{name}") or 0.0
+
+    before = [sample("count"), sample("sum")]
+    found: list[float] = []
+    yield found
+    found.extend([sample("count") - before[0], sample("sum") - before[1]])
+
+
+@asynccontextmanager
+async def _wallets_locked(env: Env) -> AsyncIterator[None]:
+    """Another session holds a lock that every balance UPDATE waits for, so the writes sent
+    meanwhile queue up in this process; they go on when the block ends."""
+    locker = await asyncpg.connect(env.settings.database_url)
+    try:
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE wallets IN SHARE MODE")
+            yield
+    finally:
+        await locker.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_postgresql_group_commit_keeps_each_writes_outcome(env: Env) -> None:
+    """The writes waiting in a process go to PostgreSQL as one statement and one transaction,
+    and each keeps exactly the outcome it would have had alone: applied, refused, replayed
+    (the same key twice in one group, whichever of the two runs first) or refused for a
+    reused key."""
+    api = env.api
+    await api.top_up("cus_1", 100, "seed")
+    with _group_sizes() as sizes:
+        async with _wallets_locked(env):
+            # Two writes occupy both senders (each waits for the lock) ...
+            blocked = await _one_by_one(api.top_up("cus_1", 1, "b1"), api.top_up("cus_2", 1, "b2"))
+            # ... so these wait in the line and go together once the lock is gone.
+            grouped = [
+                asyncio.create_task(write)
+                for write in (
+                    api.top_up("cus_1", 10, "g1"),
+                    api.charge("cus_1", 5, "g2"),
+                    api.charge("cus_1", 10**6, "g3"),  # INSUFFICIENT_FUNDS
+                    api.charge("cus_9", 1, "g4"),  # WALLET_NOT_FOUND
+                    api.top_up("cus_3", 7, "g5"),  # creates the wallet
+                    api.top_up("cus_3", 7, "g5"),  # the same write again: a replay
+                    api.top_up("cus_3", 8, "seed"),  # a used key, another input
+                )
+            ]
+            await asyncio.sleep(0.3)
+            assert not any(task.done() for task in blocked + grouped)
+        results = await asyncio.gather(*blocked, *grouped)
+    groups, writes = sizes
+    assert writes == 9 and groups < 9, sizes  # at least one group of several writes
+    g1, g2, g3, g4, g5, g5_again, g5_other = results[2:]
+    assert g1["userErrors"] == [] and g2["userErrors"] == []
+    assert codes(g3) == ["INSUFFICIENT_FUNDS"] and codes(g4) == ["WALLET_NOT_FOUND"]
+    assert g5["wallet"]["balance"] == 7 and g5["transaction"] is not None
+    applied = [r for r in (g5, g5_again) if r["transaction"] is not None]
+    assert len(applied) == 2 and applied[0]["transaction"] == applied[1]["transaction"]
+    assert codes(g5_other) == ["IDEMPOTENCY_KEY_REUSED"]
+    # cus_1: 100 + 1 + 10 - 5; cus_2: 1; cus_3: 7, once.
+    balances = {
+        r["wallet"]["customerId"]: r["wallet"]["balance"]
+        for r in await asyncio.gather(
+            *(api.top_up(c, 1, f"check-{c}") for c in ("cus_1", "cus_2", "cus_3"))
+        )
+    }
+    assert balances == {"cus_1": 107, "cus_2": 2, "cus_3": 8}
+    # Wallets: cus_1..3; entries: seed, b1, b2, g1, g2, g5 and three checks; keys: those and
+    # the two refusals (g3, g4).
+    assert await env.counts() == (3, 9, 11)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_postgresql_group_that_fails_sends_each_write_alone(env: Env) -> None:
+    """When a group's statement raises, its transaction wrote nothing: each write is sent again
+    alone, so only the write that fails gets the error, and nothing is written twice."""
+    engine = env.engine
+    org = await _organization_of(env)
+    await env.api.top_up("cus_1", 100, "seed")
+    missing_org = uuid.uuid4()  # no such organization: its key's INSERT breaks a foreign key
+    with _group_sizes() as sizes:
+        async with _wallets_locked(env):
+            blocked = await _one_by_one(
+                ledger.top_up(engine, org, _change("cus_1", 1, "b1")),
+                ledger.top_up(engine, org, _change("cus_2", 1, "b2")),
+            )
+            grouped = [
+                asyncio.create_task(ledger.top_up(engine, org, _change("cus_1", 10, "g1"))),
+                asyncio.create_task(ledger.top_up(engine, missing_org, _change("cus_1", 1, "x"))),
+                asyncio.create_task(ledger.charge(engine, org, _change("cus_1", 5, "g2"))),
+            ]
+            await asyncio.sleep(0.3)
+        results = await asyncio.gather(*blocked, *grouped, return_exceptions=True)
+    assert isinstance(results[3], asyncpg.ForeignKeyViolationError), results
+    for result in (*results[:3], results[4]):
+        assert isinstance(result, ledger.WriteResult) and result.transaction is not None, result
+    assert results[4].wallet.balance in (105, 106)  # type: ignore[union-attr]
+    _groups, writes = sizes
+    assert writes == 4, sizes  # b1, b2, then g1 and g2 alone; the failed write counts nowhere
+    assert await env.counts() == (2, 5, 5)
+
+
+async def _one_by_one(*writes: Coroutine[Any, Any, Any]) -> list[asyncio.Task[Any]]:
+    """Start each write once the one before has been sent (and waits for the lock): two
+    writes so occupy both senders of the process."""
+    tasks = []
+    for write in writes:
+        tasks.append(asyncio.create_task(write))
+        await asyncio.sleep(0.2)
+    return tasks
+
+
+def _change(customer_id: str, amount: int, key: str) -> ledger.BalanceChange:
+    return ledger.BalanceChange(customer_id, "usd", amount, key)
+
+
+async def _organization_of(env: Env) -> uuid.UUID:
+    async with read_transaction(env.engine) as conn:
+        return (
+            await conn.execute(
+                select(repository.organizations.c.id).where(
+                    repository.organizations.c.name == "org-a"
+                )
+            )
+        ).scalar_one()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_postgresql_write_cancelled_in_the_line_is_never_sent(env: Env) -> None:
+    """A write whose caller gives up while it waits for a sender is taken out of the line."""
+    engine = env.engine
+    org = await _organization_of(env)
+    async with _wallets_locked(env):
+        blocked = await _one_by_one(
+            ledger.top_up(engine, org, _change("cus_1", 1, "b1")),
+            ledger.top_up(engine, org, _change("cus_2", 1, "b2")),
+        )
+        waiting = asyncio.create_task(ledger.top_up(engine, org, _change("cus_3", 1, "w")))
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+    await asyncio.gather(*blocked)
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert await env.counts() == (2, 2, 2)  # nothing of cus_3
