@@ -71,7 +71,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
     _count_connections(engine.sync_engine)
     if engine.dialect.name == "postgresql":
-        senders = _postgresql_engine(url, settings, _GROUP_SENDERS)
+        senders = _postgresql_engine(url, settings, _GROUP_SENDERS * _GROUP_LINES)
         _count_connections(senders.sync_engine)
         _pg_groups[engine] = _PgGroupCommit(senders)
     return engine
@@ -443,8 +443,10 @@ async def run_write(engine: AsyncEngine, fn: Callable[..., _T], *args: Any) -> _
 
 # --- PostgreSQL group commit ---------------------------------------------------------------
 
-# Connections per process that send groups: while one group is in flight, the next gathers.
+# Connections per line that send groups: while one group is in flight, the next gathers. Two
+# lines (balance changes, API key reads), so the senders' pool holds twice as many.
 _GROUP_SENDERS = 2
+_GROUP_LINES = 2
 
 
 # What a statement that the server refused, or that never reached it, raises. After these the
@@ -461,9 +463,11 @@ class _Line:
         self,
         send_group: Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]],
         send_one: Callable[[AsyncConnection, Any], Awaitable[Any]],
+        observe: Callable[[int], None] | None,
     ) -> None:
         self.send_group = send_group
         self.send_one = send_one
+        self.observe = observe or (lambda _size: None)
         self.waiting: deque[tuple[Any, asyncio.Future[Any]]] = deque()
         self.senders = 0
 
@@ -501,10 +505,11 @@ class _PgGroupCommit:
         send_group: Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]],
         send_one: Callable[[AsyncConnection, Any], Awaitable[_T]],
         item: Any,
+        observe: Callable[[int], None] | None,
     ) -> _T:
         line = self.lines.get(send_group)
         if line is None:
-            line = self.lines[send_group] = _Line(send_group, send_one)
+            line = self.lines[send_group] = _Line(send_group, send_one, observe)
         future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
         line.waiting.append((item, future))
         if line.senders < _GROUP_SENDERS:
@@ -543,7 +548,7 @@ class _PgGroupCommit:
                     "a group of %d writes failed; sending each alone", len(group), exc_info=True
                 )
             else:
-                metrics.WRITE_GROUP_SIZE.observe(len(group))
+                line.observe(len(group))
                 for (_item, future), result in zip(group, results, strict=True):
                     _settle(future, (True, result))
                 return
@@ -554,7 +559,7 @@ class _PgGroupCommit:
             except Exception as error:
                 outcome = (False, error)
             else:
-                metrics.WRITE_GROUP_SIZE.observe(1)
+                line.observe(1)
             _settle(future, outcome)
 
     async def close(self) -> None:
@@ -572,19 +577,27 @@ async def run_grouped(
     send_group: Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]],
     send_one: Callable[[AsyncConnection, Any], Awaitable[_T]],
     item: Any,
+    *,
+    conn: AsyncConnection | None = None,
+    observe: Callable[[int], None] | None = None,
 ) -> _T:
-    """A single-statement write, in a group commit on PostgreSQL (see `_PgGroupCommit`).
+    """A single statement, sent together with the others of its kind waiting in this process
+    on PostgreSQL (see `_PgGroupCommit`): a write in a group commit, or a read of one row by
+    key in a group read. One line per `send_group`.
 
-    `send_group(conn, items)` sends several writes as one statement and returns their outcomes
-    in order; `send_one(conn, item)` sends one. Both run on a `driver_connection`-like
-    connection (no SQLAlchemy transaction: the statement is its own transaction). An engine
-    not made by `create_engine` sends each write alone on a connection of its own pool.
+    `send_group(conn, items)` sends several as one statement and returns their outcomes in
+    order; `send_one(conn, item)` sends one. Both run on a `driver_connection`-like connection
+    (no SQLAlchemy transaction: the statement is its own transaction). `observe(size)` is
+    told the size of each group sent. An engine not made by `create_engine` sends each alone,
+    on `conn` or on a connection of its own pool.
     """
     groups = _pg_groups.get(engine)
-    if groups is None:
-        async with driver_connection(engine) as conn:
-            return await send_one(conn, item)
-    return await groups.run(send_group, send_one, item)
+    if groups is not None:
+        return await groups.run(send_group, send_one, item, observe)
+    if conn is not None:
+        return await send_one(conn, item)
+    async with driver_connection(engine) as own:
+        return await send_one(own, item)
 
 
 def sync_engines(engine: AsyncEngine) -> list[Engine]:

@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    any_,
     bindparam,
     column,
     func,
@@ -41,6 +42,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.selectable import TextualSelect
 
+from gql_wallet import metrics
 from gql_wallet.db import run_grouped, sqlite_reader
 from gql_wallet.models import (
     ApiKey,
@@ -324,12 +326,38 @@ _FIND_API_KEY = DriverRead(
 )
 
 
-async def find_api_key(conn: AsyncConnection, public_id: str) -> ApiKeyRecord | None:
-    """The key with this public id; `conn` comes from `db.driver_connection`."""
+# PostgreSQL: the keys of the requests waiting in a process, read in one statement.
+_FIND_API_KEYS = DriverRead(
+    _api_key_query().where(
+        api_keys.c.public_id == any_(bindparam("public_ids", type_=postgresql.ARRAY(String)))
+    )
+)
+
+
+async def _find_api_key_alone(conn: AsyncConnection, public_id: str) -> Any:
     rows = await _FIND_API_KEY.fetchall(conn, {"public_id": public_id})
-    if not rows:
-        return None
-    return _api_key_record(rows[0])
+    return rows[0] if rows else None
+
+
+async def _find_api_keys(conn: AsyncConnection, public_ids: list[str]) -> list[Any]:
+    rows = await _FIND_API_KEYS.fetchall(conn, {"public_ids": sorted(set(public_ids))})
+    found = {row.public_id: row for row in rows}
+    return [found.get(public_id) for public_id in public_ids]
+
+
+async def find_api_key(conn: AsyncConnection, public_id: str) -> ApiKeyRecord | None:
+    """The key with this public id; `conn` comes from `db.driver_connection`.
+
+    On PostgreSQL the read goes in a group read (`db.run_grouped`) with the other requests'
+    key reads waiting in this process: one statement (`public_id = ANY(...)`) for all of them,
+    each still read after its request arrived. `conn` serves it when there is no group line."""
+    if conn.dialect.name == "postgresql":
+        row = await run_grouped(
+            conn.engine, _find_api_keys, _find_api_key_alone, public_id, conn=conn
+        )
+    else:
+        row = await _find_api_key_alone(conn, public_id)
+    return None if row is None else _api_key_record(row)
 
 
 async def list_api_keys(conn: AsyncConnection) -> list[ApiKeyRecord]:
@@ -829,7 +857,13 @@ async def apply_balance_change(
         "refused_code": refused[0],
         "refused_message": refused[1],
     }
-    return await run_grouped(engine, send_balance_changes, send_balance_change, call)
+    return await run_grouped(
+        engine,
+        send_balance_changes,
+        send_balance_change,
+        call,
+        observe=metrics.WRITE_GROUP_SIZE.observe,
+    )
 
 
 # --- wallets: reads -------------------------------------------------------------------------

@@ -21,16 +21,17 @@ from sqlalchemy import event, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from gql_wallet import ledger, repository
+from gql_wallet import auth, ledger, repository
 from gql_wallet.db import (
     _SqliteWriterQueue,
     async_url,
     read_transaction,
     run_write,
     sync_engines,
+    write_transaction,
 )
 from gql_wallet.settings import Settings
-from tests.conftest import CHARGE, TOP_UP, Env
+from tests.conftest import CHARGE, TOP_UP, Api, Env
 
 MAX = 2**53 - 1
 
@@ -601,13 +602,15 @@ def _group_sizes() -> Iterator[list[float]]:
 
 
 @asynccontextmanager
-async def _wallets_locked(env: Env) -> AsyncIterator[None]:
+async def _wallets_locked(
+    env: Env, lock: str = "LOCK TABLE wallets IN SHARE MODE"
+) -> AsyncIterator[None]:
     """Another session holds a lock that every balance UPDATE waits for, so the writes sent
     meanwhile queue up in this process; they go on when the block ends."""
     locker = await asyncpg.connect(env.settings.database_url)
     try:
         async with locker.transaction():
-            await locker.execute("LOCK TABLE wallets IN SHARE MODE")
+            await locker.execute(lock)
             yield
     finally:
         await locker.close()
@@ -735,3 +738,46 @@ async def test_postgresql_write_cancelled_in_the_line_is_never_sent(env: Env) ->
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert await env.counts() == (2, 2, 2)  # nothing of cus_3
+
+
+LOOKUP = 'query { customerWallets(customerId: "cus_1") { balance } }'
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_postgresql_key_reads_of_waiting_requests_go_together(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API key reads waiting in a process are one statement on PostgreSQL, and each
+    request still gets its own key's answer: its organization's data, or a 401 for an unknown
+    or revoked key (revocation counts from the next request on, as before)."""
+    sizes: list[int] = []
+    group_read = repository._find_api_keys
+
+    async def recorded(conn: Any, public_ids: list[str]) -> list[Any]:
+        sizes.append(len(public_ids))
+        return await group_read(conn, public_ids)
+
+    monkeypatch.setattr(repository, "_find_api_keys", recorded)
+    await env.api.top_up("cus_1", 100, "a")
+    await env.other.top_up("cus_1", 5, "b")
+    revoked = await env.new_key("org-a")
+    revoked_id = auth.parse_token(revoked.key)
+    assert revoked_id is not None
+    async with write_transaction(env.engine) as conn:
+        assert await repository.revoke_api_key(conn, revoked_id[1], repository.now_utc())
+    unknown = Api(env.client, auth.new_token(auth.API_KEY_PREFIX)[0])
+    async with _wallets_locked(env, "LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"):
+        blocked = await _one_by_one(env.api.post(LOOKUP), env.other.post(LOOKUP))
+        grouped = [
+            asyncio.create_task(client.post(LOOKUP))
+            for client in (env.api, unknown, env.other, revoked, env.api)
+        ]
+        await asyncio.sleep(0.3)
+    responses = await asyncio.gather(*blocked, *grouped)
+    assert max(sizes) >= 2, sizes
+    answers = [
+        r.json()["data"]["customerWallets"] if r.status_code == 200 else r.status_code
+        for r in responses
+    ]
+    a, b = [{"balance": 100}], [{"balance": 5}]
+    assert answers == [a, b, a, 401, b, 401, a], answers
