@@ -443,10 +443,10 @@ async def run_write(engine: AsyncEngine, fn: Callable[..., _T], *args: Any) -> _
 
 # --- PostgreSQL group commit ---------------------------------------------------------------
 
-# Connections per line that send groups: while one group is in flight, the next gathers. Two
-# lines (balance changes, API key reads), so the senders' pool holds twice as many.
+# Connections per line that send groups: while one group is in flight, the next gathers. Three
+# lines (balance changes, API key reads, customers' wallets), so the senders' pool holds 6.
 _GROUP_SENDERS = 2
-_GROUP_LINES = 2
+_GROUP_LINES = 3
 
 
 # What a statement that the server refused, or that never reached it, raises. After these the

@@ -920,14 +920,61 @@ _CUSTOMER_WALLETS = DriverRead(
 )
 
 
+# PostgreSQL: the wallets of the customers that the requests waiting in a process ask for, in
+# one statement; `i` numbers the (organization, customer) pairs asked for.
+_CUSTOMERS_WALLETS = DriverRead(
+    select(column("i", Integer()), *_WALLET_COLUMNS)
+    .select_from(
+        wallets.join(
+            text(
+                "unnest(CAST(:organization_ids AS uuid[]), CAST(:customer_ids AS text[])) "
+                "WITH ORDINALITY AS q(organization_id, customer_id, i)"
+            ),
+            text(
+                "wallets.organization_id = q.organization_id AND wallets.customer_id = q.customer_id"
+            ),
+        )
+    )
+    .order_by(wallets.c.seq)
+)
+
+
+async def _customer_wallets_alone(conn: AsyncConnection, owner: tuple[uuid.UUID, str]) -> list[Any]:
+    return await _CUSTOMER_WALLETS.fetchall(
+        conn, {"organization_id": owner[0], "customer_id": owner[1]}
+    )
+
+
+async def _customers_wallets(
+    conn: AsyncConnection, owners: list[tuple[uuid.UUID, str]]
+) -> list[list[Any]]:
+    asked = list(dict.fromkeys(owners))  # each pair once, in order
+    rows = await _CUSTOMERS_WALLETS.fetchall(
+        conn,
+        {
+            "organization_ids": [organization_id for organization_id, _ in asked],
+            "customer_ids": [customer_id for _, customer_id in asked],
+        },
+    )
+    found: dict[tuple[uuid.UUID, str], list[Any]] = {owner: [] for owner in asked}
+    for row in rows:  # in seq order, so each customer's list is too
+        found[asked[row.i - 1]].append(row)
+    return [found[owner] for owner in owners]
+
+
 async def list_customer_wallets(
     conn: AsyncConnection, organization_id: uuid.UUID, customer_id: str
 ) -> list[WalletRecord]:
     """A customer's wallets, oldest first: `list_wallets` for the hot path, built once;
-    `conn` comes from `db.driver_connection`."""
-    rows = await _CUSTOMER_WALLETS.fetchall(
-        conn, {"organization_id": organization_id, "customer_id": customer_id}
-    )
+    `conn` comes from `db.driver_connection`. On PostgreSQL the read goes in a group read
+    with the other requests' (see `find_api_key`)."""
+    owner = (organization_id, customer_id)
+    if conn.dialect.name == "postgresql":
+        rows = await run_grouped(
+            conn.engine, _customers_wallets, _customer_wallets_alone, owner, conn=conn
+        )
+    else:
+        rows = await _customer_wallets_alone(conn, owner)
     return [WalletRecord.from_row(row) for row in rows]
 
 

@@ -781,3 +781,43 @@ async def test_postgresql_key_reads_of_waiting_requests_go_together(
     ]
     a, b = [{"balance": 100}], [{"balance": 5}]
     assert answers == [a, b, a, 401, b, 401, a], answers
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_postgresql_wallet_reads_of_waiting_lookups_go_together(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `customerWallets` reads waiting in a process are one statement on PostgreSQL, and
+    each lookup gets exactly its own customer's wallets, in order, across organizations."""
+    sizes: list[int] = []
+    group_read = repository._customers_wallets
+
+    async def recorded(conn: Any, owners: list[Any]) -> list[Any]:
+        sizes.append(len(owners))
+        return await group_read(conn, owners)
+
+    monkeypatch.setattr(repository, "_customers_wallets", recorded)
+    await env.api.top_up("cus_1", 100, "a")
+    await env.api.top_up("cus_1", 7, "a-eur", currency="eur")
+    await env.other.top_up("cus_1", 5, "b")
+    session = await env.customer_session(env.api, "cus_1")
+    query = 'query { customerWallets(customerId: "%s") { currency balance } }'
+    async with _wallets_locked(env, "LOCK TABLE wallets IN ACCESS EXCLUSIVE MODE"):
+        blocked = await _one_by_one(env.api.post(query % "cus_1"), env.other.post(query % "cus_1"))
+        grouped = [
+            asyncio.create_task(client.post(query % customer))
+            for client, customer in (
+                (env.api, "cus_1"),
+                (env.other, "cus_1"),
+                (env.api, "cus_2"),  # no wallets
+                (session, "cus_1"),
+                (env.api, "cus_1"),
+            )
+        ]
+        await asyncio.sleep(0.3)
+    responses = await asyncio.gather(*blocked, *grouped)
+    assert max(sizes) >= 2, sizes
+    answers = [r.json()["data"]["customerWallets"] for r in responses]
+    a = [{"currency": "usd", "balance": 100}, {"currency": "eur", "balance": 7}]
+    b = [{"currency": "usd", "balance": 5}]
+    assert answers == [a, b, a, b, [], a, a], answers
