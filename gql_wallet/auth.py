@@ -22,10 +22,10 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet import repository as repo
-from gql_wallet.db import driver_connection, read_connection, write_transaction
+from gql_wallet.db import DriverConnection, driver_connection, read_connection, write_transaction
 
 API_KEY_PREFIX = "gqlw_sk_"
 SESSION_PREFIX = "gqlw_cs_"
@@ -120,9 +120,9 @@ class Authenticator:
         self.secret_key = secret_key
 
     async def authenticate(
-        self, token: str | None, now: datetime, conn: AsyncConnection | None = None
+        self, token: str | None, now: datetime, conn: DriverConnection | None = None
     ) -> Principal | None:
-        """`conn`, from `db.driver_connection`, serves an API key's lookup when given (the
+        """`conn` (a `db.DriverConnection`) serves an API key's lookup when given (the
         request's own connection); otherwise the lookup takes a connection of its own."""
         parsed = parse_token(token) if token else None
         if parsed is None or token is None:

@@ -39,7 +39,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.selectable import TextualSelect
 
-from gql_wallet.db import sqlite_reader
+from gql_wallet.db import DriverConnection, checked_out, sqlite_reader
 from gql_wallet.models import (
     ApiKey,
     CustomerSession,
@@ -251,8 +251,9 @@ class DriverRead:
     SQLAlchemy still compiles the statement (once per dialect) and its type processors convert
     every value both ways, so the values are exactly those `conn.execute` returns.
 
-    Run it only on a connection from `db.driver_connection`: no SQLAlchemy transaction is open
-    on it, so the statement is its own implicit transaction, as in `db.read_connection`.
+    Run it only on a connection from `db.driver_connection` or a `db.OnDemandConnection`: no
+    SQLAlchemy transaction is open on it, so the statement is its own implicit transaction, as
+    in `db.read_connection`. A point read on SQLite takes no pooled connection at all.
     """
 
     def __init__(self, statement: Select[Any] | TextualSelect, *, point_read: bool = False) -> None:
@@ -280,7 +281,7 @@ class DriverRead:
             )
         return form
 
-    async def fetchall(self, conn: AsyncConnection, parameters: dict[str, Any]) -> list[Any]:
+    async def fetchall(self, conn: DriverConnection, parameters: dict[str, Any]) -> list[Any]:
         form = self._form(conn.dialect)
         arguments = [
             parameters[name] if process is None else process(parameters[name])
@@ -302,7 +303,8 @@ class DriverRead:
         ]
 
     @staticmethod
-    async def _driver_fetch(conn: AsyncConnection, sql: str, arguments: list[Any]) -> Any:
+    async def _driver_fetch(on: DriverConnection, sql: str, arguments: list[Any]) -> Any:
+        conn = await checked_out(on)
         driver: Any = (await conn.get_raw_connection()).driver_connection
         try:
             if conn.dialect.name == "sqlite":
@@ -322,8 +324,8 @@ _FIND_API_KEY = DriverRead(
 )
 
 
-async def find_api_key(conn: AsyncConnection, public_id: str) -> ApiKeyRecord | None:
-    """The key with this public id; `conn` comes from `db.driver_connection`."""
+async def find_api_key(conn: DriverConnection, public_id: str) -> ApiKeyRecord | None:
+    """The key with this public id; `conn` is a `db.DriverConnection`."""
     rows = await _FIND_API_KEY.fetchall(conn, {"public_id": public_id})
     if not rows:
         return None
@@ -813,10 +815,10 @@ _CUSTOMER_WALLETS = DriverRead(
 
 
 async def list_customer_wallets(
-    conn: AsyncConnection, organization_id: uuid.UUID, customer_id: str
+    conn: DriverConnection, organization_id: uuid.UUID, customer_id: str
 ) -> list[WalletRecord]:
     """A customer's wallets, oldest first: `list_wallets` for the hot path, built once;
-    `conn` comes from `db.driver_connection`."""
+    `conn` is a `db.DriverConnection`."""
     rows = await _CUSTOMER_WALLETS.fetchall(
         conn, {"organization_id": organization_id, "customer_id": customer_id}
     )
