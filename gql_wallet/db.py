@@ -84,15 +84,19 @@ def _count_connections(engine: Engine) -> None:
     event.listen(pool, "checkin", lambda *_: metrics.DB_IN_USE.dec())
 
 
-@asynccontextmanager
-async def _connect(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+async def _checkout(engine: AsyncEngine) -> AsyncConnection:
     """A pooled connection; every helper below takes its connection here, so the time spent
     queueing for one is counted in one place."""
     metrics.DB_WAITING.inc()
     try:
-        conn = await engine.connect().start()
+        return await engine.connect().start()
     finally:
         metrics.DB_WAITING.dec()
+
+
+@asynccontextmanager
+async def _connect(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    conn = await _checkout(engine)
     try:
         yield conn
     finally:
@@ -462,7 +466,7 @@ class _Line:
     def __init__(
         self,
         send_group: Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]],
-        send_one: Callable[[AsyncConnection, Any], Awaitable[Any]],
+        send_one: Callable[[DriverConnection, Any], Awaitable[Any]],
         observe: Callable[[int], None] | None,
     ) -> None:
         self.send_group = send_group
@@ -503,7 +507,7 @@ class _PgGroupCommit:
     async def run(
         self,
         send_group: Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]],
-        send_one: Callable[[AsyncConnection, Any], Awaitable[_T]],
+        send_one: Callable[[DriverConnection, Any], Awaitable[_T]],
         item: Any,
         observe: Callable[[int], None] | None,
     ) -> _T:
@@ -575,10 +579,10 @@ _pg_groups: weakref.WeakKeyDictionary[AsyncEngine, _PgGroupCommit] = weakref.Wea
 async def run_grouped(
     engine: AsyncEngine,
     send_group: Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]],
-    send_one: Callable[[AsyncConnection, Any], Awaitable[_T]],
+    send_one: Callable[[DriverConnection, Any], Awaitable[_T]],
     item: Any,
     *,
-    conn: AsyncConnection | None = None,
+    conn: DriverConnection | None = None,
     observe: Callable[[int], None] | None = None,
 ) -> _T:
     """A single statement, sent together with the others of its kind waiting in this process
@@ -658,6 +662,45 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
     transaction on both databases, without the options `read_connection` sets for that."""
     async with _connect(engine) as conn:
         yield conn
+
+
+class OnDemandConnection:
+    """The request's pooled connection for `repository.DriverRead` statements, checked out the
+    first time a statement needs it, and given back when the `async with` block ends.
+
+    On SQLite the API key and `customerWallets` reads run on the event loop's thread
+    (`SqliteReader`), so a planned lookup needs no pooled connection at all; checking one out
+    and in anyway was about 4% of its CPU (bench/PROFILE.md). Whatever does need one (the
+    reader's fallback, a write plan on PostgreSQL, every read on PostgreSQL) takes it here, at
+    most once per request. Like any connection, it serves one statement at a time.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect
+        self._conn: AsyncConnection | None = None
+
+    async def get(self) -> AsyncConnection:
+        if self._conn is None:
+            self._conn = await _checkout(self.engine)
+        return self._conn
+
+    async def __aenter__(self) -> OnDemandConnection:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()
+
+
+# A connection for `repository.DriverRead` statements: from `driver_connection`, or on demand.
+DriverConnection = AsyncConnection | OnDemandConnection
+
+
+async def checked_out(conn: DriverConnection) -> AsyncConnection:
+    """The pooled connection itself (checked out now if `conn` is on demand)."""
+    return await conn.get() if isinstance(conn, OnDemandConnection) else conn
 
 
 @asynccontextmanager

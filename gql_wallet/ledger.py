@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet import repository as repo
-from gql_wallet.db import driver_connection, run_write
+from gql_wallet.db import DriverConnection, checked_out, driver_connection, run_write
 from gql_wallet.errors import ErrorCode, UserError
 from gql_wallet.money import (
     MAX_DESCRIPTION_LENGTH,
@@ -97,10 +97,10 @@ async def top_up(
     engine: AsyncEngine,
     organization_id: uuid.UUID,
     change: BalanceChange,
-    conn: AsyncConnection | None = None,
+    conn: DriverConnection | None = None,
 ) -> WriteResult:
     """Add funds; the wallet is created by its first top-up. `conn`: the request's connection
-    from `db.driver_connection`, used on PostgreSQL instead of taking another."""
+    (a `db.DriverConnection`), used on PostgreSQL instead of taking another."""
     return await _write(engine, organization_id, TransactionType.TOP_UP, change, conn)
 
 
@@ -108,7 +108,7 @@ async def charge(
     engine: AsyncEngine,
     organization_id: uuid.UUID,
     change: BalanceChange,
-    conn: AsyncConnection | None = None,
+    conn: DriverConnection | None = None,
 ) -> WriteResult:
     """Pay for usage from the balance; refused whole when the balance does not cover it."""
     return await _write(engine, organization_id, TransactionType.CHARGE, change, conn)
@@ -119,7 +119,7 @@ async def _write(
     organization_id: uuid.UUID,
     kind: TransactionType,
     change: BalanceChange,
-    conn: AsyncConnection | None,
+    conn: DriverConnection | None,
 ) -> WriteResult:
     if errors := _validate(change):
         return WriteResult(errors=tuple(errors))
@@ -189,7 +189,7 @@ def _apply(
 
 async def _write_in_one_statement(
     engine: AsyncEngine,
-    conn: AsyncConnection | None,
+    conn: DriverConnection | None,
     organization_id: uuid.UUID,
     kind: TransactionType,
     change: BalanceChange,
@@ -223,8 +223,9 @@ async def _write_in_one_statement(
         # An earlier write holds the key; it has committed (the claim waited for it). The
         # replay reads in one transaction, on the request's connection (no second checkout).
         if conn is not None:
-            async with conn.begin():
-                return await conn.run_sync(_replay, organization_id, change, currency, request)
+            own = await checked_out(conn)
+            async with own.begin():
+                return await own.run_sync(_replay, organization_id, change, currency, request)
         async with driver_connection(engine) as own, own.begin():
             return await own.run_sync(_replay, organization_id, change, currency, request)
     if done.outcome == "refused":

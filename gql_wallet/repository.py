@@ -43,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.selectable import TextualSelect
 
 from gql_wallet import metrics
-from gql_wallet.db import run_grouped, sqlite_reader
+from gql_wallet.db import DriverConnection, checked_out, run_grouped, sqlite_reader
 from gql_wallet.models import (
     ApiKey,
     CustomerSession,
@@ -255,8 +255,9 @@ class DriverRead:
     SQLAlchemy still compiles the statement (once per dialect) and its type processors convert
     every value both ways, so the values are exactly those `conn.execute` returns.
 
-    Run it only on a connection from `db.driver_connection`: no SQLAlchemy transaction is open
-    on it, so the statement is its own implicit transaction, as in `db.read_connection`.
+    Run it only on a connection from `db.driver_connection` or a `db.OnDemandConnection`: no
+    SQLAlchemy transaction is open on it, so the statement is its own implicit transaction, as
+    in `db.read_connection`. A point read on SQLite takes no pooled connection at all.
     """
 
     def __init__(self, statement: Select[Any] | TextualSelect, *, point_read: bool = False) -> None:
@@ -284,7 +285,7 @@ class DriverRead:
             )
         return form
 
-    async def fetchall(self, conn: AsyncConnection, parameters: dict[str, Any]) -> list[Any]:
+    async def fetchall(self, conn: DriverConnection, parameters: dict[str, Any]) -> list[Any]:
         form = self._form(conn.dialect)
         arguments = [
             parameters[name] if process is None else process(parameters[name])
@@ -306,7 +307,8 @@ class DriverRead:
         ]
 
     @staticmethod
-    async def _driver_fetch(conn: AsyncConnection, sql: str, arguments: list[Any]) -> Any:
+    async def _driver_fetch(on: DriverConnection, sql: str, arguments: list[Any]) -> Any:
+        conn = await checked_out(on)
         driver: Any = (await conn.get_raw_connection()).driver_connection
         try:
             if conn.dialect.name == "sqlite":
@@ -334,7 +336,7 @@ _FIND_API_KEYS = DriverRead(
 )
 
 
-async def _find_api_key_alone(conn: AsyncConnection, public_id: str) -> Any:
+async def _find_api_key_alone(conn: DriverConnection, public_id: str) -> Any:
     rows = await _FIND_API_KEY.fetchall(conn, {"public_id": public_id})
     return rows[0] if rows else None
 
@@ -345,8 +347,8 @@ async def _find_api_keys(conn: AsyncConnection, public_ids: list[str]) -> list[A
     return [found.get(public_id) for public_id in public_ids]
 
 
-async def find_api_key(conn: AsyncConnection, public_id: str) -> ApiKeyRecord | None:
-    """The key with this public id; `conn` comes from `db.driver_connection`.
+async def find_api_key(conn: DriverConnection, public_id: str) -> ApiKeyRecord | None:
+    """The key with this public id; `conn` is a `db.DriverConnection`.
 
     On PostgreSQL the read goes in a group read (`db.run_grouped`) with the other requests'
     key reads waiting in this process: one statement (`public_id = ANY(...)`) for all of them,
@@ -782,7 +784,7 @@ def _outcome(row: Any) -> BalanceChangeOutcome:
     return BalanceChangeOutcome(row.outcome, row.refusal_code, wallet, transaction)
 
 
-async def send_balance_change(conn: AsyncConnection, call: dict[str, Any]) -> BalanceChangeOutcome:
+async def send_balance_change(conn: DriverConnection, call: dict[str, Any]) -> BalanceChangeOutcome:
     """One write alone: `call` holds the function's parameters (see `apply_balance_change`)."""
     rows = await _BALANCE_CHANGE.fetchall(conn, {**call, "channel": LEDGER_CHANNEL})
     return _outcome(rows[0])
@@ -939,7 +941,9 @@ _CUSTOMERS_WALLETS = DriverRead(
 )
 
 
-async def _customer_wallets_alone(conn: AsyncConnection, owner: tuple[uuid.UUID, str]) -> list[Any]:
+async def _customer_wallets_alone(
+    conn: DriverConnection, owner: tuple[uuid.UUID, str]
+) -> list[Any]:
     return await _CUSTOMER_WALLETS.fetchall(
         conn, {"organization_id": owner[0], "customer_id": owner[1]}
     )
@@ -963,10 +967,10 @@ async def _customers_wallets(
 
 
 async def list_customer_wallets(
-    conn: AsyncConnection, organization_id: uuid.UUID, customer_id: str
+    conn: DriverConnection, organization_id: uuid.UUID, customer_id: str
 ) -> list[WalletRecord]:
     """A customer's wallets, oldest first: `list_wallets` for the hot path, built once;
-    `conn` comes from `db.driver_connection`. On PostgreSQL the read goes in a group read
+    `conn` is a `db.DriverConnection`. On PostgreSQL the read goes in a group read
     with the other requests' (see `find_api_key`)."""
     owner = (organization_id, customer_id)
     if conn.dialect.name == "postgresql":

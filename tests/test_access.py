@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from gql_wallet import repository
-from gql_wallet.auth import API_KEY_PREFIX, SCOPE_READ, new_token, parse_token
+from gql_wallet.auth import API_KEY_PREFIX, SCOPE_READ, _checksum, new_token, parse_token
 from tests.conftest import CHARGE, TOP_UP, Api, Env, cli
 
 SESSION = """mutation($input: CreateCustomerSessionInput!) { createCustomerSession(input: $input) {
@@ -156,6 +156,19 @@ class TestCustomerSessions:
         await assert_unauthenticated(key)
         await assert_unauthenticated(customer)
 
+    async def test_a_revoked_key_is_refused_from_its_next_request(
+        self, env: Env, database_url: str
+    ) -> None:
+        """The server remembers a token's parse and hash, never whether it is valid."""
+        key = await env.new_key("org-c")
+        lookup = "query($c: String!) { customerWallets(customerId: $c) { id } }"
+        for _ in range(3):  # the general path, then the plan, with the token remembered
+            assert (await key.post(lookup, {"c": "cus_1"})).status_code == 200
+        cli(database_url, "api-keys", "revoke", key.key)
+        response = await key.post(lookup, {"c": "cus_1"})
+        assert response.status_code == 401
+        assert response.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
 
 class TestScopes:
     async def test_read_only_key_reads(self, env: Env) -> None:
@@ -197,6 +210,16 @@ class TestTokens:
         await assert_unauthenticated(Api(env.client, key[:-1] + ("x" if key[-1] != "x" else "y")))
         await assert_unauthenticated(Api(env.client, key + "x"))
         await assert_unauthenticated(Api(env.client, key.replace("gqlw_sk_", "gqlw_cs_")))
+
+    async def test_another_secret_under_a_known_public_id_is_refused(self, env: Env) -> None:
+        """A token whose parse and hash the server remembers vouches for no other token."""
+        prefix, public_id = parse_token(env.api.key)  # type: ignore[misc]
+        body = f"{prefix}{public_id}_{'A' * 32}"
+        forged = body + _checksum(body)
+        assert parse_token(forged) == (prefix, public_id)
+        await env.api('{ customerWallets(customerId: "cus_1") { id } }')
+        await assert_unauthenticated(Api(env.client, forged))
+        await env.api('{ customerWallets(customerId: "cus_1") { id } }')
 
     async def test_keys_only_work_with_the_server_secret(self, env: Env, database_url: str) -> None:
         other_secret = cli(

@@ -25,6 +25,7 @@ from gql_wallet import auth, ledger, repository
 from gql_wallet.db import (
     _SqliteWriterQueue,
     async_url,
+    checked_out,
     read_transaction,
     run_write,
     sync_engines,
@@ -332,7 +333,8 @@ def statements_sent(env: Env) -> Iterator[list[str]]:
     async def on_driver_read(
         read: repository.DriverRead, conn: Any, parameters: dict[str, Any]
     ) -> Any:
-        driver = (await conn.get_raw_connection()).driver_connection
+        # The request's connection, checked out here if it is on demand (db.OnDemandConnection).
+        driver = (await (await checked_out(conn)).get_raw_connection()).driver_connection
         in_transaction = (
             driver.in_transaction if conn.dialect.name == "sqlite" else driver.is_in_transaction()
         )

@@ -18,7 +18,7 @@ import websockets
 from alembic import command
 
 from gql_wallet.db import create_engine, write_transaction
-from gql_wallet.logs import configure_logging, request_logger
+from gql_wallet.logs import configure_logging, request_logger, stderr_handler
 from gql_wallet.migrate import alembic_config
 from gql_wallet.settings import Settings
 from tests.conftest import (
@@ -377,3 +377,16 @@ def test_a_log_line_survives_values_orjson_refuses() -> None:
         assert lines[0]["variables"]["customerId"] == "\ud800"
     finally:
         root.handlers[:], root.level = saved[0], saved[1]
+
+
+def test_the_time_of_a_log_line_is_the_stdlib_text() -> None:
+    """The JSON formatter remembers the last second it formatted; its text is still exactly
+    logging's own, across seconds, back in time, and with the milliseconds of each record."""
+    formatter = stderr_handler("json").formatter
+    assert formatter is not None
+    reference = logging.Formatter()
+    for created in (1_764_000_000.0, 1_764_000_000.999, 1_764_000_001.5, 1_764_000_000.25, 5.001):
+        record = logging.LogRecord("gql_wallet", logging.INFO, "", 0, "m", None, None)
+        record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+        assert formatter.formatTime(record) == reference.formatTime(record)
+        assert formatter.formatTime(record, "%H") == reference.formatTime(record, "%H")

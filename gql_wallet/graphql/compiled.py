@@ -37,8 +37,8 @@ from graphql import (
     VariableNode,
     parse,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gql_wallet.db import DriverConnection
 from gql_wallet.graphql.compiled_writes import (
     WALLET_LEAVES,
     WritePlan,
@@ -65,10 +65,10 @@ class Plan:
     mutation = False
 
     async def run(
-        self, variables: dict[str, Any] | None, context: Context, conn: AsyncConnection
+        self, variables: dict[str, Any] | None, context: Context, conn: DriverConnection
     ) -> Any:
         """The response payload, or None when the general path must answer. `conn` is the
-        request's connection, from `db.driver_connection`."""
+        request's connection, a `db.OnDemandConnection`."""
         customer_id = self.customer_literal
         if self.customer_variable is not None:
             value = (variables or {}).get(self.customer_variable)

@@ -31,9 +31,9 @@ from graphql import (
     OperationDefinitionNode,
     VariableNode,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gql_wallet import auth, ledger
+from gql_wallet.db import DriverConnection
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.mutations import write_parts
 from gql_wallet.graphql.types import serialize_datetime, serialize_safe_int
@@ -99,10 +99,10 @@ class WritePlan:
         return f"mutation {self.root_field}"  # as OperationLabel names it
 
     async def run(
-        self, variables: dict[str, Any] | None, context: Context, conn: AsyncConnection
+        self, variables: dict[str, Any] | None, context: Context, conn: DriverConnection
     ) -> Any:
         """The response payload, or None when the general path must answer. `conn` is the
-        request's connection (`db.driver_connection`): on PostgreSQL the write runs on it."""
+        request's connection (a `db.OnDemandConnection`): on PostgreSQL the write runs on it."""
         change = _coerced((variables or {}).get(self.variable))
         if change is None or not context.principal.can(auth.SCOPE_WRITE):
             return None  # the general path words the error (variables, FORBIDDEN)

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 from graphql import GraphQLError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from strawberry.exceptions import MissingQueryError
@@ -28,7 +28,7 @@ from strawberry.types.graphql import OperationType
 
 from gql_wallet import repository as repo
 from gql_wallet.auth import Authenticator, bearer_token
-from gql_wallet.db import driver_connection
+from gql_wallet.db import OnDemandConnection
 from gql_wallet.feed import LedgerFeed
 from gql_wallet.graphql.compiled import Plan, Plans
 from gql_wallet.graphql.compiled_writes import WritePlan
@@ -218,14 +218,15 @@ class GraphQLEndpoint:
 
     async def _handle(self, request: Request, media_type: str) -> Response:
         # The body is read first, so that no database connection waits on a slow client while
-        # one connection serves both the API key lookup and a planned lookup. Its errors are
+        # one connection serves both the API key lookup and a planned lookup (taken only if
+        # one of them needs it: on SQLite both read on the event loop's thread). Its errors are
         # still answered only after authentication and rate limits, as the order of checks
         # has always been.
         try:
             params, rejected = await self._params(request), None
         except BadRequest as error:
             params, rejected = None, error
-        async with driver_connection(self.engine) as conn:
+        async with OnDemandConnection(self.engine) as conn:
             answer = await self._authorized(request, media_type, params, rejected, conn)
         if isinstance(answer, Response):
             return answer
@@ -238,7 +239,7 @@ class GraphQLEndpoint:
         media_type: str,
         params: Any,
         rejected: BadRequest | None,
-        conn: AsyncConnection,
+        conn: OnDemandConnection,
     ) -> Response | tuple[Context, str, dict[str, Any] | None, str | None]:
         """The response of a request that is refused or answered by a plan, else what the
         general path needs to answer it."""

@@ -7,11 +7,10 @@ import uuid
 from typing import Annotated
 
 import strawberry
-from sqlalchemy.ext.asyncio import AsyncConnection
 from strawberry.types import Info
 
 from gql_wallet import repository as repo
-from gql_wallet.db import driver_connection, read_connection
+from gql_wallet.db import DriverConnection, driver_connection, read_connection
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.types import (
     DEFAULT_PAGE_SIZE,
@@ -32,10 +31,10 @@ CustomerIdArg = Annotated[
 
 
 async def customer_wallet_records(
-    context: Context, customer_id: str, conn: AsyncConnection | None = None
+    context: Context, customer_id: str, conn: DriverConnection | None = None
 ) -> list[WalletRecord]:
     """customerWallets' answer; also run by its precompiled plan (graphql/compiled.py), which
-    passes the request's connection (from `db.driver_connection`)."""
+    passes the request's connection (a `db.OnDemandConnection`)."""
     visible, customer = context.customer_scope(customer_id)
     if not visible:
         return []
