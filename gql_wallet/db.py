@@ -533,11 +533,17 @@ class _PgGroupCommit:
                     item, future = line.waiting.popleft()
                     if not future.done():  # else its caller was cancelled while it waited
                         group.append((item, future))
-                if group:
+                if not group:
+                    continue
+                try:
                     await self._send(line, group)
+                except Exception as error:  # not the database's: its callers hear of it
+                    for _item, future in group:
+                        _settle(future, (False, error))
         except BaseException as error:  # cancelled (shutdown): nobody may wait forever
-            for _item, future in group:
+            for _item, future in [*group, *line.waiting]:
                 _settle(future, (False, error))
+            line.waiting.clear()
             raise
         finally:
             line.senders -= 1

@@ -823,3 +823,32 @@ async def test_postgresql_wallet_reads_of_waiting_lookups_go_together(
     a = [{"currency": "usd", "balance": 100}, {"currency": "eur", "balance": 7}]
     b = [{"currency": "usd", "balance": 5}]
     assert answers == [a, b, a, b, [], a, a], answers
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_postgresql_group_that_breaks_after_the_database_fails_only_itself(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error that is not the database's (a bug in reading a group's answer) is the answer
+    of that group's requests, masked; the line goes on serving, and no request waits forever."""
+    group_read = repository._find_api_keys
+    broken = [True]
+
+    async def once_broken(conn: Any, public_ids: list[str]) -> list[Any]:
+        rows = await group_read(conn, public_ids)
+        if broken[0]:
+            broken[0] = False
+            raise RuntimeError("a bug")
+        return rows
+
+    monkeypatch.setattr(repository, "_find_api_keys", once_broken)
+    await env.api.top_up("cus_1", 100, "a")
+    async with _wallets_locked(env, "LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"):
+        blocked = await _one_by_one(env.api.post(LOOKUP), env.other.post(LOOKUP))
+        grouped = [asyncio.create_task(env.api.post(LOOKUP)) for _ in range(3)]
+        await asyncio.sleep(0.3)
+    responses = await asyncio.wait_for(asyncio.gather(*blocked, *grouped), 10)
+    assert [r.status_code for r in responses] == [200, 200, 500, 500, 500]
+    assert responses[2].json()["errors"][0]["message"] == "Internal server error."
+    after = await env.api.post(LOOKUP)
+    assert after.json()["data"]["customerWallets"] == [{"balance": 100}]
