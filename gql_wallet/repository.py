@@ -865,6 +865,7 @@ async def apply_balance_change(
         send_balance_change,
         call,
         observe=metrics.WRITE_GROUP_SIZE.observe,
+        senders=1,  # one group in flight: larger groups, fewer commits (see db._PgGroupCommit)
     )
 
 

@@ -628,7 +628,7 @@ async def test_postgresql_group_commit_keeps_each_writes_outcome(env: Env) -> No
     await api.top_up("cus_1", 100, "seed")
     with _group_sizes() as sizes:
         async with _wallets_locked(env):
-            # Two writes occupy both senders (each waits for the lock) ...
+            # Two writes occupy the sender (the first waits for the lock) ...
             blocked = await _one_by_one(api.top_up("cus_1", 1, "b1"), api.top_up("cus_2", 1, "b2"))
             # ... so these wait in the line and go together once the lock is gone.
             grouped = [
@@ -699,8 +699,9 @@ async def test_postgresql_group_that_fails_sends_each_write_alone(env: Env) -> N
 
 
 async def _one_by_one(*writes: Coroutine[Any, Any, Any]) -> list[asyncio.Task[Any]]:
-    """Start each write once the one before has been sent (and waits for the lock): two
-    writes so occupy both senders of the process."""
+    """Start each write once the one before has been sent or queued (and waits for the
+    lock): two writes so occupy the senders of the process's line (one for balance changes,
+    two for reads), and what comes next waits in the line."""
     tasks = []
     for write in writes:
         tasks.append(asyncio.create_task(write))
