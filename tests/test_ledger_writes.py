@@ -746,6 +746,19 @@ async def test_postgresql_write_cancelled_in_the_line_is_never_sent(env: Env) ->
 LOOKUP = 'query { customerWallets(customerId: "cus_1") { balance } }'
 
 
+def _group_sizes_of(monkeypatch: pytest.MonkeyPatch, group_read: str) -> list[int]:
+    """The size of every group that `repository.<group_read>` sends from now on."""
+    sizes: list[int] = []
+    send = getattr(repository, group_read)
+
+    async def recorded(conn: Any, items: list[Any]) -> list[Any]:
+        sizes.append(len(items))
+        return await send(conn, items)
+
+    monkeypatch.setattr(repository, group_read, recorded)
+    return sizes
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_postgresql_key_reads_of_waiting_requests_go_together(
     env: Env, monkeypatch: pytest.MonkeyPatch
@@ -753,14 +766,7 @@ async def test_postgresql_key_reads_of_waiting_requests_go_together(
     """The API key reads waiting in a process are one statement on PostgreSQL, and each
     request still gets its own key's answer: its organization's data, or a 401 for an unknown
     or revoked key (revocation counts from the next request on, as before)."""
-    sizes: list[int] = []
-    group_read = repository._find_api_keys
-
-    async def recorded(conn: Any, public_ids: list[str]) -> list[Any]:
-        sizes.append(len(public_ids))
-        return await group_read(conn, public_ids)
-
-    monkeypatch.setattr(repository, "_find_api_keys", recorded)
+    sizes = _group_sizes_of(monkeypatch, "_find_api_keys")
     await env.api.top_up("cus_1", 100, "a")
     await env.other.top_up("cus_1", 5, "b")
     revoked = await env.new_key("org-a")
@@ -792,14 +798,7 @@ async def test_postgresql_wallet_reads_of_waiting_lookups_go_together(
 ) -> None:
     """The `customerWallets` reads waiting in a process are one statement on PostgreSQL, and
     each lookup gets exactly its own customer's wallets, in order, across organizations."""
-    sizes: list[int] = []
-    group_read = repository._customers_wallets
-
-    async def recorded(conn: Any, owners: list[Any]) -> list[Any]:
-        sizes.append(len(owners))
-        return await group_read(conn, owners)
-
-    monkeypatch.setattr(repository, "_customers_wallets", recorded)
+    sizes = _group_sizes_of(monkeypatch, "_customers_wallets")
     await env.api.top_up("cus_1", 100, "a")
     await env.api.top_up("cus_1", 7, "a-eur", currency="eur")
     await env.other.top_up("cus_1", 5, "b")
