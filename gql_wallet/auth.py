@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet import repository as repo
-from gql_wallet.db import DriverConnection, driver_connection, read_connection, write_transaction
+from gql_wallet.db import DriverConnection, OnDemandConnection, read_connection, write_transaction
 
 API_KEY_PREFIX = "gqlw_sk_"
 SESSION_PREFIX = "gqlw_cs_"
@@ -138,18 +138,16 @@ class Authenticator:
     async def authenticate(
         self, token: str | None, now: datetime, conn: DriverConnection | None = None
     ) -> Principal | None:
-        """`conn` (a `db.DriverConnection`) serves an API key's lookup when given (the
-        request's own connection); otherwise the lookup takes a connection of its own."""
+        """`conn` (a `db.DriverConnection`, the request's own) serves an API key's lookup when
+        given and the lookup needs a pooled connection at all (it does not on SQLite's loop-thread
+        reader or in a PostgreSQL group read); otherwise one is checked out on demand."""
         parsed = self._parse(token) if token else None
         if parsed is None or token is None:
             return None
         prefix, public_id = parsed
         if prefix == API_KEY_PREFIX:
-            if conn is not None:
-                key = await repo.find_api_key(conn, public_id)
-            else:
-                async with driver_connection(self.engine) as own:
-                    key = await repo.find_api_key(own, public_id)
+            async with OnDemandConnection(self.engine) as own:
+                key = await repo.find_api_key(conn or own, public_id)
             if key is None or key.revoked_at is not None:
                 return None
             stored = key.token_hash

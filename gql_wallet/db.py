@@ -460,7 +460,7 @@ _DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, DBAPIError, O
 
 
 class _Line:
-    """The writes of one kind waiting to be sent together, and how many senders serve them."""
+    """The statements of one kind waiting to be sent together, and the senders serving them."""
 
     def __init__(
         self,
@@ -479,7 +479,8 @@ class _Line:
 
 class _PgGroupCommit:
     """PostgreSQL group commit for writes that are one statement each (a top-up or a charge is
-    one call of `gql_wallet_balance_change`).
+    one call of `gql_wallet_balance_change`), and group reads of one row set by key (the API
+    keys and the customers' wallets of the requests waiting), on the same lines.
 
     The writes waiting in a process go to the server together, as one statement that runs each
     write's function call in turn, in one transaction: one round trip and one commit (one WAL
@@ -560,7 +561,7 @@ class _PgGroupCommit:
                     results = await line.send_group(conn, [item for item, _ in group])
             except _DATABASE_ERRORS:
                 logger.warning(
-                    "a group of %d writes failed; sending each alone", len(group), exc_info=True
+                    "a group of %d statements failed; sending each alone", len(group), exc_info=True
                 )
             else:
                 line.observe(len(group))
@@ -605,16 +606,14 @@ async def run_grouped(
     order; `send_one(conn, item)` sends one. Both run on a `driver_connection`-like connection
     (no SQLAlchemy transaction: the statement is its own transaction). `observe(size)` is
     told the size of each group sent; `senders` bounds the groups of this line in flight at
-    once. An engine not made by `create_engine` sends each alone, on `conn` or on a connection
-    of its own pool.
+    once. Without a group line (SQLite) each is sent alone, on `conn` or a connection checked
+    out on demand.
     """
     groups = _pg_groups.get(engine)
     if groups is not None:
         return await groups.run(send_group, send_one, item, observe, senders)
-    if conn is not None:
-        return await send_one(conn, item)
-    async with driver_connection(engine) as own:
-        return await send_one(own, item)
+    async with OnDemandConnection(engine) as own:
+        return await send_one(conn or own, item)
 
 
 def sync_engines(engine: AsyncEngine) -> list[Engine]:
@@ -682,10 +681,11 @@ class OnDemandConnection:
     first time a statement needs it, and given back when the `async with` block ends.
 
     On SQLite the API key and `customerWallets` reads run on the event loop's thread
-    (`SqliteReader`), so a planned lookup needs no pooled connection at all; checking one out
-    and in anyway was about 4% of its CPU (bench/PROFILE.md). Whatever does need one (the
-    reader's fallback, a write plan on PostgreSQL, every read on PostgreSQL) takes it here, at
-    most once per request. Like any connection, it serves one statement at a time.
+    (`SqliteReader`), and on PostgreSQL they and the writes go in group reads and group commits
+    on the senders' own connections (`run_grouped`), so a planned request needs no pooled
+    connection at all; checking one out and in anyway was about 4% of a SQLite lookup's CPU
+    (bench/PROFILE.md). Whatever does need one (the reader's fallback, a replay) takes it here,
+    at most once per request. Like any connection, it serves one statement at a time.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -720,7 +720,7 @@ async def checked_out(conn: DriverConnection) -> AsyncConnection:
 async def single_statement(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """PostgreSQL only: a connection in autocommit mode, for exactly one statement that is its
     own transaction (one round trip, no BEGIN/COMMIT). Nothing else may run on it. (The balance
-    change of migration 0003 goes the same way, on a `driver_connection`.)
+    change of migration 0003 goes the same way, in `run_grouped`'s statements.)
     """
     assert engine.dialect.name == "postgresql", "SQLite needs an explicit transaction"
     async with _connect(engine) as conn:

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet import repository as repo
-from gql_wallet.db import DriverConnection, checked_out, driver_connection, run_write
+from gql_wallet.db import DriverConnection, OnDemandConnection, checked_out, run_write
 from gql_wallet.errors import ErrorCode, UserError
 from gql_wallet.money import (
     MAX_DESCRIPTION_LENGTH,
@@ -100,7 +100,7 @@ async def top_up(
     conn: DriverConnection | None = None,
 ) -> WriteResult:
     """Add funds; the wallet is created by its first top-up. `conn`: the request's connection
-    (a `db.DriverConnection`), used on PostgreSQL instead of taking another."""
+    (a `db.DriverConnection`), for a replay on PostgreSQL instead of taking another."""
     return await _write(engine, organization_id, TransactionType.TOP_UP, change, conn)
 
 
@@ -222,12 +222,10 @@ async def _write_in_one_statement(
     if done.outcome == "taken":
         # An earlier write holds the key; it has committed (the claim waited for it). The
         # replay reads in one transaction, on the request's connection (no second checkout).
-        if conn is not None:
-            own = await checked_out(conn)
+        async with OnDemandConnection(engine) as fallback:
+            own = await checked_out(conn or fallback)
             async with own.begin():
                 return await own.run_sync(_replay, organization_id, change, currency, request)
-        async with driver_connection(engine) as own, own.begin():
-            return await own.run_sync(_replay, organization_id, change, currency, request)
     if done.outcome == "refused":
         code = ErrorCode(done.refusal_code)
         message = missing_message if code is missing_code else refused_message

@@ -352,13 +352,8 @@ async def find_api_key(conn: DriverConnection, public_id: str) -> ApiKeyRecord |
 
     On PostgreSQL the read goes in a group read (`db.run_grouped`) with the other requests'
     key reads waiting in this process: one statement (`public_id = ANY(...)`) for all of them,
-    each still read after its request arrived. `conn` serves it when there is no group line."""
-    if conn.dialect.name == "postgresql":
-        row = await run_grouped(
-            conn.engine, _find_api_keys, _find_api_key_alone, public_id, conn=conn
-        )
-    else:
-        row = await _find_api_key_alone(conn, public_id)
+    each still read after its request arrived. On SQLite `conn` serves it alone."""
+    row = await run_grouped(conn.engine, _find_api_keys, _find_api_key_alone, public_id, conn=conn)
     return None if row is None else _api_key_record(row)
 
 
@@ -974,12 +969,9 @@ async def list_customer_wallets(
     `conn` is a `db.DriverConnection`. On PostgreSQL the read goes in a group read
     with the other requests' (see `find_api_key`)."""
     owner = (organization_id, customer_id)
-    if conn.dialect.name == "postgresql":
-        rows = await run_grouped(
-            conn.engine, _customers_wallets, _customer_wallets_alone, owner, conn=conn
-        )
-    else:
-        rows = await _customer_wallets_alone(conn, owner)
+    rows = await run_grouped(
+        conn.engine, _customers_wallets, _customer_wallets_alone, owner, conn=conn
+    )
     return [WalletRecord.from_row(row) for row in rows]
 
 

@@ -590,9 +590,9 @@ async def test_a_cancelled_wait_never_releases_the_next_writers_lock(tmp_path: P
 
 
 @contextmanager
-def _group_sizes() -> Iterator[list[float]]:
-    """The sizes of the group commits made in the block (from the metric): one number per
-    group, summed up as [groups, writes] at the end of the block."""
+def _group_commits() -> Iterator[list[float]]:
+    """[groups, writes] of the group commits made in the block (from the metric), filled in
+    when the block ends."""
 
     def sample(name: str) -> float:
         return REGISTRY.get_sample_value(f"gql_wallet_write_group_size_{name}") or 0.0
@@ -604,11 +604,11 @@ def _group_sizes() -> Iterator[list[float]]:
 
 
 @asynccontextmanager
-async def _wallets_locked(
+async def _table_locked(
     env: Env, lock: str = "LOCK TABLE wallets IN SHARE MODE"
 ) -> AsyncIterator[None]:
-    """Another session holds a lock that every balance UPDATE waits for, so the writes sent
-    meanwhile queue up in this process; they go on when the block ends."""
+    """Another session holds `lock` (by default one that every balance UPDATE waits for), so
+    the statements sent meanwhile queue up in this process; they go on when the block ends."""
     locker = await asyncpg.connect(env.settings.database_url)
     try:
         async with locker.transaction():
@@ -626,8 +626,8 @@ async def test_postgresql_group_commit_keeps_each_writes_outcome(env: Env) -> No
     reused key."""
     api = env.api
     await api.top_up("cus_1", 100, "seed")
-    with _group_sizes() as sizes:
-        async with _wallets_locked(env):
+    with _group_commits() as sizes:
+        async with _table_locked(env):
             # Two writes occupy the sender (the first waits for the lock) ...
             blocked = await _one_by_one(api.top_up("cus_1", 1, "b1"), api.top_up("cus_2", 1, "b2"))
             # ... so these wait in the line and go together once the lock is gone.
@@ -676,8 +676,8 @@ async def test_postgresql_group_that_fails_sends_each_write_alone(env: Env) -> N
     org = await _organization_of(env)
     await env.api.top_up("cus_1", 100, "seed")
     missing_org = uuid.uuid4()  # no such organization: its key's INSERT breaks a foreign key
-    with _group_sizes() as sizes:
-        async with _wallets_locked(env):
+    with _group_commits() as sizes:
+        async with _table_locked(env):
             blocked = await _one_by_one(
                 ledger.top_up(engine, org, _change("cus_1", 1, "b1")),
                 ledger.top_up(engine, org, _change("cus_2", 1, "b2")),
@@ -729,7 +729,7 @@ async def test_postgresql_write_cancelled_in_the_line_is_never_sent(env: Env) ->
     """A write whose caller gives up while it waits for a sender is taken out of the line."""
     engine = env.engine
     org = await _organization_of(env)
-    async with _wallets_locked(env):
+    async with _table_locked(env):
         blocked = await _one_by_one(
             ledger.top_up(engine, org, _change("cus_1", 1, "b1")),
             ledger.top_up(engine, org, _change("cus_2", 1, "b2")),
@@ -775,7 +775,7 @@ async def test_postgresql_key_reads_of_waiting_requests_go_together(
     async with write_transaction(env.engine) as conn:
         assert await repository.revoke_api_key(conn, revoked_id[1], repository.now_utc())
     unknown = Api(env.client, auth.new_token(auth.API_KEY_PREFIX)[0])
-    async with _wallets_locked(env, "LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"):
+    async with _table_locked(env, "LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"):
         blocked = await _one_by_one(env.api.post(LOOKUP), env.other.post(LOOKUP))
         grouped = [
             asyncio.create_task(client.post(LOOKUP))
@@ -804,7 +804,7 @@ async def test_postgresql_wallet_reads_of_waiting_lookups_go_together(
     await env.other.top_up("cus_1", 5, "b")
     session = await env.customer_session(env.api, "cus_1")
     query = 'query { customerWallets(customerId: "%s") { currency balance } }'
-    async with _wallets_locked(env, "LOCK TABLE wallets IN ACCESS EXCLUSIVE MODE"):
+    async with _table_locked(env, "LOCK TABLE wallets IN ACCESS EXCLUSIVE MODE"):
         blocked = await _one_by_one(env.api.post(query % "cus_1"), env.other.post(query % "cus_1"))
         grouped = [
             asyncio.create_task(client.post(query % customer))
@@ -843,7 +843,7 @@ async def test_postgresql_group_that_breaks_after_the_database_fails_only_itself
 
     monkeypatch.setattr(repository, "_find_api_keys", once_broken)
     await env.api.top_up("cus_1", 100, "a")
-    async with _wallets_locked(env, "LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"):
+    async with _table_locked(env, "LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"):
         blocked = await _one_by_one(env.api.post(LOOKUP), env.other.post(LOOKUP))
         grouped = [asyncio.create_task(env.api.post(LOOKUP)) for _ in range(3)]
         await asyncio.sleep(0.3)

@@ -102,7 +102,7 @@ class WritePlan:
         self, variables: dict[str, Any] | None, context: Context, conn: DriverConnection
     ) -> Any:
         """The response payload, or None when the general path must answer. `conn` is the
-        request's connection (a `db.OnDemandConnection`): on PostgreSQL the write runs on it."""
+        request's connection (a `db.OnDemandConnection`): on PostgreSQL a replay reads on it."""
         change = _coerced((variables or {}).get(self.variable))
         if change is None or not context.principal.can(auth.SCOPE_WRITE):
             return None  # the general path words the error (variables, FORBIDDEN)

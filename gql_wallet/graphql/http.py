@@ -218,8 +218,9 @@ class GraphQLEndpoint:
 
     async def _handle(self, request: Request, media_type: str) -> Response:
         # The body is read first, so that no database connection waits on a slow client while
-        # one connection serves both the API key lookup and a planned lookup (taken only if
-        # one of them needs it: on SQLite both read on the event loop's thread). Its errors are
+        # one connection serves both the API key lookup and a plan (taken only if one of them
+        # needs it: on SQLite their reads run on the event loop's thread, on PostgreSQL they go
+        # in group reads and group commits on connections of their own). Its errors are
         # still answered only after authentication and rate limits, as the order of checks
         # has always been.
         try:

@@ -10,7 +10,7 @@ import strawberry
 from strawberry.types import Info
 
 from gql_wallet import repository as repo
-from gql_wallet.db import DriverConnection, driver_connection, read_connection
+from gql_wallet.db import DriverConnection, OnDemandConnection, read_connection
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.types import (
     DEFAULT_PAGE_SIZE,
@@ -40,10 +40,8 @@ async def customer_wallet_records(
         return []
     assert customer is not None  # a customer was named, so the scope names one
     organization_id = context.principal.organization_id
-    if conn is not None:
-        return await repo.list_customer_wallets(conn, organization_id, customer)
-    async with driver_connection(context.engine) as own:
-        return await repo.list_customer_wallets(own, organization_id, customer)
+    async with OnDemandConnection(context.engine) as own:
+        return await repo.list_customer_wallets(conn or own, organization_id, customer)
 
 
 @strawberry.type(description="Read wallets and their ledgers.")
