@@ -69,17 +69,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def root(_request: object) -> Response:
         return RedirectResponse("/graphql")
 
+    # /graphql first: the router tries each route's pattern in turn on every request.
     routes: list[BaseRoute] = [
-        Route("/", root, methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", Readiness(engine).check, methods=["GET"]),
-        Route("/metrics", MetricsEndpoint(settings).serve, methods=["GET"]),
         Route(
             "/graphql",
             endpoint.handle,
             methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
         ),
         WebSocketRoute("/graphql", subscriptions),
+        Route("/", root, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", Readiness(engine).check, methods=["GET"]),
+        Route("/metrics", MetricsEndpoint(settings).serve, methods=["GET"]),
     ]
     if settings.graphiql_enabled:
         # GraphiQL's scripts and styles, from package data: the page needs no network.
