@@ -57,7 +57,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         if settings.migrate_on_start:
             await upgrade_to_head(engine)
-        await feed.start()
         _freeze_startup_heap()
         try:
             yield

@@ -186,12 +186,27 @@ class LedgerFeed:
         self.watchers: dict[Owner, Watcher] = {}
         self.starting: dict[Owner, asyncio.Task[Watcher]] = {}
         self.listener: asyncio.Task[None] | None = None
+        self.listening: asyncio.Future[None] | None = None  # done once LISTEN is on
 
-    async def start(self) -> None:
-        if self.engine.dialect.name == "postgresql":
+    async def _listening(self) -> None:
+        """On PostgreSQL: return once this process LISTENs for every process's changes, which
+        it does from its first subscription until it stops.
+
+        A process that never serves a subscription never listens, so it pays nothing for the
+        notifications of other processes' writes: every write notifies, and each listening
+        process has its own server backend and a callback per notification. A watcher reads
+        its cursors only after this returns, so a change committed after that read wakes it."""
+        if self.engine.dialect.name != "postgresql":
+            return
+        if self.listener is None:
+            self.listening = asyncio.get_running_loop().create_future()
             self.listener = asyncio.create_task(self._listen())
+        assert self.listening is not None
+        await asyncio.shield(self.listening)
 
     async def stop(self) -> None:
+        if self.listening is not None and not self.listening.done():
+            self.listening.cancel()
         if self.listener is not None:
             self.listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -227,6 +242,7 @@ class LedgerFeed:
         if owner not in self.starting:
 
             async def start() -> Watcher:
+                await self._listening()
                 watcher = Watcher(self.engine, owner)
                 await watcher.start()
                 self.watchers[owner] = watcher
@@ -253,6 +269,8 @@ class LedgerFeed:
             conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
             try:
                 await conn.add_listener(repo.LEDGER_CHANNEL, self._on_notify)
+                if self.listening is not None and not self.listening.done():
+                    self.listening.set_result(None)
                 # Whatever committed while we were not listening is read now.
                 for watcher in list(self.watchers.values()):
                     watcher.wake(None)

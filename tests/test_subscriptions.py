@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import websockets
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet import ledger, repository
 from gql_wallet.auth import Authenticator
-from gql_wallet.db import create_engine
+from gql_wallet.db import asyncpg_dsn, create_engine
 from gql_wallet.feed import Subscriber, WalletChange
 from gql_wallet.repository import TransactionRecord, WalletRecord
 from gql_wallet.settings import Settings
@@ -316,6 +317,46 @@ async def test_a_write_through_one_process_reaches_a_subscriber_on_another(
             second["transaction"]["idempotencyKey"] == "through-a"
             and second["wallet"]["balance"] == 6
         )
+    finally:
+        stop_server(a)
+        stop_server(b)
+
+
+async def _listening_backends(database_url: str) -> int:
+    """Server backends of this database whose session LISTENs (their last statement)."""
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_process_listens_only_from_its_first_subscription(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Every write NOTIFYs. A process with no subscriber has no LISTEN connection, so it is sent
+    none of those notifications; its first subscription starts listening before it reads."""
+    a = start_server(postgres_url, 1, tmp_path / "a.log", NO_LIMITS)
+    b = start_server(postgres_url, 1, tmp_path / "b.log", NO_LIMITS)
+    try:
+        key = a.new_key("acme")
+        async with httpx.AsyncClient(base_url=a.url) as client_a:
+            await write(client_a, key, TOP_UP, "cus_1", 10, "before")
+            assert await _listening_backends(postgres_url) == 0
+            async with connect(b.url, key) as ws_b:
+                await ws_b.subscribe("cus_1")
+                first = await asyncio.wait_for(ws_b.update(), 10)
+                assert await _listening_backends(postgres_url) == 1
+                await write(client_a, key, TOP_UP, "cus_1", 5, "after")
+                second = await asyncio.wait_for(ws_b.update(), 10)
+        assert first["wallet"]["balance"] == 10 and first["transaction"] is None
+        assert second["transaction"]["idempotencyKey"] == "after"
+        assert second["wallet"]["balance"] == 15
     finally:
         stop_server(a)
         stop_server(b)
