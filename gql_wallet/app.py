@@ -27,17 +27,25 @@ from gql_wallet.operations import MetricsEndpoint, Readiness, healthz
 from gql_wallet.settings import Settings
 
 _heap_frozen = False
+# New container objects between two young-generation collections (Python's default: 700, made
+# for small scripts). Under load the collector then ran about every 50 top-ups and took 11-15 us
+# of CPU per top-up on average (timed with gc.callbacks, 3 runs); at 10,000 it takes 3-6 us. It
+# keeps at most 10,000 more young objects (a few MB) before a collection finds the cycles.
+GC_YOUNG_THRESHOLD = 10_000
 
 
 def _freeze_startup_heap() -> None:
     """Once per process: move what start-up built (modules, the schema, prepared statements) out
     of the garbage collector's sight, so that full collections under load walk only the objects
-    of requests instead of the whole heap (shorter pauses, a shorter latency tail)."""
+    of requests instead of the whole heap (shorter pauses, a shorter latency tail), and collect
+    the young generation less often (`GC_YOUNG_THRESHOLD`)."""
     global _heap_frozen
     if not _heap_frozen:
         _heap_frozen = True
         gc.collect()
         gc.freeze()
+        _young, *older = gc.get_threshold()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *older)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
