@@ -75,6 +75,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         # Ours, applied by uvicorn in each worker process too.
         log_config=logging_config(settings.log_format, settings.log_level),
         access_log=False,  # the request log line (gql_wallet.request) replaces it
+        http="gql_wallet.http_protocol:HttpProtocol",  # httptools; a response in one write
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         timeout_keep_alive=settings.keep_alive_seconds,
         ws_ping_interval=settings.ws_ping_interval_seconds,
