@@ -183,6 +183,10 @@ _Job = tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]
 # long the writer thread waits for work before it ends (a new one starts with the next write).
 _MAX_BATCH = 64
 _WRITER_IDLE_SECONDS = 5.0
+# The savepoint of each write of a group (one at a time, so one name serves them all).
+_SAVEPOINT = "SAVEPOINT gql_wallet_write"
+_ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO gql_wallet_write"
+_RELEASE_SAVEPOINT = "RELEASE gql_wallet_write"
 
 
 def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
@@ -317,13 +321,20 @@ class _SqliteWriterQueue:
         try:
             with self._file_lock(), self.engine.connect() as conn:
                 conn.execution_options(**{_WRITE: True})
+                # Each write's savepoint goes to sqlite3 directly: through SQLAlchemy's
+                # begin_nested() its two statements cost about 70 us of CPU per write, spent
+                # while this thread holds the database's write lock.
+                driver: Any = conn.connection.driver_connection
                 with conn.begin():
                     for _future, fn, args in group:
+                        driver.execute(_SAVEPOINT)
                         try:
-                            with conn.begin_nested():
-                                outcomes.append((True, fn(conn, *args)))
-                        except Exception as error:  # rolled back to its savepoint
-                            outcomes.append((False, error))
+                            outcome = (True, fn(conn, *args))
+                        except Exception as error:
+                            driver.execute(_ROLLBACK_TO_SAVEPOINT)
+                            outcome = (False, error)
+                        driver.execute(_RELEASE_SAVEPOINT)
+                        outcomes.append(outcome)
         except Exception as error:  # BEGIN or COMMIT failed: nothing of the group is written
             outcomes = [(False, error)] * len(group)
         else:

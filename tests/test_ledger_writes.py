@@ -8,7 +8,7 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -412,6 +412,10 @@ async def test_sqlite_group_commit_keeps_each_writes_outcome(env: Env) -> None:
     own savepoint: one that raises is rolled back alone and gets its exception."""
     engine = env.engine
     await run_write(engine, _create_scratch_tables)
+    # The savepoints go to sqlite3 directly, past SQLAlchemy's events: SQLite's own trace of
+    # the writer thread's connection sees every statement it runs.
+    traced: list[str] = []
+    await run_write(engine, _trace_into, traced.append)
     first, release = await _writer_thread_busy(engine)
     with statements_sent(env) as sent:
         group = [
@@ -422,12 +426,23 @@ async def test_sqlite_group_commit_keeps_each_writes_outcome(env: Env) -> None:
         await asyncio.sleep(0.2)  # all three wait behind the blocker
         release.set()
         results = await asyncio.gather(*group, return_exceptions=True)
+    await run_write(engine, _trace_into, None)
     assert await first == "blocker"
     assert results[0] == 1 and results[2] == 3, results
     assert isinstance(results[1], RuntimeError) and str(results[1]) == "refused"
     # The blocker's group commits, then the three writes in one group: one BEGIN, 3 savepoints.
     assert sent.count("BEGIN") == 1 and sent.count("COMMIT") == 2, sent
-    assert sent.count("SAVEPOINT") == 3, sent
+    # From the group's BEGIN (the one after the blocker's savepoint) to its COMMIT.
+    begin = traced.index("BEGIN IMMEDIATE", traced.index("SAVEPOINT gql_wallet_write"))
+    group_sql = traced[begin : traced.index("COMMIT", begin) + 1]
+    assert [sql.split(" (", 1)[0] for sql in group_sql] == [
+        "BEGIN IMMEDIATE",
+        *("SAVEPOINT gql_wallet_write", "INSERT INTO scratch", "RELEASE gql_wallet_write"),
+        *("SAVEPOINT gql_wallet_write", "INSERT INTO scratch"),
+        *("ROLLBACK TO gql_wallet_write", "RELEASE gql_wallet_write"),
+        *("SAVEPOINT gql_wallet_write", "INSERT INTO scratch", "RELEASE gql_wallet_write"),
+        "COMMIT",
+    ], traced
     assert await run_write(engine, _scratch) == [1, 3]
 
 
@@ -453,6 +468,33 @@ async def test_sqlite_group_commit_that_fails_writes_nothing_of_the_group(env: E
     assert await run_write(engine, _scratch) == [7]
 
 
+async def test_a_writes_records_are_what_sqlalchemy_reads_back(env: Env) -> None:
+    """On SQLite a write's statements go to sqlite3 directly (`repository.DriverWrite`), with
+    SQLAlchemy's type conversions: the wallet and entry it answers with are exactly the rows
+    that SQLAlchemy's own execution reads back, type for type (UUIDs, UTC datetimes, ints)."""
+    org = await _organization_of(env)
+    for write, amount in ((ledger.top_up, 250), (ledger.charge, 70)):
+        done = await write(env.engine, org, _change("cus_1", amount, f"k-{amount}"))
+        assert done.transaction is not None and done.wallet is not None, done
+        seq = done.transaction.seq
+
+        def read_back(conn: Connection, seq: int = seq) -> tuple[Any, Any]:
+            return (
+                repository.get_transaction_by_seq(conn, seq),
+                repository.get_wallet_by_owner(conn, org, "cus_1", "usd"),
+            )
+
+        async with read_transaction(env.engine) as conn:
+            entry, wallet = await conn.run_sync(read_back)
+        assert done.transaction == entry and done.wallet == wallet
+        for ours, theirs in ((done.transaction, entry), (done.wallet, wallet)):
+            assert [type(v) for v in vars(ours).values()] == [
+                type(v) for v in vars(theirs).values()
+            ]
+        assert isinstance(entry.id, uuid.UUID) and entry.created_at.tzinfo is not None
+    assert (done.wallet.balance, done.transaction.amount) == (180, -70)
+
+
 async def _writer_thread_busy(engine: Any) -> tuple[asyncio.Task[str], threading.Event]:
     """A write that keeps the writer thread busy until the event is set: writes submitted
     meanwhile wait, and then run as one group."""
@@ -466,6 +508,11 @@ async def _writer_thread_busy(engine: Any) -> tuple[asyncio.Task[str], threading
     first = asyncio.create_task(run_write(engine, blocker))
     assert await asyncio.to_thread(started.wait, 10)
     return first, release
+
+
+def _trace_into(conn: Connection, callback: Callable[[str], object] | None) -> None:
+    """SQLite's trace of the writer thread's one connection: every statement it runs."""
+    conn.connection.driver_connection.set_trace_callback(callback)  # type: ignore[union-attr]
 
 
 def _create_scratch_tables(conn: Connection) -> None:
