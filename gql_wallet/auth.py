@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet import repository as repo
-from gql_wallet.db import DriverConnection, OnDemandConnection, read_connection, write_transaction
+from gql_wallet.db import DriverConnection, OnDemandConnection, write_transaction
 
 API_KEY_PREFIX = "gqlw_sk_"
 SESSION_PREFIX = "gqlw_cs_"
@@ -138,9 +138,10 @@ class Authenticator:
     async def authenticate(
         self, token: str | None, now: datetime, conn: DriverConnection | None = None
     ) -> Principal | None:
-        """`conn` (a `db.DriverConnection`, the request's own) serves an API key's lookup when
-        given and the lookup needs a pooled connection at all (it does not on SQLite's loop-thread
-        reader or in a PostgreSQL group read); otherwise one is checked out on demand."""
+        """`conn` (a `db.DriverConnection`, the request's own) serves the API key's or customer
+        session's lookup when given and the lookup needs a pooled connection at all (it does not
+        on SQLite's loop-thread reader or in a PostgreSQL group read); otherwise one is checked
+        out on demand."""
         parsed = self._parse(token) if token else None
         if parsed is None or token is None:
             return None
@@ -153,17 +154,17 @@ class Authenticator:
             stored = key.token_hash
             principal = Principal(key.organization_id, key.id, frozenset(key.scopes.split()))
         else:
-            async with read_connection(self.engine) as conn:
-                session = await repo.find_customer_session(conn, public_id)
-                if session is None or not session.active(now):
-                    return None
-                stored = session.token_hash
-                principal = Principal(
-                    session.organization_id,
-                    session.id,
-                    frozenset({SCOPE_READ}),
-                    customer_id=session.customer_id,
-                )
+            async with OnDemandConnection(self.engine) as own:
+                session = await repo.find_customer_session(conn or own, public_id)
+            if session is None or not session.active(now):
+                return None
+            stored = session.token_hash
+            principal = Principal(
+                session.organization_id,
+                session.id,
+                frozenset({SCOPE_READ}),
+                customer_id=session.customer_id,
+            )
         expected = self._hash(token)
         return principal if hmac.compare_digest(stored, expected) else None
 

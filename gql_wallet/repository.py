@@ -470,17 +470,45 @@ async def insert_customer_session(
     return _session_record(row)
 
 
+def _session_query() -> Any:
+    return select(*customer_sessions.c, api_keys.c.revoked_at.label("key_revoked_at")).join(
+        api_keys, api_keys.c.id == customer_sessions.c.api_key_id
+    )
+
+
+# Like the API key reads: built once, on the driver's connection (on SQLite on the event loop's
+# thread), and on PostgreSQL the sessions of the requests waiting in a process in one statement.
+_FIND_SESSION = DriverRead(
+    _session_query().where(customer_sessions.c.public_id == bindparam("public_id")),
+    point_read=True,
+)
+_FIND_SESSIONS = DriverRead(
+    _session_query().where(
+        customer_sessions.c.public_id
+        == any_(bindparam("public_ids", type_=postgresql.ARRAY(String)))
+    )
+)
+
+
+async def _find_session_alone(conn: DriverConnection, public_id: str) -> Any:
+    rows = await _FIND_SESSION.fetchall(conn, {"public_id": public_id})
+    return rows[0] if rows else None
+
+
+async def _find_sessions(conn: AsyncConnection, public_ids: list[str]) -> list[Any]:
+    rows = await _FIND_SESSIONS.fetchall(conn, {"public_ids": sorted(set(public_ids))})
+    found = {row.public_id: row for row in rows}
+    return [found.get(public_id) for public_id in public_ids]
+
+
 async def find_customer_session(
-    conn: AsyncConnection, public_id: str
+    conn: DriverConnection, public_id: str
 ) -> CustomerSessionRecord | None:
-    row = (
-        await conn.execute(
-            select(*customer_sessions.c, api_keys.c.revoked_at.label("key_revoked_at"))
-            .join(api_keys, api_keys.c.id == customer_sessions.c.api_key_id)
-            .where(customer_sessions.c.public_id == public_id)
-        )
-    ).first()
-    return _session_record(row, row.key_revoked_at) if row else None
+    """The session with this public id, with its API key's revocation time; `conn` is a
+    `db.DriverConnection`. Read as `find_api_key` reads a key: in a group read on PostgreSQL,
+    each still read after its request arrived; on SQLite alone, on the event loop's thread."""
+    row = await run_grouped(conn.engine, _find_sessions, _find_session_alone, public_id, conn=conn)
+    return None if row is None else _session_record(row, row.key_revoked_at)
 
 
 async def revoke_customer_session(

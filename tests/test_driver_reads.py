@@ -40,6 +40,24 @@ class TestSameValuesAsSqlAlchemy:
             assert await repo.find_api_key(conn, public_id) == expected
             assert await repo.find_api_key(conn, "000000000000") is None
 
+    async def test_customer_session(self, env: Env) -> None:
+        """The session read on the driver (a group read on PostgreSQL) gives what SQLAlchemy's
+        execute path gives for the same row, the API key's revocation time included."""
+        customer = await env.customer_session(env.api, "cus_1")
+        public_id = parse_token(customer.key)[1]  # type: ignore[index]
+        query = select(
+            *repo.customer_sessions.c, repo.api_keys.c.revoked_at.label("key_revoked_at")
+        ).join(repo.api_keys, repo.api_keys.c.id == repo.customer_sessions.c.api_key_id)
+        async with read_connection(env.engine) as conn:
+            row = (await conn.execute(query)).one()
+        expected = repo._session_record(row, row.key_revoked_at)
+        async with driver_connection(env.engine) as conn:
+            found = await repo.find_customer_session(conn, public_id)
+            assert await repo.find_customer_session(conn, "000000000000") is None
+        assert found == expected and found is not None
+        assert [type(v) for v in vars(found).values()] == [type(v) for v in vars(expected).values()]
+        assert found.customer_id == "cus_1" and found.expires_at.tzinfo is not None
+
 
 async def test_a_failed_statement_invalidates_its_connection(env: Env) -> None:
     missing = Table("no_such_table", MetaData(), Column("x", Integer))

@@ -839,6 +839,61 @@ async def test_postgresql_key_reads_of_waiting_requests_go_together(
     assert answers == [a, b, a, 401, b, 401, a], answers
 
 
+async def _session_of(api: Api, customer_id: str) -> tuple[str, str]:
+    """A new customer session's token and id."""
+    data = await api(
+        "mutation($input: CreateCustomerSessionInput!) { createCustomerSession(input: $input) "
+        "{ token customerSession { id } } }",
+        {"input": {"customerId": customer_id}},
+    )
+    return data["createCustomerSession"]["token"], data["createCustomerSession"]["customerSession"][
+        "id"
+    ]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_postgresql_session_reads_of_waiting_requests_go_together(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The customer-session token reads waiting in a process are one statement on PostgreSQL,
+    like the API key reads, and each request still gets its own answer: its customer's wallets,
+    or a 401 for an unknown session, a revoked session, or a session whose API key was revoked
+    (each counts from the next request on)."""
+    sizes = _group_sizes_of(monkeypatch, "_find_sessions")
+    await env.api.top_up("cus_1", 100, "a")
+    await env.other.top_up("cus_1", 5, "b")
+    mine = Api(env.client, (await _session_of(env.api, "cus_1"))[0])
+    other = Api(env.client, (await _session_of(env.other, "cus_1"))[0])
+    revoked_token, revoked_id = await _session_of(env.api, "cus_1")
+    revoke = (
+        "mutation($id: ID!) { revokeCustomerSession(input: {id: $id}) { userErrors { code } } }"
+    )
+    assert (await env.api(revoke, {"id": revoked_id}))["revokeCustomerSession"]["userErrors"] == []
+    key = await env.new_key("org-a")
+    of_revoked_key = Api(env.client, (await _session_of(key, "cus_1"))[0])
+    key_id = auth.parse_token(key.key)
+    assert key_id is not None
+    async with write_transaction(env.engine) as conn:
+        assert await repository.revoke_api_key(conn, key_id[1], repository.now_utc())
+    unknown = Api(env.client, auth.new_token(auth.SESSION_PREFIX)[0])
+    revoked = Api(env.client, revoked_token)
+    async with _table_locked(env, "LOCK TABLE customer_sessions IN ACCESS EXCLUSIVE MODE"):
+        blocked = await _one_by_one(mine.post(LOOKUP), other.post(LOOKUP))
+        grouped = [
+            asyncio.create_task(client.post(LOOKUP))
+            for client in (mine, unknown, other, revoked, of_revoked_key, mine)
+        ]
+        await asyncio.sleep(0.3)
+    responses = await asyncio.gather(*blocked, *grouped)
+    assert max(sizes) >= 2, sizes
+    answers = [
+        r.json()["data"]["customerWallets"] if r.status_code == 200 else r.status_code
+        for r in responses
+    ]
+    a, b = [{"balance": 100}], [{"balance": 5}]
+    assert answers == [a, b, a, 401, b, 401, 401, a], answers
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_postgresql_wallet_reads_of_waiting_lookups_go_together(
     env: Env, monkeypatch: pytest.MonkeyPatch
