@@ -24,7 +24,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any, TypeVar
 
 import asyncpg
@@ -314,7 +314,17 @@ class _SqliteWriterQueue:
                     group.append(self._jobs.get_nowait())
                 except queue.Empty:
                     break
-            self._run_group([job for job in group if not job[0].cancelled()])
+            jobs = [job for job in group if not job[0].cancelled()]
+            try:
+                self._run_group(jobs)
+            except Exception as error:
+                # Not the database's (its errors are each write's outcome): a bug or a broken
+                # metrics file after the group ran. Its callers hear of it, and this thread goes
+                # on serving; had it ended here, every later write would wait forever.
+                logger.exception("the SQLite writer thread failed a group of %d", len(jobs))
+                for future, _fn, _args in jobs:
+                    with suppress(RuntimeError):  # its event loop has closed
+                        future.get_loop().call_soon_threadsafe(_settle, future, (False, error))
 
     def _run_group(self, group: list[_Job]) -> None:
         outcomes: list[tuple[bool, Any]] = []

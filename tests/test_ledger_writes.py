@@ -21,7 +21,7 @@ from sqlalchemy import event, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from gql_wallet import auth, ledger, repository
+from gql_wallet import auth, ledger, metrics, repository
 from gql_wallet.db import (
     _SqliteWriterQueue,
     async_url,
@@ -493,6 +493,30 @@ async def test_a_writes_records_are_what_sqlalchemy_reads_back(env: Env) -> None
             ]
         assert isinstance(entry.id, uuid.UUID) and entry.created_at.tzinfo is not None
     assert (done.wallet.balance, done.transaction.amount) == (180, -70)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_sqlite_writer_thread_survives_an_error_outside_the_database(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error after a group ran (here its metric) is that group's writes' answer, and the
+    writer thread goes on: later writes are served instead of waiting forever."""
+    engine = env.engine
+    await run_write(engine, _create_scratch_tables)
+    observed: list[int] = []
+
+    def broken_once(size: int) -> None:
+        observed.append(size)
+        if len(observed) == 1:
+            raise RuntimeError("the metrics file broke")
+
+    monkeypatch.setattr(metrics.WRITE_GROUP_SIZE, "observe", broken_once)
+    with pytest.raises(RuntimeError, match="the metrics file broke"):
+        await asyncio.wait_for(run_write(engine, _insert, 1), 10)
+    assert await asyncio.wait_for(run_write(engine, _insert, 2), 10) == 2
+    # The first write had committed before the error: a retry with its key would replay it.
+    assert await asyncio.wait_for(run_write(engine, _scratch), 10) == [1, 2]
+    assert observed == [1, 1, 1]
 
 
 async def _writer_thread_busy(engine: Any) -> tuple[asyncio.Task[str], threading.Event]:
