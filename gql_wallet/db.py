@@ -21,6 +21,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -176,6 +177,12 @@ def _configure_sqlite(engine: Engine, settings: Settings) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_WRITE, False) else "BEGIN")
 
 
+def _no_auto_checkpoint(dbapi_connection: Any, _record: Any) -> None:
+    """The writer thread's connection: no automatic checkpoint inside its COMMITs (see
+    `_SqliteWriterQueue._checkpoint`)."""
+    dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
+
+
 # A write waiting for the writer thread: the caller's future, the function and its arguments.
 _Job = tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]
 
@@ -183,10 +190,16 @@ _Job = tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]
 # long the writer thread waits for work before it ends (a new one starts with the next write).
 _MAX_BATCH = 64
 _WRITER_IDLE_SECONDS = 5.0
+# The writer thread checkpoints the WAL itself, after it has released the write lock, once at
+# least this long and this many groups have passed since its last checkpoint (see
+# `_SqliteWriterQueue._checkpoint`).
+_CHECKPOINT_SECONDS = 0.1
+_CHECKPOINT_GROUPS = 16
 # The savepoint of each write of a group (one at a time, so one name serves them all).
 _SAVEPOINT = "SAVEPOINT gql_wallet_write"
 _ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO gql_wallet_write"
 _RELEASE_SAVEPOINT = "RELEASE gql_wallet_write"
+_CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"
 
 
 def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
@@ -241,6 +254,9 @@ class _SqliteWriterQueue:
         )
         _configure_sqlite(self.engine, settings)
         _count_connections(self.engine)
+        event.listen(self.engine, "connect", _no_auto_checkpoint)
+        self._groups_since_checkpoint = 0
+        self._last_checkpoint = 0.0
 
     @asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
@@ -325,6 +341,33 @@ class _SqliteWriterQueue:
                 for future, _fn, _args in jobs:
                     with suppress(RuntimeError):  # its event loop has closed
                         future.get_loop().call_soon_threadsafe(_settle, future, (False, error))
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """A PASSIVE checkpoint of the WAL, every `_CHECKPOINT_SECONDS` and `_CHECKPOINT_GROUPS`,
+        run here after the group's callers have their answers and the write lock is released.
+
+        SQLite's automatic checkpoint (every 1,000 WAL pages) runs inside the COMMIT of the write
+        that crosses the mark, so that group held the write lock 10-12 ms instead of 1-4 ms
+        (measured: the slowest 1% of commits spent 4-6 ms of CPU copying pages) while every
+        other writer waited. A PASSIVE checkpoint takes no write lock: other processes go on
+        writing while it copies. The writer thread's connection therefore has the automatic
+        checkpoint off; every other connection keeps it, so the WAL stays bounded whoever
+        writes. A checkpoint that fails is logged and left to the next one."""
+        self._groups_since_checkpoint += 1
+        now = time.monotonic()
+        if (
+            self._groups_since_checkpoint < _CHECKPOINT_GROUPS
+            or now - self._last_checkpoint < _CHECKPOINT_SECONDS
+        ):
+            return
+        self._groups_since_checkpoint, self._last_checkpoint = 0, now
+        try:
+            with self.engine.connect() as conn:
+                driver: Any = conn.connection.driver_connection
+                driver.execute(_CHECKPOINT).fetchall()
+        except Exception:
+            logger.exception("the SQLite writer thread's WAL checkpoint failed")
 
     def _run_group(self, group: list[_Job]) -> None:
         outcomes: list[tuple[bool, Any]] = []

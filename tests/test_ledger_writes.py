@@ -21,7 +21,7 @@ from sqlalchemy import event, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from gql_wallet import auth, ledger, metrics, repository
+from gql_wallet import auth, db, ledger, metrics, repository
 from gql_wallet.db import (
     _SqliteWriterQueue,
     async_url,
@@ -517,6 +517,54 @@ async def test_sqlite_writer_thread_survives_an_error_outside_the_database(
     # The first write had committed before the error: a retry with its key would replay it.
     assert await asyncio.wait_for(run_write(engine, _scratch), 10) == [1, 2]
     assert observed == [1, 1, 1]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_sqlite_writer_checkpoints_after_it_released_the_write_lock(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer thread's connection has SQLite's automatic checkpoint off (it would run inside
+    a COMMIT, holding the write lock); the thread checkpoints the WAL itself, PASSIVE, after
+    the write lock is released. Every other connection keeps the automatic checkpoint. A
+    checkpoint that fails is logged, and writes go on."""
+    engine = env.engine
+    monkeypatch.setattr(db, "_CHECKPOINT_SECONDS", 0.0)
+    monkeypatch.setattr(db, "_CHECKPOINT_GROUPS", 1)
+    await run_write(engine, _create_scratch_tables)
+    writer = db._sqlite_writers[engine]
+    events: list[str] = []
+    file_lock = writer._file_lock
+
+    @contextmanager
+    def recorded_lock() -> Iterator[None]:
+        with file_lock():
+            events.append("flock")
+            yield
+        events.append("released")
+
+    monkeypatch.setattr(writer, "_file_lock", recorded_lock)
+    await run_write(engine, _trace_into, events.append)
+    events.clear()
+    assert await run_write(engine, _insert, 1) == 1
+    await asyncio.sleep(0.2)  # the checkpoint follows the answer
+    await run_write(engine, _trace_into, None)
+    first = events[: events.index("PRAGMA wal_checkpoint(PASSIVE)") + 1]
+    assert [e.split(" (", 1)[0] for e in first] == [
+        *("flock", "BEGIN IMMEDIATE", "SAVEPOINT gql_wallet_write", "INSERT INTO scratch"),
+        *("RELEASE gql_wallet_write", "COMMIT", "released", "PRAGMA wal_checkpoint(PASSIVE)"),
+    ], events
+
+    def autocheckpoint(conn: Connection) -> int:
+        return int(conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one())
+
+    assert await run_write(engine, autocheckpoint) == 0  # the writer thread's connection
+    async with read_transaction(engine) as conn:
+        assert await conn.run_sync(autocheckpoint) == 1000  # SQLite's default elsewhere
+
+    monkeypatch.setattr(db, "_CHECKPOINT", "PRAGMA no_such_thing(")
+    assert await run_write(engine, _insert, 2) == 2
+    await asyncio.sleep(0.2)
+    assert await asyncio.wait_for(run_write(engine, _scratch), 10) == [1, 2]
 
 
 async def _writer_thread_busy(engine: Any) -> tuple[asyncio.Task[str], threading.Event]:
