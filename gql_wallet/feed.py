@@ -2,7 +2,8 @@
 
 Writers announce a change of a wallet after it commits: on PostgreSQL with NOTIFY inside the
 write transaction (delivered on commit, never for a rollback, to every process that LISTENs),
-and in-process for the writing process itself. An announcement is only a wake-up: each process
+and in-process for the writing process itself. On PostgreSQL a write NOTIFYs only while some
+process LISTENs: NOTIFYing transactions commit one at a time, database-wide (migration 0004). An announcement is only a wake-up: each process
 keeps, per watched customer, a cursor per wallet and reads the new ledger entries after it, so
 nothing is missed or repeated when announcements bunch up, and every event is a committed entry.
 Within one wallet the ledger order is the commit order (the wallet's row lock is taken before
@@ -193,8 +194,9 @@ class LedgerFeed:
         it does from its first subscription until it stops.
 
         A process that never serves a subscription never listens, so it pays nothing for the
-        notifications of other processes' writes: every write notifies, and each listening
-        process has its own server backend and a callback per notification. A watcher reads
+        notifications of other processes' writes (each listening process has its own server
+        backend and a callback per notification), and while no process listens, no write
+        notifies (`_register`). A watcher reads
         its cursors only after this returns, so a change committed after that read wakes it."""
         if self.engine.dialect.name != "postgresql":
             return
@@ -268,7 +270,7 @@ class LedgerFeed:
             lost = asyncio.Event()
             conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
             try:
-                await conn.add_listener(repo.LEDGER_CHANNEL, self._on_notify)
+                await self._register(conn)
                 if self.listening is not None and not self.listening.done():
                     self.listening.set_result(None)
                 # Whatever committed while we were not listening is read now.
@@ -279,6 +281,18 @@ class LedgerFeed:
             finally:
                 with contextlib.suppress(Exception):
                     await conn.close()
+
+    async def _register(self, conn: asyncpg.Connection) -> None:
+        """LISTEN, and from then on make every balance change NOTIFY (migration 0004).
+
+        The gate, taken exclusive, waits until every change in flight has committed: those
+        that found no listener are then visible to the cursors read after this. FEED_LISTENING,
+        held shared by this session until it ends, makes every later change NOTIFY on commit,
+        which this session receives: its LISTEN holds from this transaction's commit."""
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", repo.FEED_GATE_LOCK)
+            await conn.execute("SELECT pg_advisory_lock_shared($1)", repo.FEED_LISTENING_LOCK)
+            await conn.add_listener(repo.LEDGER_CHANNEL, self._on_notify)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         try:

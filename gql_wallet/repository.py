@@ -1115,8 +1115,14 @@ async def list_transactions(
 # --- live changes ---------------------------------------------------------------------------
 
 # PostgreSQL: gql_wallet_balance_change (migration 0003) announces each applied change here, on
-# commit; SQLite has one process per file, whose writes wake the feed in process.
+# commit, while some process LISTENs (migration 0004); SQLite has one process per file, whose
+# writes wake the feed in process.
 LEDGER_CHANNEL = "gql_wallet_ledger"
+# Migration 0004's advisory locks: every balance change holds FEED_GATE shared until it commits;
+# every LISTEN connection holds FEED_LISTENING shared for its session, taken after FEED_GATE
+# exclusive (feed.LedgerFeed._listen), and a change NOTIFYs only while FEED_LISTENING is held.
+FEED_GATE_LOCK = 7_344_512_002
+FEED_LISTENING_LOCK = 7_344_512_003
 
 
 async def last_entries(

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 import websockets
@@ -22,11 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet import ledger, repository
 from gql_wallet.auth import Authenticator
-from gql_wallet.db import asyncpg_dsn, create_engine
+from gql_wallet.db import create_engine
 from gql_wallet.feed import Subscriber, WalletChange
 from gql_wallet.repository import TransactionRecord, WalletRecord
 from gql_wallet.settings import Settings
 from tests.conftest import CHARGE, TOP_UP, LiveServer, fresh_database, start_server, stop_server
+from tests.test_feed_announcements import advisory_locks
 from tests.wsclient import SUBSCRIBE, Socket, connect
 
 NO_LIMITS = {"GQL_WALLET_RATE_LIMIT_API_KEY": "", "GQL_WALLET_RATE_LIMIT_CUSTOMER_SESSION": ""}
@@ -323,24 +323,18 @@ async def test_a_write_through_one_process_reaches_a_subscriber_on_another(
 
 
 async def _listening_backends(database_url: str) -> int:
-    """Server backends of this database whose session LISTENs (their last statement)."""
-    conn = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        return int(
-            await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND query LIKE 'LISTEN %'"
-            )
-        )
-    finally:
-        await conn.close()
+    """Server sessions of this database that LISTEN for ledger changes: each holds the
+    listening lock of migration 0004 while it does."""
+    locks = await advisory_locks(database_url, repository.FEED_LISTENING_LOCK)
+    return sum(granted for _mode, granted in locks)
 
 
 async def test_a_process_listens_only_from_its_first_subscription(
     postgres_url: str, tmp_path: Path
 ) -> None:
-    """Every write NOTIFYs. A process with no subscriber has no LISTEN connection, so it is sent
-    none of those notifications; its first subscription starts listening before it reads."""
+    """A process with no subscriber has no LISTEN connection, so it is sent no notifications
+    (and while no process listens, writes send none); its first subscription starts listening
+    before it reads."""
     a = start_server(postgres_url, 1, tmp_path / "a.log", NO_LIMITS)
     b = start_server(postgres_url, 1, tmp_path / "b.log", NO_LIMITS)
     try:
