@@ -62,10 +62,10 @@ _DECLARE_AND_PROBE = f"""DECLARE
 BEGIN
   -- Is some process listening? (See migration 0004.) The gate first, before any row lock.
   PERFORM pg_advisory_xact_lock_shared({FEED_GATE});
-  announce := NOT pg_try_advisory_lock({FEED_LISTENING});
-  IF NOT announce THEN
-    PERFORM pg_advisory_unlock({FEED_LISTENING});
-  END IF;
+  -- One expression: the probe is released in the same evaluation that took it, so no cancel
+  -- or error can come between them and leave this session holding it.
+  announce := CASE WHEN pg_try_advisory_lock({FEED_LISTENING})
+                   THEN NOT pg_advisory_unlock({FEED_LISTENING}) ELSE true END;
 """
 _NOTIFY = """  PERFORM pg_notify(
     p_channel,
