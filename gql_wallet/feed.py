@@ -3,9 +3,10 @@
 Writers announce a change of a wallet after it commits: on PostgreSQL with NOTIFY inside the
 write transaction (delivered on commit, never for a rollback, to every process that LISTENs),
 and in-process for the writing process itself. On PostgreSQL a write NOTIFYs only while some
-process LISTENs: NOTIFYing transactions commit one at a time, database-wide (migration 0004). An announcement is only a wake-up: each process
-keeps, per watched customer, a cursor per wallet and reads the new ledger entries after it, so
-nothing is missed or repeated when announcements bunch up, and every event is a committed entry.
+process LISTENs: NOTIFYing transactions commit one at a time, database-wide (migration 0004).
+An announcement is only a wake-up: each process keeps, per watched customer, a cursor per
+wallet and reads the new ledger entries after it, so nothing is missed or repeated when
+announcements bunch up, and every event is a committed entry.
 Within one wallet the ledger order is the commit order (the wallet's row lock is taken before
 the entry gets its sequence number), so a cursor per wallet never skips a late commit.
 """
@@ -196,8 +197,8 @@ class LedgerFeed:
         A process that never serves a subscription never listens, so it pays nothing for the
         notifications of other processes' writes (each listening process has its own server
         backend and a callback per notification), and while no process listens, no write
-        notifies (`_register`). A watcher reads
-        its cursors only after this returns, so a change committed after that read wakes it."""
+        notifies (`_register`). A watcher reads its cursors only after this returns, so a
+        change committed after that read wakes it."""
         if self.engine.dialect.name != "postgresql":
             return
         if self.listener is None:

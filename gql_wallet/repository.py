@@ -1120,7 +1120,7 @@ async def list_transactions(
 LEDGER_CHANNEL = "gql_wallet_ledger"
 # Migration 0004's advisory locks: every balance change holds FEED_GATE shared until it commits;
 # every LISTEN connection holds FEED_LISTENING shared for its session, taken after FEED_GATE
-# exclusive (feed.LedgerFeed._listen), and a change NOTIFYs only while FEED_LISTENING is held.
+# exclusive (feed.LedgerFeed._register), and a change NOTIFYs only while FEED_LISTENING is held.
 FEED_GATE_LOCK = 7_344_512_002
 FEED_LISTENING_LOCK = 7_344_512_003
 

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet.app import create_app
 from gql_wallet.auth import SCOPES, create_api_key
-from gql_wallet.db import read_transaction
+from gql_wallet.db import asyncpg_dsn, read_transaction
 from gql_wallet.repository import idempotency_keys, transactions, wallets
 from gql_wallet.settings import Settings
 
@@ -200,6 +200,23 @@ def fresh_database(
         yield postgres_url(name)
     finally:
         postgres_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+async def advisory_locks(url: str, key: int) -> list[tuple[str, bool]]:
+    """PostgreSQL: (mode, granted) of every session's hold on, or wait for, advisory lock `key`
+    in the database at `url`."""
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        rows = await conn.fetch(
+            "SELECT mode, granted FROM pg_locks WHERE locktype = 'advisory' "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND classid = $1 AND objid = $2 AND objsubid = 1",
+            key >> 32,
+            key & 0xFFFFFFFF,
+        )
+        return sorted((row["mode"], row["granted"]) for row in rows)
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

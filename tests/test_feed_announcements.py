@@ -8,33 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 import pytest
 
 from gql_wallet import ledger, repository
-from gql_wallet.auth import Authenticator
 from gql_wallet.db import asyncpg_dsn, create_engine
 from gql_wallet.feed import LedgerFeed
 from gql_wallet.settings import Settings
-from tests.conftest import cli, fresh_database
+from tests.conftest import advisory_locks, cli
+from tests.test_subscriptions import organization_of
 
 GATE, LISTENING = repository.FEED_GATE_LOCK, repository.FEED_LISTENING_LOCK
 
 
-@pytest.fixture
-def pg_url(tmp_path: Path, sqlite_template: Path, postgres_template: str | None) -> Iterator[str]:
-    with fresh_database("postgresql", tmp_path, sqlite_template, postgres_template) as url:
-        yield url
-
-
 @dataclass
 class Setup:
-    url: str
     feed: LedgerFeed
     organization_id: uuid.UUID
     observer: asyncpg.Connection  # LISTENs without registering: it hears, it does not ask
@@ -64,31 +56,11 @@ async def setup(url: str) -> AsyncIterator[Setup]:
     heard: list[str] = []
     await observer.add_listener(repository.LEDGER_CHANNEL, lambda *args: heard.append(args[3]))
     try:
-        principal = await Authenticator(engine, config.token_secret_bytes).authenticate(
-            token, repository.now_utc()
-        )
-        assert principal is not None
-        yield Setup(url, feed, principal.organization_id, observer, heard)
+        yield Setup(feed, await organization_of(engine, token), observer, heard)
     finally:
         await observer.close()
         await feed.stop()
         await engine.dispose()
-
-
-async def advisory_locks(url: str, key: int) -> list[tuple[str, bool]]:
-    """(mode, granted) of every session's hold on, or wait for, advisory lock `key`."""
-    conn = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        rows = await conn.fetch(
-            "SELECT mode, granted FROM pg_locks WHERE locktype = 'advisory' "
-            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-            "AND classid = $1 AND objid = $2 AND objsubid = 1",
-            key >> 32,
-            key & 0xFFFFFFFF,
-        )
-        return sorted((row["mode"], row["granted"]) for row in rows)
-    finally:
-        await conn.close()
 
 
 async def _until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
@@ -99,15 +71,19 @@ async def _until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def test_writes_notify_only_while_some_process_listens(pg_url: str) -> None:
-    async with setup(pg_url) as s:
+POSTGRESQL = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+
+@POSTGRESQL
+async def test_writes_notify_only_while_some_process_listens(database_url: str) -> None:
+    async with setup(database_url) as s:
         await s.top_up("nobody-listens")
         assert await s.announcements() == []
         # The write's probe of the listening lock left no lock behind on its pooled connection.
-        assert await advisory_locks(pg_url, LISTENING) == []
+        assert await advisory_locks(database_url, LISTENING) == []
 
         await s.feed._listening()  # this process's first subscription would do this
-        assert await advisory_locks(pg_url, LISTENING) == [("ShareLock", True)]
+        assert await advisory_locks(database_url, LISTENING) == [("ShareLock", True)]
         await s.top_up("one-listens")
         heard = await s.announcements()
         assert len(heard) == 1 and '"c" : "cus_1"' in heard[0]
@@ -115,20 +91,21 @@ async def test_writes_notify_only_while_some_process_listens(pg_url: str) -> Non
         await s.feed.stop()  # its LISTEN session ends, and with it the lock
 
         async def no_listener() -> bool:
-            return await advisory_locks(pg_url, LISTENING) == []
+            return await advisory_locks(database_url, LISTENING) == []
 
         await _until(no_listener, "the LISTEN session's end")
         await s.top_up("nobody-listens-again")
         assert await s.announcements() == heard
 
 
-async def test_a_listener_waits_for_the_writes_that_found_no_listener(pg_url: str) -> None:
+@POSTGRESQL
+async def test_a_listener_waits_for_the_writes_that_found_no_listener(database_url: str) -> None:
     """A write in flight that found no listener will not NOTIFY: the listener's registration
     waits until it has committed, so that the cursors read after it include its entry; the
     writes after the registration NOTIFY."""
-    async with setup(pg_url) as s:
+    async with setup(database_url) as s:
         await s.top_up("seed")
-        writer = await asyncpg.connect(asyncpg_dsn(pg_url))
+        writer = await asyncpg.connect(asyncpg_dsn(database_url))
         try:
             transaction = writer.transaction()
             await transaction.start()
@@ -142,11 +119,11 @@ async def test_a_listener_waits_for_the_writes_that_found_no_listener(pg_url: st
             )
             assert outcome == "applied"
             # The write holds the gate until it ends.
-            assert await advisory_locks(pg_url, GATE) == [("ShareLock", True)]
+            assert await advisory_locks(database_url, GATE) == [("ShareLock", True)]
             registering = asyncio.create_task(s.feed._listening())
 
             async def registration_waits() -> bool:
-                return ("ExclusiveLock", False) in await advisory_locks(pg_url, GATE)
+                return ("ExclusiveLock", False) in await advisory_locks(database_url, GATE)
 
             await _until(registration_waits, "the registration to wait for the gate")
             assert not registering.done()

@@ -25,8 +25,15 @@ from gql_wallet.db import create_engine
 from gql_wallet.feed import Subscriber, WalletChange
 from gql_wallet.repository import TransactionRecord, WalletRecord
 from gql_wallet.settings import Settings
-from tests.conftest import CHARGE, TOP_UP, LiveServer, fresh_database, start_server, stop_server
-from tests.test_feed_announcements import advisory_locks
+from tests.conftest import (
+    CHARGE,
+    TOP_UP,
+    LiveServer,
+    advisory_locks,
+    fresh_database,
+    start_server,
+    stop_server,
+)
 from tests.wsclient import SUBSCRIBE, Socket, connect
 
 NO_LIMITS = {"GQL_WALLET_RATE_LIMIT_API_KEY": "", "GQL_WALLET_RATE_LIMIT_CUSTOMER_SESSION": ""}

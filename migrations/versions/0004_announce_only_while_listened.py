@@ -6,14 +6,14 @@ Create Date: 2026-11-27 04:00:00.000000
 
 PostgreSQL serialises the commits of every transaction that sent a NOTIFY: such a transaction
 takes one database-wide lock before its commit record and keeps it until the commit is flushed
-(async.c, PreCommit_Notify),
-so that notifications are queued in commit order. Measured with pgbench calling the function
-(one transaction per call, 2 runs each): 8 clients 3,362-4,778 calls/s with the NOTIFY and
-7,679-8,421 without; 32 clients 2,391-3,356 against 3,914-9,505; 2 clients the same (4,571-4,731
-against 4,327-5,016); this revision's final function, with 50,000 customers: 8 clients 4,060-4,338
-against 7,468-7,884, 32 clients 2,453-2,923 against 5,830-7,185. One gql_wallet process sends one group commit at a time, so 2 processes
-saw no difference (3,783 against 3,706 top-ups/s; 3,677 against 3,579 with the final function); the several processes of a larger deployment
-would have waited for each other's WAL flush.
+(async.c, PreCommit_Notify), so that notifications are queued in commit order. Measured with
+pgbench calling the function (one transaction per call, 2 runs each): 8 clients 3,362-4,778
+calls/s with the NOTIFY and 7,679-8,421 without; 32 clients 2,391-3,356 against 3,914-9,505;
+2 clients the same (4,571-4,731 against 4,327-5,016); this revision's final function, with
+50,000 customers: 8 clients 4,060-4,338 against 7,468-7,884, 32 clients 2,453-2,923 against
+5,830-7,185. One gql_wallet process sends one group commit at a time, so 2 processes saw no
+difference (3,783 against 3,706 top-ups/s; 3,677 against 3,579 with the final function); the
+several processes of a larger deployment would have waited for each other's WAL flush.
 
 An announcement is only needed while some process LISTENs (gql_wallet/feed.py: a process
 LISTENs from its first subscription on). So `gql_wallet_balance_change` now announces a change
@@ -35,6 +35,7 @@ each other's probe and both NOTIFY: an announcement too many, never one too few.
 """
 
 import importlib
+import textwrap
 from collections.abc import Sequence
 
 from alembic import op
@@ -73,13 +74,7 @@ _NOTIFY = """  PERFORM pg_notify(
     json_build_object('o', p_organization_id::text, 'c', p_customer_id, 'w', wallet.seq)::text
   );
 """
-_NOTIFY_IF_LISTENED = """  IF announce THEN
-    PERFORM pg_notify(
-      p_channel,
-      json_build_object('o', p_organization_id::text, 'c', p_customer_id, 'w', wallet.seq)::text
-    );
-  END IF;
-"""
+_NOTIFY_IF_LISTENED = "  IF announce THEN\n" + textwrap.indent(_NOTIFY, "  ") + "  END IF;\n"
 
 
 def _replace_once(text: str, old: str, new: str) -> str:
