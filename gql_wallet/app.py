@@ -24,7 +24,7 @@ from gql_wallet.graphql.websocket import SubscriptionEndpoint, SubscriptionView
 from gql_wallet.middleware import RequestMiddleware
 from gql_wallet.migrate import upgrade_to_head
 from gql_wallet.operations import MetricsEndpoint, Readiness, healthz
-from gql_wallet.settings import Settings
+from gql_wallet.settings import Settings, from_environment
 
 _heap_frozen = False
 # New container objects between two young-generation collections (Python's default: 700, made
@@ -49,7 +49,7 @@ def _freeze_startup_heap() -> None:
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
-    settings = settings or Settings()
+    settings = settings or from_environment()
     engine = create_engine(settings)
     schema = build_schema(settings)
     authenticator = Authenticator(engine, settings.token_secret_bytes)

@@ -1,17 +1,21 @@
-"""gql-wallet serve | api-keys create | export-schema | verify."""
+"""gql-wallet serve | migrate | api-keys create/list/revoke | export-schema | verify."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import enum
 import os
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
+import asyncpg
 import uvicorn
-from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet import repository as repo
@@ -19,20 +23,112 @@ from gql_wallet.audit import audit
 from gql_wallet.auth import API_KEY_PREFIX, SCOPE_READ, SCOPE_WRITE, SCOPES, create_api_key
 from gql_wallet.db import create_engine, dispose, read_transaction, write_transaction
 from gql_wallet.logs import configure_logging, logging_config
-from gql_wallet.migrate import head_revision, upgrade_to_head
-from gql_wallet.settings import Settings
+from gql_wallet.migrate import current_revision, head_revision, upgrade_to_head
+from gql_wallet.settings import Settings, from_environment
 
 T = TypeVar("T")
 
+# What opening or migrating a database raises when the server, the network or the file is the
+# trouble (asyncpg's own errors when SQLAlchemy does not wrap them, e.g. while connecting).
+_DATABASE_ERRORS = (OSError, DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class CommandError(Exception):
+    """Why a command cannot go on: one line on stderr, and exit code 1."""
+
+
+class Access(enum.Enum):
+    """What a command needs of the database, and what it may do to it."""
+
+    READ = "read"  # an existing database at the newest schema; never created, migrated or written
+    CHANGE = "change"  # an existing gql_wallet database, migrated first
+    CREATE = "create"  # created if missing (a new SQLite file is announced), then migrated
+    AS_IS = "as is"  # an existing gql_wallet database at whatever revision (serve, not migrating)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _cause(error: BaseException) -> str:
+    """The database's, the driver's or the network's own words for what went wrong."""
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        error = error.orig.__cause__ or error.orig
+    if isinstance(error, TimeoutError) and not str(error):
+        return "no answer (timed out)"
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _sqlite_path(database_url: str) -> Path | None:
+    """The absolute path of a SQLite database file; None for PostgreSQL and for a `file:` URI
+    (whose options only SQLite reads)."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite":
+        return None
+    if url.database in (None, "", ":memory:"):
+        # Gone when the command ends (and a new, empty one on every connection).
+        raise CommandError(
+            f"{database_url} is a SQLite database in memory: set GQL_WALLET_DATABASE_URL to a file, "
+            "e.g. sqlite:///gql_wallet.db"
+        )
+    if url.database.startswith("file:"):
+        return None
+    return Path(os.path.abspath(url.database))
+
 
 def _with_engine(
-    settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]], *, migrate: bool = True
+    settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]], access: Access
 ) -> T:
+    """`work(engine)` on the configured database, once it is there as `access` needs it.
+
+    A database that is missing, unreachable or without the gql_wallet schema is a
+    `CommandError` naming it (a PostgreSQL URL without its password); only `Access.CREATE`
+    creates a database file or a schema, and says so."""
+    path = _sqlite_path(settings.database_url)
+    url = make_url(settings.database_url)
+    where = str(path) if path else url.render_as_string(hide_password=True)
+    no_schema = CommandError(
+        f"no gql_wallet schema in the database at {where} (set GQL_WALLET_DATABASE_URL, or "
+        "run `gql-wallet migrate` to create it)"
+    )
+    new_file = path is not None and not path.exists()
+    if path is not None and access is not Access.CREATE:
+        if new_file:
+            raise CommandError(
+                f"no database at {path} (set GQL_WALLET_DATABASE_URL, or run "
+                "`gql-wallet migrate` to create one)"
+            )
+        if path.is_file() and path.stat().st_size == 0:  # connecting would write a header
+            raise no_schema
+    if path is not None and new_file and not path.parent.is_dir():
+        raise CommandError(f"cannot create a database at {path}: no folder {path.parent}")
+
     async def run() -> T:
         engine = create_engine(settings)
         try:
-            if migrate:
-                await upgrade_to_head(engine)
+            try:
+                async with read_transaction(engine) as conn:
+                    revision = await conn.run_sync(current_revision)
+            except _DATABASE_ERRORS as error:
+                raise CommandError(
+                    f"cannot open the database at {where}: {_cause(error)}"
+                ) from None
+            if revision is None and access is not Access.CREATE:
+                raise no_schema
+            if access is Access.READ and revision != head_revision():
+                raise CommandError(
+                    f"the database at {where} is at schema revision {revision}, this gql-wallet "
+                    f"reads {head_revision()} (run `gql-wallet migrate`)"
+                )
+            if access in (Access.CREATE, Access.CHANGE):
+                try:
+                    await upgrade_to_head(engine)
+                except _DATABASE_ERRORS as error:
+                    raise CommandError(
+                        f"cannot migrate the database at {where}: {_cause(error)}"
+                    ) from None
+            if new_file:
+                print(f"Created a new database at {path}", file=sys.stderr)
             return await work(engine)
         finally:
             await dispose(engine)
@@ -45,8 +141,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         async with read_transaction(engine) as conn:
             return await repo.count_api_keys(conn)
 
-    # Migrate once here, before any worker starts, then hint at the first step if needed.
-    if _with_engine(settings, key_count, migrate=settings.migrate_on_start) == 0:
+    # Open (and migrate) once here, before any worker starts: a database that is not there
+    # stops the start with one line. Then hint at the first step if needed.
+    access = Access.CREATE if settings.migrate_on_start else Access.AS_IS
+    if _with_engine(settings, key_count, access) == 0:
         print(
             "No API keys yet. Create one with: gql-wallet api-keys create --organization NAME",
             file=sys.stderr,
@@ -121,7 +219,7 @@ def _create_key(settings: Settings, args: argparse.Namespace) -> int:
     async def create(engine: AsyncEngine) -> str:
         return await create_api_key(engine, settings.token_secret_bytes, organization, scopes)
 
-    secret = _with_engine(settings, create)
+    secret = _with_engine(settings, create, Access.CREATE)
     print(
         f"Created an API key ({' '.join(scopes)}) for organization {organization!r}. "
         "It is shown only once:"
@@ -135,8 +233,9 @@ def _list_keys(settings: Settings, _args: argparse.Namespace) -> int:
         async with read_transaction(engine) as conn:
             return await repo.list_api_keys(conn)
 
+    found = _with_engine(settings, keys, Access.READ)
     print(f"{'KEY ID':<14} {'ORGANIZATION':<24} {'SCOPES':<28} {'CREATED':<20} REVOKED")
-    for key in _with_engine(settings, keys):
+    for key in found:
         revoked = key.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if key.revoked_at else "-"
         print(
             f"{key.public_id:<14} {key.organization[:24]:<24} {key.scopes:<28} "
@@ -149,13 +248,25 @@ def _revoke_key(settings: Settings, args: argparse.Namespace) -> int:
     # Accept the key id from `list` or the whole key.
     key_id = args.key.removeprefix(API_KEY_PREFIX).split("_")[0]
 
-    async def revoke(engine: AsyncEngine) -> bool:
+    async def revoke(engine: AsyncEngine) -> repo.ApiKeyRecord | None:
+        """The key as it was before; revoked now unless it was already."""
         async with write_transaction(engine) as conn:
-            return await repo.revoke_api_key(conn, key_id, repo.now_utc())
+            found = [key for key in await repo.list_api_keys(conn) if key.public_id == key_id]
+            if found and found[0].revoked_at is None:
+                await repo.revoke_api_key(conn, key_id, repo.now_utc())
+            return found[0] if found else None
 
-    if not _with_engine(settings, revoke):
+    key = _with_engine(settings, revoke, Access.CHANGE)
+    if key is None:
         print(f"no API key {key_id!r}", file=sys.stderr)
         return 1
+    if key.revoked_at is not None:
+        # The key is revoked, as asked: not an error, but nothing was done now.
+        print(
+            f"API key {key_id} was already revoked at "
+            f"{key.revoked_at.strftime('%Y-%m-%d %H:%M:%S')} UTC; nothing changed"
+        )
+        return 0
     print(f"revoked API key {key_id} and every customer session it made")
     return 0
 
@@ -164,7 +275,7 @@ def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
     async def done(_engine: AsyncEngine) -> None:
         return None
 
-    _with_engine(settings, done)
+    _with_engine(settings, done, Access.CREATE)
     print(f"database schema is at revision {head_revision()}")
     return 0
 
@@ -177,12 +288,12 @@ def _export_schema(_settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _verify(settings: Settings, _args: argparse.Namespace) -> int:
-    report = _with_engine(settings, audit)
+    report = _with_engine(settings, audit, Access.READ)
     for problem in report.problems:
         print(f"INCONSISTENT {problem}")
     print(
-        f"verified {report.wallets} wallets and {report.transactions} transactions: "
-        f"{len(report.problems)} problems"
+        f"verified {_plural(report.wallets, 'wallet')} and "
+        f"{_plural(report.transactions, 'transaction')}: {_plural(len(report.problems), 'problem')}"
     )
     return 1 if report.problems else 0
 
@@ -228,27 +339,45 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.set_defaults(run=_revoke_key)
 
     migrate = commands.add_parser(
-        "migrate", help="bring the database schema to the newest revision"
+        "migrate",
+        help="bring the database schema to the newest revision",
+        description="Bring the database schema to the newest revision: creates the schema in "
+        "an empty database, and the SQLite file if there is none (saying so). Safe to run "
+        "while servers run, and from several processes at once (they migrate once). Exits 0 "
+        "with the revision reached, 1 if the database cannot be opened or migrated.",
     )
     migrate.set_defaults(run=_migrate)
 
-    export = commands.add_parser("export-schema", help="print the GraphQL SDL")
+    export = commands.add_parser(
+        "export-schema",
+        help="print the GraphQL SDL",
+        description="Print the GraphQL schema (SDL) the server serves, identical to the "
+        "committed schema.graphql. Needs no database. Exits 0.",
+    )
     export.set_defaults(run=_export_schema)
 
-    verify = commands.add_parser("verify", help="audit every wallet's ledger; non-zero on problems")
+    verify = commands.add_parser(
+        "verify",
+        help="audit every wallet's ledger; non-zero on problems",
+        description="Audit every wallet in one snapshot: its balance equals the sum of its "
+        "entries, the balanceAfter chain is unbroken, and no balance is negative. Only "
+        "reads: never creates or migrates a database. Exits 0 when all is consistent, 1 "
+        "naming each bad wallet (INCONSISTENT lines), or when there is no database, it "
+        "cannot be opened, or its schema is not at the newest revision.",
+    )
     verify.set_defaults(run=_verify)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        settings = Settings()
-    except ValidationError as error:
-        print(f"gql-wallet: invalid configuration:\n{error}", file=sys.stderr)
-        return 2
+    settings = from_environment()
     configure_logging(settings.log_format, settings.log_level)
-    result: int = args.run(settings, args)
+    try:
+        result: int = args.run(settings, args)
+    except CommandError as error:
+        print(f"gql-wallet: {error}", file=sys.stderr)
+        return 1
     return result
 
 

@@ -10,6 +10,7 @@ scratch SQLite database at head.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import tempfile
 from importlib.resources import files
@@ -27,6 +28,17 @@ from gql_wallet.settings import Settings
 
 # Any fixed 64-bit number: the PostgreSQL advisory lock that serialises migrators.
 _MIGRATION_LOCK = 7_344_512_001
+
+# What Alembic logs (at INFO) each time it looks at a database, even when there is nothing to do:
+# every command and every readiness check. Its "Running upgrade A -> B" lines stay.
+_ALEMBIC_CHATTER = frozenset({"Context impl %s.", "Will assume %s DDL."})
+
+
+def _not_chatter(record: logging.LogRecord) -> bool:
+    return record.msg not in _ALEMBIC_CHATTER
+
+
+logging.getLogger("alembic.runtime.migration").addFilter(_not_chatter)
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Literal, Self
+import sys
+import types
+from contextlib import suppress
+from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 DEFAULT_DATABASE_URL = "sqlite:///gql_wallet.db"
 # Only for development: production refuses to start without its own secret.
@@ -17,7 +24,8 @@ logger = logging.getLogger("gql_wallet")
 
 
 class Settings(BaseSettings):
-    """Server settings. A bad value stops the process at start with a message naming the field."""
+    """Server settings. A bad value stops the process at start with a message naming its
+    environment variable (`from_environment`)."""
 
     model_config = SettingsConfigDict(env_prefix="GQL_WALLET_", extra="ignore")
 
@@ -194,15 +202,24 @@ class Settings(BaseSettings):
         if value.strip():
             from limits import parse
 
-            parse(value)
+            try:
+                parse(value)
+            except ValueError:
+                raise ValueError(
+                    "must be a rate such as 1000/second or 50000/minute, or empty for no limit"
+                ) from None
         return value.strip()
+
+    @field_validator("token_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
 
     @model_validator(mode="after")
     def _production_needs_its_own_secret(self) -> Self:
-        secret = self.token_secret.get_secret_value() if self.token_secret else None
-        if secret is not None and len(secret) < 32:
-            raise ValueError("token_secret must be at least 32 characters")
-        if self.environment == "production" and secret is None:
+        if self.environment == "production" and self.token_secret is None:
             raise ValueError(
                 "GQL_WALLET_TOKEN_SECRET is required in production (32+ random characters, "
                 "e.g. from `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
@@ -235,3 +252,77 @@ class Settings(BaseSettings):
             if self.development and not self.cors_allow_origins
             else None
         )
+
+
+def from_environment() -> Settings:
+    """The settings of a process, from its environment. A bad setting ends the process with exit
+    code 2 and one line per bad setting on stderr, instead of pydantic's report."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        for line in describe_invalid_settings(error):
+            print(f"gql-wallet: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def describe_invalid_settings(error: ValidationError) -> list[str]:
+    """One line per bad setting in `error` (from building Settings): its environment variable,
+    the value it had and what it may be."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    lines: dict[str, str] = {}  # by setting: `int | None` fails once per alternative
+    for problem in error.errors(include_url=False):
+        cause = problem.get("ctx", {}).get("error")
+        reason = str(cause) if problem["type"] == "value_error" and cause else None
+        if not problem["loc"]:  # a rule across settings: its message names the variables
+            lines.setdefault(str(reason or problem["msg"]), str(reason or problem["msg"]))
+            continue
+        name = str(problem["loc"][0])
+        field = Settings.model_fields[name]
+        allowed = reason or f"must be {_allowed_values(field)}"
+        shown = _shown_value(name, field, problem["input"])
+        lines.setdefault(name, f"invalid {prefix.upper()}{name.upper()}{shown}: {allowed}")
+    return list(lines.values())
+
+
+def _shown_value(name: str, field: FieldInfo, value: Any) -> str:
+    """`=<value>` as set, for the message; never a secret, nor a password in a database URL."""
+    if SecretStr in _alternatives(field.annotation):
+        return " (value hidden)"
+    if name == "database_url" and isinstance(value, str):
+        with suppress(ArgumentError, ValueError):  # not URL-shaped: no password to find in it
+            value = make_url(value).render_as_string(hide_password=True)
+    return f"={value!r}"
+
+
+def _alternatives(annotation: Any) -> tuple[Any, ...]:
+    if get_origin(annotation) in (Union, types.UnionType):
+        return get_args(annotation)
+    return (annotation,)
+
+
+def _allowed_values(field: FieldInfo) -> str:
+    """What a setting may be, from its type and bounds, e.g. "an integer from 1 to 1000"."""
+    kinds = [kind for kind in _alternatives(field.annotation) if kind is not type(None)]
+    kind = kinds[0] if len(kinds) == 1 else None
+    if get_origin(kind) is Literal:
+        allowed = "one of: " + ", ".join(str(choice) for choice in get_args(kind))
+    elif kind is bool:
+        allowed = "true or false"
+    elif kind in (int, float):
+        allowed = ("an integer" if kind is int else "a number") + _bounds(field)
+    else:
+        allowed = "text"
+    return allowed + (" (or unset)" if type(None) in _alternatives(field.annotation) else "")
+
+
+def _bounds(field: FieldInfo) -> str:
+    low = next((m for m in field.metadata if isinstance(m, Ge | Gt)), None)
+    high = next((m for m in field.metadata if isinstance(m, Le | Lt)), None)
+    if isinstance(low, Ge) and isinstance(high, Le):
+        return f" from {low.ge} to {high.le}"
+    parts = []
+    if low is not None:
+        parts.append(f">= {low.ge}" if isinstance(low, Ge) else f"> {low.gt}")
+    if high is not None:
+        parts.append(f"<= {high.le}" if isinstance(high, Le) else f"< {high.lt}")
+    return (" " + " and ".join(parts)) if parts else ""

@@ -90,7 +90,7 @@ class TestApiKeys:
 
     def test_bad_database_url_is_a_clear_error(self) -> None:
         result = cli("mysql://nope", "verify", check=False)
-        assert result.returncode == 2 and "database_url" in result.stderr
+        assert result.returncode == 2 and "GQL_WALLET_DATABASE_URL" in result.stderr
 
 
 class TestVerifyAndLedgerIntegrity:
@@ -98,7 +98,7 @@ class TestVerifyAndLedgerIntegrity:
         await env.api.top_up("cus_1", 100, "k1")
         await env.api.charge("cus_1", 30, "k2")
         result = cli(database_url, "verify")
-        assert "verified 1 wallets and 2 transactions: 0 problems" in result.stdout
+        assert "verified 1 wallet and 2 transactions: 0 problems" in result.stdout
 
     async def test_verify_names_a_wallet_whose_balance_was_tampered(
         self, env: Env, database_url: str

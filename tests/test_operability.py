@@ -337,20 +337,18 @@ class TestConfiguration:
             assert f"`GQL_WALLET_{name.upper()}`" in readme, name
 
     @pytest.mark.parametrize(
-        ("variable", "value", "named"),
+        ("variable", "value"),
         [
-            ("GQL_WALLET_DB_POOL_SIZE", "lots", "db_pool_size"),
-            ("GQL_WALLET_LOG_FORMAT", "xml", "log_format"),
-            ("GQL_WALLET_RATE_LIMIT_API_KEY", "fast", "rate_limit_api_key"),
-            ("GQL_WALLET_METRICS_PORT", "70000", "metrics_port"),
-            ("GQL_WALLET_ENVIRONMENT", "staging", "environment"),
+            ("GQL_WALLET_DB_POOL_SIZE", "lots"),
+            ("GQL_WALLET_LOG_FORMAT", "xml"),
+            ("GQL_WALLET_RATE_LIMIT_API_KEY", "fast"),
+            ("GQL_WALLET_METRICS_PORT", "70000"),
+            ("GQL_WALLET_ENVIRONMENT", "staging"),
         ],
     )
-    def test_a_bad_value_stops_the_start_with_its_name(
-        self, variable: str, value: str, named: str
-    ) -> None:
+    def test_a_bad_value_stops_the_start_with_its_name(self, variable: str, value: str) -> None:
         result = cli("sqlite:///unused.db", "serve", check=False, env={variable: value})
-        assert result.returncode == 2 and named in result.stderr
+        assert result.returncode == 2 and f"invalid {variable}={value!r}: must " in result.stderr
 
 
 async def test_the_start_up_heap_is_frozen_out_of_full_collections(env: Env) -> None:
