@@ -8,7 +8,10 @@ import json
 import os
 import re
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +21,8 @@ from gql_wallet.graphql.graphiql import ASSETS_URL
 from gql_wallet.settings import Settings
 from tests.conftest import LiveServer, start_server, stop_server
 
+# The README's subscription, exactly.
+SUBSCRIPTION = 'subscription { walletUpdated(customerId: "cus_42") { wallet { balance } } }'
 ASSETS = Path(__file__).resolve().parents[1] / "gql_wallet" / "static" / "graphiql"
 MANIFEST = json.loads((ASSETS / "manifest.json").read_text())
 
@@ -118,77 +123,162 @@ def server(tmp_path: Path) -> Iterator[LiveServer]:
         stop_server(server)
 
 
-def test_graphiql_in_chromium_runs_a_query_with_the_api_key(
-    server: LiveServer, tmp_path: Path
-) -> None:
-    """A real headless Chromium: the page renders offline, the key goes in Headers, the query runs."""
+def require_chromium() -> None:
     if not Path(CHROMIUM).exists():
         message = f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
         if REQUIRE_BROWSER:
             pytest.fail(message)
         pytest.skip(message)
-    from playwright.sync_api import Route, expect, sync_playwright
 
-    key = server.new_key("acme")
-    top_up = httpx.post(
+
+def top_up(
+    server: LiveServer, key: str, customer_id: str, amount: int, idempotency_key: str
+) -> int:
+    response = httpx.post(
         f"{server.url}/graphql",
         json={
-            "query": 'mutation { topUpWallet(input: {customerId: "cus_browser", currency: "usd", '
-            'amount: 4200, idempotencyKey: "browser-1"}) { wallet { balance } } }'
+            "query": "mutation($input: TopUpWalletInput!) "
+            "{ topUpWallet(input: $input) { wallet { balance } } }",
+            "variables": {
+                "input": {
+                    "customerId": customer_id,
+                    "currency": "usd",
+                    "amount": amount,
+                    "idempotencyKey": idempotency_key,
+                }
+            },
         },
         headers={"Authorization": f"Bearer {key}"},
     )
-    assert top_up.json()["data"]["topUpWallet"]["wallet"]["balance"] == 4200
+    balance: int = response.json()["data"]["topUpWallet"]["wallet"]["balance"]
+    return balance
 
-    elsewhere: list[str] = []
-    problems: list[str] = []
+
+@contextmanager
+def graphiql_in_chromium(server: LiveServer, shots: Path) -> Iterator[Browsing]:
+    """GraphiQL open in a headless Chromium that may reach this server only; on leaving, no
+    request went elsewhere and no script, integrity or CSP error happened."""
+    from playwright.sync_api import Request as BrowserRequest
+    from playwright.sync_api import Route, sync_playwright
+
+    browsing = Browsing()
 
     def only_this_server(route: Route) -> None:
         if route.request.url.startswith(f"{server.url}/"):
             route.continue_()
         else:
-            elsewhere.append(route.request.url)
+            browsing.elsewhere.append(route.request.url)
             route.abort()
+
+    def record(request: BrowserRequest) -> None:
+        if request.method == "POST":
+            browsing.posts.append(request.post_data or "")
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page()
+            browsing.page = page
             page.route("**/*", only_this_server)
-            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.on("request", record)
+            page.on("pageerror", lambda error: browsing.problems.append(str(error)))
             page.on(
                 "console",
                 lambda message: (
-                    problems.append(message.text)
+                    browsing.problems.append(message.text)
                     if "integrity" in message.text or "Content Security Policy" in message.text
                     else None
                 ),
             )
             page.goto(f"{server.url}/graphql")
-            expect(page.locator("#auth-hint")).to_contain_text("Authorization")
             page.locator(".graphiql-container").wait_for(timeout=20_000)
-
-            page.get_by_role("button", name="Headers").click()
-            headers_editor = page.locator(".graphiql-editor-tool .graphiql-editor:not(.hidden)")
-            headers_editor.click()
-            page.keyboard.press("Control+A")
-            page.keyboard.insert_text(json.dumps({"Authorization": f"Bearer {key}"}))
-            # With the key in place the schema loads too: the docs list the API's types.
-            page.get_by_role("button", name="Show Documentation Explorer").click()
-            expect(page.locator(".graphiql-doc-explorer")).to_contain_text(
-                "CustomerWallet", timeout=20_000
-            )
-
-            page.locator(".graphiql-query-editor .CodeMirror").click()
-            page.keyboard.press("Control+A")
-            page.keyboard.insert_text(
-                '{ customerWallet(customerId: "cus_browser", currency: "usd") { balance } }'
-            )
-            page.locator(".graphiql-execute-button").click()
-            result = page.locator(".result-window")
-            expect(result).to_contain_text('"balance": 4200', timeout=20_000)
-            page.screenshot(path=str(tmp_path / "graphiql.png"))
+            yield browsing
+            page.screenshot(path=str(shots / "graphiql.png"))
         finally:
             browser.close()
-    assert elsewhere == []
-    assert problems == []
+    assert browsing.elsewhere == []
+    assert browsing.problems == []
+
+
+@dataclass
+class Browsing:
+    page: Any = None
+    elsewhere: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    posts: list[str] = field(default_factory=list)  # bodies of the page's POST requests
+
+    def paste_key(self, key: str) -> None:
+        page = self.page
+        page.get_by_role("button", name="Headers").click()
+        page.locator(".graphiql-editor-tool .graphiql-editor:not(.hidden)").click()
+        page.keyboard.press("Control+A")
+        page.keyboard.insert_text(json.dumps({"Authorization": f"Bearer {key}"}))
+
+    def run(self, operation: str) -> None:
+        page = self.page
+        page.locator(".graphiql-query-editor .CodeMirror").click()
+        page.keyboard.press("Control+A")
+        page.keyboard.insert_text(operation)
+        page.locator(".graphiql-execute-button").click()
+
+
+def test_graphiql_in_chromium_waits_for_the_key_then_runs_a_query(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    """A real headless Chromium: the page renders offline and sends nothing (not even the
+    schema's introspection) until the key is in Headers; then the schema loads and queries run."""
+    require_chromium()
+    from playwright.sync_api import expect
+
+    key = server.new_key("acme")
+    assert top_up(server, key, "cus_browser", 4200, "browser-1") == 4200
+    with graphiql_in_chromium(server, tmp_path) as browsing:
+        page = browsing.page
+        hint = page.locator("#auth-hint")
+        expect(hint).to_contain_text("Authorization")
+        waiting = hint.locator(".when-waiting")
+        expect(waiting).to_be_visible()
+        expect(waiting).to_contain_text("Nothing is sent until the key is there")
+        page.get_by_role("button", name="Show Documentation Explorer").click()
+        page.locator(".graphiql-execute-button").click()  # the default query, without a key
+        expect(page.locator(".result-window")).to_contain_text("Put your API key")
+        page.wait_for_timeout(1_500)  # long enough for GraphiQL to have introspected
+        assert browsing.posts == []
+        body = page.locator("body")
+        expect(body).not_to_contain_text("UNAUTHENTICATED")
+        expect(body).not_to_contain_text("Error fetching schema")
+
+        browsing.paste_key(key)
+        # With the key in place the schema loads: the docs list the API's types.
+        expect(page.locator(".graphiql-doc-explorer")).to_contain_text(
+            "CustomerWallet", timeout=20_000
+        )
+        expect(waiting).to_be_hidden()
+        assert any("IntrospectionQuery" in post for post in browsing.posts)
+
+        browsing.run('{ customerWallet(customerId: "cus_browser", currency: "usd") { balance } }')
+        expect(page.locator(".result-window")).to_contain_text('"balance": 4200', timeout=20_000)
+
+
+def test_graphiql_in_chromium_runs_the_readme_subscription_over_websocket(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    """The README's subscription, run in GraphiQL, shows a top-up made over HTTP."""
+    require_chromium()
+    from playwright.sync_api import expect
+
+    key = server.new_key("acme")
+    with graphiql_in_chromium(server, tmp_path) as browsing:
+        page = browsing.page
+        browsing.paste_key(key)
+        page.wait_for_timeout(600)  # the headers' debounce: the fetcher carries the key
+        browsing.run(SUBSCRIPTION)
+        page.wait_for_timeout(1_000)  # subscribed: cus_42 has no wallet yet, so nothing came
+        result = page.locator(".result-window")
+        expect(result).not_to_contain_text("error", ignore_case=True)
+        assert top_up(server, key, "cus_42", 5000, "payment_pi_123") == 5000
+        expect(result).to_contain_text('"balance": 5000', timeout=20_000)
+        assert top_up(server, key, "cus_42", 1250, "payment_pi_124") == 6250
+        expect(result).to_contain_text('"balance": 6250', timeout=20_000)
+    # It went over the WebSocket, not as an HTTP request.
+    assert not [post for post in browsing.posts if "walletUpdated" in post]

@@ -153,7 +153,6 @@ class TestMalformedRequests:
                 "mutation($i: TopUpWalletInput!) { topUpWallet(input: $i) { userErrors { code } } }",
                 {"i": {"amount": 1}},
             ),
-            ("subscription { x }", None),
             ("fragment F on Query { ...F } { ...F }", None),
         ],
     )

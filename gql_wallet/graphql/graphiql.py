@@ -48,9 +48,11 @@ PAGE = """<!doctype html>
 {stylesheets}
 </head>
 <body>
-<div id="auth-hint">Every operation needs your API key: open the <strong>Headers</strong> tab
+<div id="auth-hint" class="waiting">Every operation needs your API key: open the <strong>Headers</strong> tab
 below GraphiQL's editor and set <code>{{"Authorization": "Bearer gqlw_sk_..."}}</code>.
-Create a key with <code>gql-wallet api-keys create --organization NAME</code>.</div>
+Create a key with <code>gql-wallet api-keys create --organization NAME</code>.
+<span class="when-waiting">Nothing is sent until the key is there; then the schema loads (completion,
+<strong>Docs</strong>).</span></div>
 <div id="graphiql" data-endpoint="{endpoint}">Loading GraphiQL…</div>
 {scripts}
 </body>

@@ -33,6 +33,15 @@ from gql_wallet.feed import LedgerFeed
 from gql_wallet.graphql.compiled import Plan, Plans
 from gql_wallet.graphql.compiled_writes import WritePlan
 from gql_wallet.graphql.context import Context
+from gql_wallet.graphql.errors import (
+    FORBIDDEN,
+    HTTP_ERROR_CODES,
+    INTERNAL_SERVER_ERROR,
+    RATE_LIMITED,
+    SUBSCRIPTION_OVER_HTTP,
+    UNAUTHENTICATED,
+    error_code,
+)
 from gql_wallet.graphql.graphiql import GRAPHIQL_HEADERS, graphiql_html
 from gql_wallet.logs import current_request, logger
 from gql_wallet.ratelimit import RateLimiter
@@ -43,11 +52,20 @@ GRAPHQL_RESPONSE_MEDIA_TYPE = "application/graphql-response+json"
 
 
 class BadRequest(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    """A request refused before execution; its code is its status's unless it has its own."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: dict[str, str] | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.code = code or HTTP_ERROR_CODES[status]
 
 
 def _json_response(
@@ -112,11 +130,8 @@ def negotiate_media_type(accept: str | None) -> str | None:
     return JSON_MEDIA_TYPE
 
 
-def _error_payload(message: str, code: str | None = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"message": message}
-    if code:
-        error["extensions"] = {"code": code}
-    return {"errors": [error]}
+def _error_payload(message: str, code: str) -> dict[str, Any]:
+    return {"errors": [{"message": message, "extensions": {"code": code}}]}
 
 
 def _has_float(value: Any) -> bool:
@@ -193,7 +208,10 @@ class GraphQLEndpoint:
             # Gone before its body arrived: nobody reads this answer, and it is no server fault.
             info.outcome = "disconnected"
             response = _json_response(
-                _error_payload("The client disconnected before the request body arrived."),
+                _error_payload(
+                    "The client disconnected before the request body arrived.",
+                    HTTP_ERROR_CODES[400],
+                ),
                 400,
                 None,
                 media_type,
@@ -201,13 +219,16 @@ class GraphQLEndpoint:
         except BadRequest as error:
             info.outcome = "rejected"
             response = _json_response(
-                _error_payload(error.message), error.status, error.headers, media_type
+                _error_payload(error.message, error.code), error.status, error.headers, media_type
             )
         except Exception:
             info.outcome = "error"
             logger.exception("unhandled error serving %s %s", request.method, request.url.path)
             response = _json_response(
-                _error_payload("Internal server error."), 500, None, media_type
+                _error_payload("Internal server error.", INTERNAL_SERVER_ERROR),
+                500,
+                None,
+                media_type,
             )
         return response
 
@@ -254,7 +275,7 @@ class GraphQLEndpoint:
                 _error_payload(
                     "A valid, unexpired token is required: send 'Authorization: Bearer <token>' "
                     "with an API key or a customer session token.",
-                    "UNAUTHENTICATED",
+                    UNAUTHENTICATED,
                 ),
                 401,
                 {"WWW-Authenticate": "Bearer"},
@@ -268,7 +289,7 @@ class GraphQLEndpoint:
             limit = self.rate_limiter.limit_for(principal)
             payload = _error_payload(
                 f"Rate limit exceeded for this token ({limit}); retry after {retry_after} s.",
-                "RATE_LIMITED",
+                RATE_LIMITED,
             )
             payload["errors"][0]["extensions"]["retryAfter"] = retry_after
             return _json_response(payload, 429, {"Retry-After": str(retry_after)}, media_type)
@@ -305,7 +326,11 @@ class GraphQLEndpoint:
         operation_name: str | None,
     ) -> Response:
         info = current_request()
-        allowed = {OperationType.QUERY} if request.method == "GET" else None
+        allowed = (
+            {OperationType.QUERY}
+            if request.method == "GET"
+            else {OperationType.QUERY, OperationType.MUTATION}
+        )
         try:
             result = await self.schema.execute(
                 query,
@@ -315,6 +340,8 @@ class GraphQLEndpoint:
                 allowed_operation_types=allowed,
             )
         except InvalidOperationTypeError as error:
+            if error.operation_type is OperationType.SUBSCRIPTION:
+                raise _subscription_over_http(request) from error
             raise BadRequest(
                 405,
                 "Only queries can be sent with GET; send mutations with POST.",
@@ -328,7 +355,7 @@ class GraphQLEndpoint:
             ) from error
         payload = _result_payload(result)
         if "errors" in payload:
-            info.outcome = "error" if "data" in payload else "invalid"
+            info.outcome = _outcome_of(result.errors or [])
         else:
             self.plans.answered(query, operation_name)
             if info.outcome == "-":
@@ -392,6 +419,27 @@ def _operation(params: Any) -> tuple[str, dict[str, Any] | None, str | None]:
     if extensions is not None and not isinstance(extensions, dict):
         raise BadRequest(400, "'extensions' must be a JSON object.")
     return query, variables, operation_name
+
+
+def _subscription_over_http(request: Request) -> BadRequest:
+    websocket_url = request.url.replace(
+        scheme="wss" if request.url.scheme == "https" else "ws", query=""
+    )
+    return BadRequest(
+        400,
+        f"Subscriptions are not served over HTTP: open a WebSocket to {websocket_url} with "
+        "the graphql-transport-ws protocol and send the token in the connection_init "
+        'payload, {"Authorization": "Bearer <token>"}.',
+        code=SUBSCRIPTION_OVER_HTTP,
+    )
+
+
+def _outcome_of(errors: list[GraphQLError]) -> str:
+    """The outcome of a result with errors: `error` only when the server is at fault."""
+    codes = {error_code(error) for error in errors}
+    if INTERNAL_SERVER_ERROR in codes:
+        return "error"
+    return "forbidden" if FORBIDDEN in codes else "invalid"
 
 
 def _result_payload(result: ExecutionResult) -> dict[str, Any]:

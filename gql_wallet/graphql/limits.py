@@ -33,6 +33,12 @@ from graphql import (
 from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
 from strawberry.extensions import SchemaExtension
 
+from gql_wallet.graphql.errors import (
+    ALIAS_LIMIT_EXCEEDED,
+    COST_LIMIT_EXCEEDED,
+    DEPTH_LIMIT_EXCEEDED,
+    DIRECTIVE_LIMIT_EXCEEDED,
+)
 from gql_wallet.graphql.types import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from gql_wallet.settings import Settings
 
@@ -100,11 +106,17 @@ def depth_and_aliases_rule(max_depth: int, max_aliases: int) -> type[ValidationR
                 if levels - 1 > max_depth:
                     name = definition.name.value if definition.name else "anonymous"
                     context.report_error(
-                        GraphQLError(f"'{name}' exceeds maximum operation depth of {max_depth}.")
+                        GraphQLError(
+                            f"'{name}' exceeds maximum operation depth of {max_depth}.",
+                            extensions={"code": DEPTH_LIMIT_EXCEEDED},
+                        )
                     )
             if total_aliases > max_aliases:
                 context.report_error(
-                    GraphQLError(f"{total_aliases} aliases found. Allowed: {max_aliases}.")
+                    GraphQLError(
+                        f"{total_aliases} aliases found. Allowed: {max_aliases}.",
+                        extensions={"code": ALIAS_LIMIT_EXCEEDED},
+                    )
                 )
 
     return DepthAndAliases
@@ -120,7 +132,11 @@ def max_directives_rule(max_directives: int) -> type[ValidationRule]:
             self.count += 1
             if self.count == max_directives + 1:
                 self.report_error(
-                    GraphQLError(f"The document has more than {max_directives} directives.", node)
+                    GraphQLError(
+                        f"The document has more than {max_directives} directives.",
+                        node,
+                        extensions={"code": DIRECTIVE_LIMIT_EXCEEDED},
+                    )
                 )
 
     return MaxDirectives
@@ -220,6 +236,6 @@ class CostLimiter(SchemaExtension):
                 raise GraphQLError(
                     f"This operation could return {cost} objects; the limit is {self.max_cost}. "
                     "Ask for smaller pages (first) or fewer nested connections.",
-                    extensions={"code": "COST_LIMIT_EXCEEDED"},
+                    extensions={"code": COST_LIMIT_EXCEEDED},
                 )
         yield

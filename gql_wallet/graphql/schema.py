@@ -9,7 +9,6 @@ import strawberry
 from graphql import FieldNode, GraphQLError, get_operation_ast
 from strawberry.extensions import (
     AddValidationRules,
-    MaskErrors,
     MaxTokensLimiter,
     ParserCache,
     SchemaExtension,
@@ -18,7 +17,7 @@ from strawberry.extensions import (
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
-from gql_wallet.graphql.errors import should_mask_error
+from gql_wallet.graphql.errors import CodedMaskErrors, ErrorCodes, should_mask_error
 from gql_wallet.graphql.limits import CostLimiter, validation_rules
 from gql_wallet.graphql.mutations import Mutation
 from gql_wallet.graphql.queries import Query
@@ -75,7 +74,9 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         rules = validation_rules(settings)
         max_tokens, max_cost = settings.max_tokens, settings.max_cost
         extensions = [
-            lambda: MaskErrors(
+            # Before MaskErrors: it codes the errors once they are masked.
+            ErrorCodes,
+            lambda: CodedMaskErrors(
                 should_mask_error=should_mask_error, error_message="Internal server error."
             ),
             lambda: MaxTokensLimiter(max_token_count=max_tokens),

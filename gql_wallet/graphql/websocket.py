@@ -22,12 +22,14 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
 )
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import SubscribeMessage
 
 from gql_wallet import metrics
 from gql_wallet import repository as repo
 from gql_wallet.auth import NOBODY, Authenticator, bearer_token
 from gql_wallet.feed import LedgerFeed
 from gql_wallet.graphql.context import Context
+from gql_wallet.graphql.errors import SUBSCRIPTION_LIMIT_EXCEEDED, UNAUTHENTICATED
 from gql_wallet.graphql.fanout import Delivery, SharedSubscriptions, current_delivery
 from gql_wallet.settings import Settings
 
@@ -49,6 +51,31 @@ class TransportHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """graphql-transport-ws as Strawberry runs it, plus a `Delivery` for each operation."""
 
     view: SubscriptionView
+
+    async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        # Strawberry refuses one subscription too many with an error that has no code.
+        limit = self.max_subscriptions_per_connection
+        if (
+            self.connection_acknowledged
+            and message["id"] not in self.operations
+            and limit is not None
+            and len(self.operations) >= limit
+        ):
+            await self.send_message(
+                {
+                    "id": message["id"],
+                    "type": "error",
+                    "payload": [
+                        {
+                            "message": f"At most {limit} operations may run at once on one "
+                            "connection: complete one first, or open another connection.",
+                            "extensions": {"code": SUBSCRIPTION_LIMIT_EXCEEDED},
+                        }
+                    ],
+                }
+            )
+            return
+        await super().handle_subscribe(message)
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         # Runs as the operation's own task: the variable is seen by its resolver alone.
@@ -128,7 +155,7 @@ class SubscriptionView(GraphQL[Context, None]):
                 {
                     "message": "A valid, unexpired token is required in the connection_init "
                     'payload: {"Authorization": "Bearer <token>"}.',
-                    "code": "UNAUTHENTICATED",
+                    "code": UNAUTHENTICATED,
                 }
             )
         context.principal = principal
