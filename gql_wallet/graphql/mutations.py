@@ -24,7 +24,7 @@ from gql_wallet.graphql.types import (
     error_code,
 )
 from gql_wallet.logs import current_request
-from gql_wallet.money import check_customer_id
+from gql_wallet.money import check_customer_id, check_text
 
 _CUSTOMER_ID = (
     "The organization's own ID for the customer: 1-128 characters, no control characters."
@@ -257,6 +257,10 @@ class Mutation:
             RevokeCustomerSessionInput, strawberry.argument(description="The session to end.")
         ],
     ) -> RevokeCustomerSessionPayload:
+        if errors := check_text(str(input.id), "id"):
+            return RevokeCustomerSessionPayload(
+                customer_session=None, user_errors=_user_errors(tuple(errors))
+            )
         record = None
         try:
             session_id = uuid.UUID(str(input.id))
