@@ -85,7 +85,8 @@ class TopUpWalletPayload:
 @strawberry.type(description="The result of chargeWallet.")
 class ChargeWalletPayload:
     wallet: CustomerWallet | None = strawberry.field(
-        description="The wallet as it is now; null when the input was invalid or there is none."
+        description="The wallet as it is now; null when the input was invalid or the charge "
+        "found no wallet (WALLET_NOT_FOUND, on its replays too)."
     )
     transaction: WalletTransaction | None = strawberry.field(
         description="The ledger entry of this charge (the same one on every replay of its key)."
