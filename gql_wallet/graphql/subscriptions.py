@@ -14,8 +14,8 @@ from gql_wallet.db import read_transaction
 from gql_wallet.feed import SlowConsumer, WalletChange
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.fanout import GroupKey, current_delivery
-from gql_wallet.graphql.types import CustomerWallet, WalletTransaction
 from gql_wallet.graphql.queries import currency_argument
+from gql_wallet.graphql.types import CustomerWallet, WalletTransaction
 
 SLOW_CONSUMER_CLOSE_CODE = 4008
 
