@@ -278,7 +278,9 @@ def _replay(
         return WriteResult(wallet=wallet, transaction=transaction, replayed=True)
     code = ErrorCode(record.error_code)
     return WriteResult(
-        wallet=wallet,
+        # WALLET_NOT_FOUND replays as it was first answered, without a wallet, even when a
+        # top-up has created the wallet since.
+        wallet=None if code is ErrorCode.WALLET_NOT_FOUND else wallet,
         errors=(UserError(code, record.error_message or code.value, _OUTCOME_FIELDS[code]),),
         replayed=True,
     )

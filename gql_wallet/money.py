@@ -29,7 +29,11 @@ def normalize_currency(currency: str) -> str | None:
 
 
 def is_unicode_text(value: str) -> bool:
-    """False for text with lone surrogates (JSON's "\\ud800"): no database can store it."""
+    """The one rule for every text input, read or written: False for text that a database cannot
+    store. Lone surrogates (JSON's "\\ud800") fit none; NUL fits SQLite's text but not
+    PostgreSQL's, so it is refused on both and both answer alike."""
+    if "\x00" in value:
+        return False
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -45,30 +49,38 @@ def is_valid_customer_id(customer_id: str) -> bool:
     )
 
 
-def check_customer_id(customer_id: str) -> list[UserError]:
+# Where a refusal points: an input object's field in writes, the argument itself in reads.
+INPUT = ("input",)
+ARGUMENT: tuple[str, ...] = ()
+
+
+def check_customer_id(customer_id: str, at: tuple[str, ...] = INPUT) -> list[UserError]:
     if is_valid_customer_id(customer_id):
         return []
     return [
         UserError(
             ErrorCode.INVALID_CUSTOMER_ID,
             f"customerId must be 1-{MAX_CUSTOMER_ID_LENGTH} characters with no control characters.",
-            ("input", "customerId"),
+            (*at, "customerId"),
+        )
+    ]
+
+
+def check_currency(currency: str, at: tuple[str, ...] = INPUT) -> list[UserError]:
+    if normalize_currency(currency) is not None:
+        return []
+    return [
+        UserError(
+            ErrorCode.INVALID_CURRENCY,
+            f"{currency[:16]!r} is not an active ISO 4217 currency code.",
+            (*at, "currency"),
         )
     ]
 
 
 def check_owner(customer_id: str, currency: str) -> list[UserError]:
     """Errors for the (customerId, currency) pair that names a wallet."""
-    errors = check_customer_id(customer_id)
-    if normalize_currency(currency) is None:
-        errors.append(
-            UserError(
-                ErrorCode.INVALID_CURRENCY,
-                f"{currency[:16]!r} is not an active ISO 4217 currency code.",
-                ("input", "currency"),
-            )
-        )
-    return errors
+    return [*check_customer_id(customer_id), *check_currency(currency)]
 
 
 def check_amount(amount: int) -> list[UserError]:
@@ -84,16 +96,26 @@ def check_amount(amount: int) -> list[UserError]:
 
 
 def check_text(
-    value: str | None, field: str, max_length: int, *, required: bool
+    value: str | None,
+    field: str,
+    max_length: int | None = None,
+    *,
+    required: bool = False,
+    at: tuple[str, ...] = INPUT,
 ) -> list[UserError]:
+    """INVALID_INPUT unless `value` is text (is_unicode_text) of the allowed length; None (an
+    absent optional field) passes. `max_length` None: any length (a field bounded elsewhere)."""
     if value is None or (
-        (value or not required) and len(value) <= max_length and is_unicode_text(value)
+        (value or not required)
+        and (max_length is None or len(value) <= max_length)
+        and is_unicode_text(value)
     ):
         return []
+    length = "" if max_length is None else f"{'1' if required else '0'}-{max_length} characters of "
     return [
         UserError(
             ErrorCode.INVALID_INPUT,
-            f"{field} must be {'1' if required else '0'}-{max_length} characters of Unicode text.",
-            ("input", field),
+            f"{field} must be {length}Unicode text without NUL characters.",
+            (*at, field),
         )
     ]

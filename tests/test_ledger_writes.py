@@ -642,7 +642,7 @@ async def test_lone_surrogates_are_typed_errors_and_write_nothing(
     env: Env, field: str, value: str, code: str
 ) -> None:
     """JSON may carry "\\ud800" (a lone surrogate); no database stores it, so it is invalid
-    input, never a masked internal error, and a lookup of such a customer finds none."""
+    input, never a masked internal error, and a lookup of such a customer is refused alike."""
     await env.api.top_up("cus_1", 100, "seed")
     before = await env.counts()
     change = {"customerId": "cus_1", "currency": "usd", "amount": 5, "idempotencyKey": "k1"}
@@ -671,7 +671,9 @@ async def test_lone_surrogates_are_typed_errors_and_write_nothing(
             content=lookup.encode(),
             headers={"Authorization": f"Bearer {env.api.key}", "Content-Type": "application/json"},
         )
-        assert response.json() == {"data": {"customerWallets": []}}
+        body = response.json()
+        assert body["data"] is None
+        assert body["errors"][0]["extensions"]["code"] == "INVALID_CUSTOMER_ID"
 
 
 async def test_a_cancelled_wait_never_releases_the_next_writers_lock(tmp_path: Path) -> None:

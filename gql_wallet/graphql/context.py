@@ -14,7 +14,8 @@ from gql_wallet import repository as repo
 from gql_wallet.auth import Principal
 from gql_wallet.db import read_connection
 from gql_wallet.feed import LedgerFeed
-from gql_wallet.money import is_valid_customer_id
+from gql_wallet.graphql.errors import refuse
+from gql_wallet.money import ARGUMENT, check_customer_id
 from gql_wallet.repository import WalletRecord
 from gql_wallet.settings import Settings
 
@@ -36,11 +37,11 @@ class Context:
         """(visible, customer filter) for a read that may name a customer.
 
         A customer session sees only its own customer: naming another one is answered exactly
-        like a customer with no wallets. So is a customerId that no wallet can have (see
-        money.is_valid_customer_id), without asking the database.
+        like a customer with no wallets. A customerId that no wallet can have is refused
+        (INVALID_CUSTOMER_ID), as in writes.
         """
-        if requested is not None and not is_valid_customer_id(requested):
-            return False, None
+        if requested is not None:
+            refuse(check_customer_id(requested, ARGUMENT))
         own = self.principal.customer_id
         if own is None:
             return True, requested

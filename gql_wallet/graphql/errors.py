@@ -48,12 +48,30 @@ HTTP_ERROR_CODES = {
 # graphql-core words its token limit as a syntax error; this tells the two apart.
 _TOKEN_LIMIT = re.compile(r"Syntax Error: Document contains more than \d+ tokens\.")
 
+from gql_wallet.errors import UserError
+
 
 class RequestError(GraphQLError):
     """A malformed argument (a page size out of range, a cursor we never issued)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, extensions={"code": BAD_USER_INPUT})
+
+
+class InvalidArgument(GraphQLError):
+    """A read's argument refused by the rule that refuses it in writes (money.check_*): the same
+    code and message, with `field` naming the argument."""
+
+    def __init__(self, error: UserError) -> None:
+        super().__init__(
+            error.message, extensions={"code": error.code.value, "field": list(error.field or ())}
+        )
+
+
+def refuse(errors: list[UserError]) -> None:
+    """Raise the first of a read argument's refusals, if any (a field has one error)."""
+    if errors:
+        raise InvalidArgument(errors[0])
 
 
 def should_mask_error(error: GraphQLError) -> bool:

@@ -24,7 +24,7 @@ from gql_wallet.graphql.types import (
     error_code,
 )
 from gql_wallet.logs import current_request
-from gql_wallet.money import check_customer_id
+from gql_wallet.money import check_customer_id, check_text
 
 _CUSTOMER_ID = (
     "The organization's own ID for the customer: 1-128 characters, no control characters."
@@ -85,7 +85,8 @@ class TopUpWalletPayload:
 @strawberry.type(description="The result of chargeWallet.")
 class ChargeWalletPayload:
     wallet: CustomerWallet | None = strawberry.field(
-        description="The wallet as it is now; null when the input was invalid or there is none."
+        description="The wallet as it is now; null when the input was invalid or the charge "
+        "found no wallet (WALLET_NOT_FOUND, on its replays too)."
     )
     transaction: WalletTransaction | None = strawberry.field(
         description="The ledger entry of this charge (the same one on every replay of its key)."
@@ -257,6 +258,10 @@ class Mutation:
             RevokeCustomerSessionInput, strawberry.argument(description="The session to end.")
         ],
     ) -> RevokeCustomerSessionPayload:
+        if errors := check_text(str(input.id), "id"):
+            return RevokeCustomerSessionPayload(
+                customer_session=None, user_errors=_user_errors(tuple(errors))
+            )
         record = None
         try:
             session_id = uuid.UUID(str(input.id))

@@ -12,6 +12,7 @@ from strawberry.types import Info
 from gql_wallet import repository as repo
 from gql_wallet.db import DriverConnection, OnDemandConnection, read_connection
 from gql_wallet.graphql.context import Context
+from gql_wallet.graphql.errors import refuse
 from gql_wallet.graphql.types import (
     DEFAULT_PAGE_SIZE,
     CustomerWallet,
@@ -22,12 +23,20 @@ from gql_wallet.graphql.types import (
     page_info,
     page_size,
 )
-from gql_wallet.money import normalize_currency
+from gql_wallet.money import ARGUMENT, check_currency, check_text, normalize_currency
 from gql_wallet.repository import WalletRecord
 
 CustomerIdArg = Annotated[
     str, strawberry.argument(description="The organization's own ID for the customer.")
 ]
+
+
+def currency_argument(currency: str) -> str:
+    """The lowercase code of a read's currency argument; an invalid one is refused, as in writes."""
+    refuse(check_currency(currency, ARGUMENT))
+    code = normalize_currency(currency)
+    assert code is not None  # checked above
+    return code
 
 
 async def customer_wallet_records(
@@ -65,9 +74,9 @@ class Query:
             str, strawberry.argument(description="ISO 4217 code, in any case (usd, USD).")
         ],
     ) -> CustomerWallet | None:
-        code = normalize_currency(currency)
         visible, _ = info.context.customer_scope(customer_id)
-        if code is None or not visible:
+        code = currency_argument(currency)
+        if not visible:
             return None
         async with read_connection(info.context.engine) as conn:
             record = await conn.run_sync(
@@ -81,6 +90,7 @@ class Query:
         info: Info[Context, None],
         id: Annotated[strawberry.ID, strawberry.argument(description="The wallet's ID.")],
     ) -> CustomerWallet | None:
+        refuse(check_text(str(id), "id", at=ARGUMENT))
         try:
             wallet_id = uuid.UUID(str(id))
         except ValueError:
@@ -111,11 +121,9 @@ class Query:
     ) -> CustomerWalletConnection:
         size = page_size(first)
         after_seq = decode_cursor("w", after)
-        code = None
         visible, customer = info.context.customer_scope(customer_id)
-        if currency is not None:
-            code = normalize_currency(currency)
-        if not visible or (currency is not None and code is None):
+        code = None if currency is None else currency_argument(currency)
+        if not visible:
             return CustomerWalletConnection(edges=[], page_info=page_info([], False))
         async with read_connection(info.context.engine) as conn:
             records = await repo.list_wallets(

@@ -14,8 +14,8 @@ from gql_wallet.db import read_transaction
 from gql_wallet.feed import SlowConsumer, WalletChange
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.fanout import GroupKey, current_delivery
+from gql_wallet.graphql.queries import currency_argument
 from gql_wallet.graphql.types import CustomerWallet, WalletTransaction
-from gql_wallet.money import normalize_currency
 
 SLOW_CONSUMER_CLOSE_CODE = 4008
 
@@ -50,38 +50,43 @@ class Subscription:
             strawberry.argument(description="Only this currency (any case); default: all."),
         ] = None,
     ) -> AsyncGenerator[WalletUpdate, None]:
-        context = info.context
-        visible, _ = context.customer_scope(customer_id)
-        code = normalize_currency(currency) if currency is not None else None
-        if not visible or (currency is not None and code is None):
-            # Exactly like a customer that has no wallets and never gets one.
-            await asyncio.Event().wait()
-        principal = context.principal
-        # Feed events are executed once per group of identical subscriptions and arrive here
-        # already encoded; only the current state at the start is executed for this one.
-        delivery = current_delivery.get()
-        key = GroupKey.of(delivery, principal, customer_id, code)
-        async with delivery.shared.join(
-            key, principal, delivery.variables, wallet_update
-        ) as events:
-            async with read_transaction(context.engine) as conn:
-                wallets = await repo.list_wallets(
-                    conn, principal.organization_id, customer_id=customer_id, currency=code
+        # Arguments are checked before the stream exists: a refused one ends the subscription
+        # with graphql-transport-ws's `error` message, as a validation error does.
+        visible, _ = info.context.customer_scope(customer_id)
+        code = None if currency is None else currency_argument(currency)
+        return wallet_updates(info.context, customer_id, code, visible)
+
+
+async def wallet_updates(
+    context: Context, customer_id: str, code: str | None, visible: bool
+) -> AsyncGenerator[WalletUpdate, None]:
+    if not visible:
+        # Exactly like a customer that has no wallets and never gets one.
+        await asyncio.Event().wait()
+    principal = context.principal
+    # Feed events are executed once per group of identical subscriptions and arrive here
+    # already encoded; only the current state at the start is executed for this one.
+    delivery = current_delivery.get()
+    key = GroupKey.of(delivery, principal, customer_id, code)
+    async with delivery.shared.join(key, principal, delivery.variables, wallet_update) as events:
+        async with read_transaction(context.engine) as conn:
+            wallets = await repo.list_wallets(
+                conn, principal.organization_id, customer_id=customer_id, currency=code
+            )
+            events.seen = await repo.last_entries(conn, principal.organization_id, customer_id)
+        for wallet in wallets:
+            yield WalletUpdate(wallet=CustomerWallet.from_record(wallet), transaction=None)
+        while True:
+            try:
+                payload = await events.next()
+            except SlowConsumer:
+                await context.close_connection(
+                    SLOW_CONSUMER_CLOSE_CODE,
+                    f"Slow consumer: fell more than {context.settings.subscription_queue_size}"
+                    " events behind; reconnect to get the current state.",
                 )
-                events.seen = await repo.last_entries(conn, principal.organization_id, customer_id)
-            for wallet in wallets:
-                yield WalletUpdate(wallet=CustomerWallet.from_record(wallet), transaction=None)
-            while True:
-                try:
-                    payload = await events.next()
-                except SlowConsumer:
-                    await context.close_connection(
-                        SLOW_CONSUMER_CLOSE_CODE,
-                        f"Slow consumer: fell more than {context.settings.subscription_queue_size}"
-                        " events behind; reconnect to get the current state.",
-                    )
-                    return
-                await delivery.send_payload(payload)
+                return
+            await delivery.send_payload(payload)
 
 
 def wallet_update(change: WalletChange) -> WalletUpdate:

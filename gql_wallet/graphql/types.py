@@ -129,8 +129,9 @@ class WalletErrorCode(enum.Enum):
     )
     INVALID_INPUT = strawberry.enum_value(
         "INVALID_INPUT",
-        description="A text field is too long (description > 500, reference > 255) or the "
-        "idempotencyKey is empty or longer than 255; `field` names it.",
+        description="A text field is too long (description > 500, reference > 255), the "
+        "idempotencyKey is empty or longer than 255, or a text input holds NUL or a lone "
+        "surrogate; `field` names it.",
     )
     INSUFFICIENT_FUNDS = strawberry.enum_value(
         "INSUFFICIENT_FUNDS",

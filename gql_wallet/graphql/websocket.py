@@ -8,6 +8,7 @@ way for a subscription to send a payload that was executed and encoded once for 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from datetime import timedelta
 from typing import Any
@@ -34,6 +35,20 @@ from gql_wallet.graphql.fanout import Delivery, SharedSubscriptions, current_del
 from gql_wallet.settings import Settings
 
 TRY_AGAIN_LATER = 1013
+
+logger = logging.getLogger(__name__)
+ORIGINS_VARIABLE = f"{Settings.model_config['env_prefix']}cors_allow_origins".upper()
+
+
+class _WithoutStrawberrysOriginWarning(logging.Filter):
+    """Drops strawberry's warning on a refused origin: it names its own argument
+    (`allowed_origins`), which an operator cannot set; ours names the variable."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Rejected WebSocket connection from origin")
+
+
+_STRAWBERRY_ORIGIN_FILTER = _WithoutStrawberrysOriginWarning()
 
 
 def connection_token(params: dict[str, Any] | None) -> str | None:
@@ -131,11 +146,21 @@ class SubscriptionView(GraphQL[Context, None]):
         self.shared = shared
         regex = settings.cors_origin_regex
         self.origin_pattern = re.compile(regex) if regex else None
+        logging.getLogger("strawberry.ws").addFilter(_STRAWBERRY_ORIGIN_FILTER)
 
     def is_websocket_origin_allowed(self, request: Any, origin: str) -> bool:
+        """Asked only for a browser page on another origin than the server's."""
         if self.origin_pattern is not None and self.origin_pattern.fullmatch(origin):
             return True
-        return bool(super().is_websocket_origin_allowed(request, origin))
+        if super().is_websocket_origin_allowed(request, origin):
+            return True
+        logger.warning(
+            "Refused a WebSocket connection from the browser origin %r: to let pages on it "
+            "connect, add it to %s (comma-separated origins).",
+            origin,
+            ORIGINS_VARIABLE,
+        )
+        return False
 
     async def get_context(self, request: Any, response: Any) -> Context:
         return Context(
