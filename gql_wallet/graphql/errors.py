@@ -16,6 +16,8 @@ from graphql import GraphQLError, GraphQLSyntaxError
 from strawberry.extensions import MaskErrors, SchemaExtension
 from strawberry.types.execution import StreamExecutionResult
 
+from gql_wallet.errors import UserError
+
 # GraphQL errors.
 PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
 VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
@@ -47,8 +49,6 @@ HTTP_ERROR_CODES = {
 
 # graphql-core words its token limit as a syntax error; this tells the two apart.
 _TOKEN_LIMIT = re.compile(r"Syntax Error: Document contains more than \d+ tokens\.")
-
-from gql_wallet.errors import UserError
 
 
 class RequestError(GraphQLError):
