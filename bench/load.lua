@@ -1,21 +1,21 @@
 -- wrk script: POST JSON requests for random seeded customers and check every response.
 --
 -- Arguments (after `--`), all strings:
---   1 lookup path          e.g. /graphql
---   2 lookup template      body of a lookup
---   3 lookup expect        substrings a successful lookup response contains, joined by "&&"
---   4 top-up path
---   5 top-up template      body of a top-up
---   6 top-up expect        as 3, for a top-up
---   7 top-up share         0..1: the fraction of requests that are top-ups
---   8 customers            seeded customers are cus_0 .. cus_<customers-1>
---   9 organization ids     comma-separated, as 10 (only where a template needs $ORG)
---  10 API keys             comma-separated; customer k belongs to the organization of key k % count
---  11 key prefix           makes every top-up's idempotency key unique across runs
+--   1 organization ids     comma-separated, as 2 (only where a template needs $ORG)
+--   2 API keys             comma-separated; customer k belongs to the organization of key k % count
+--   3 key prefix           makes every write's idempotency key unique across runs
+--   then one group of 5 per operation of the mix (one group: every request is that operation):
+--     path                 e.g. /graphql
+--     template             the request body
+--     expect               substrings a successful response contains, joined by "&&"
+--     weight               > 0: the operation's share of requests is its weight over the sum
+--     customers            the operation draws customer cus_k for k in 0 .. customers-1
 --
--- Templates may contain $CUSTOMER, $ORG and $KEY. A response is a success when its status is
--- 200, its body has no "errors" and it contains every expected substring of its kind; anything
--- else is counted as a failure, because a fast error is not a result.
+-- Templates may contain $CUSTOMER, $ORG and $KEY (placeholders are upper case, so GraphQL's own
+-- $variables are left alone). A response is a success when its status is 200, its body has no
+-- "errors" and it contains every expected substring of one operation of the mix; anything else
+-- is counted as a failure, because a fast error is not a result. (wrk does not tell which
+-- request a response answers: in a mix, a response passes as any of its operations.)
 
 local threads = {}
 local thread_count = 0
@@ -43,26 +43,47 @@ local function split(text, separator)
   end
 end
 
-local lookup_path, lookup_body, lookup_expect, top_up_path, top_up_body, top_up_expect
-local top_up_share, customers, organizations, api_keys, key_prefix
+local operations = {}
+local total_weight = 0
+local organizations, api_keys, key_prefix
 local counter = 0
 
 function init(args)
-  lookup_path = args[1]
-  lookup_body = args[2]
-  lookup_expect = split(args[3], "&&")
-  top_up_path = args[4]
-  top_up_body = args[5]
-  top_up_expect = split(args[6], "&&")
-  top_up_share = tonumber(args[7])
-  customers = tonumber(args[8])
-  organizations = split(args[9], ",")
-  api_keys = split(args[10], ",")
-  key_prefix = args[11] .. "-" .. tid
+  organizations = split(args[1], ",")
+  api_keys = split(args[2], ",")
+  key_prefix = args[3] .. "-" .. tid
+  local i = 4
+  while args[i] do
+    local operation = {
+      path = args[i],
+      body = args[i + 1],
+      expect = split(args[i + 2], "&&"),
+      weight = tonumber(args[i + 3]),
+      customers = tonumber(args[i + 4]),
+    }
+    total_weight = total_weight + operation.weight
+    operation.until_weight = total_weight
+    table.insert(operations, operation)
+    i = i + 5
+  end
+  assert(#operations > 0 and i == #args + 1, "operations come in groups of 5 arguments")
   math.randomseed(os.time() * 1000 + tid)
   successes = 0
   failures = 0
   first_failure = ""
+end
+
+local function pick()
+  if #operations == 1 then
+    return operations[1]
+  end
+  local at = math.random() * total_weight
+  for _, operation in ipairs(operations) do
+    if at < operation.until_weight then
+      return operation
+    end
+  end
+  return operations[#operations]
 end
 
 local function fill(template, customer, organization, key)
@@ -78,19 +99,16 @@ local function fill(template, customer, organization, key)
 end
 
 function request()
-  local k = math.random(0, customers - 1)
+  local operation = pick()
+  local k = math.random(0, operation.customers - 1)
   local o = k % #api_keys + 1
-  local path, template = lookup_path, lookup_body
-  if top_up_share > 0 and math.random() < top_up_share then
-    path, template = top_up_path, top_up_body
-  end
   counter = counter + 1
-  local body = fill(template, "cus_" .. k, organizations[o] or "", key_prefix .. "-" .. counter)
+  local body = fill(operation.body, "cus_" .. k, organizations[o] or "", key_prefix .. "-" .. counter)
   local headers = {
     ["Content-Type"] = "application/json",
     ["Authorization"] = "Bearer " .. api_keys[o],
   }
-  return wrk.format("POST", path, headers, body)
+  return wrk.format("POST", operation.path, headers, body)
 end
 
 local function contains_all(body, expected)
@@ -106,9 +124,16 @@ local function contains_all(body, expected)
 end
 
 function response(status, headers, body)
-  local ok = status == 200
-    and not string.find(body, '"errors"', 1, true)
-    and (contains_all(body, lookup_expect) or contains_all(body, top_up_expect))
+  local ok = status == 200 and not string.find(body, '"errors"', 1, true)
+  if ok then
+    ok = false
+    for _, operation in ipairs(operations) do
+      if contains_all(body, operation.expect) then
+        ok = true
+        break
+      end
+    end
+  end
   if ok then
     successes = successes + 1
   else

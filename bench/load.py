@@ -6,15 +6,17 @@ import json
 import re
 import statistics
 import subprocess
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.peers import BENCH_DIR, TOP_UP_AMOUNT, Operation, Peer
+from bench.peers import BENCH_DIR, CHARGE_AMOUNT, TOP_UP_AMOUNT, Operation, Peer
 from bench.seed import Tenants
 
 LOAD_SCRIPT = BENCH_DIR / "load.lua"
-SCENARIOS = ("lookup", "top_up")
+# Issue 7's two, then issue 16's three (bench/peers.py has what each peer sends for each).
+SCENARIOS = ("lookup", "top_up", "wallet_page", "charge", "wallets_page")
 
 
 @dataclass(frozen=True)
@@ -87,13 +89,21 @@ def run_wrk(
     peer: Peer,
     tenants: Tenants,
     *,
-    top_up_share: float,
+    mix: Mapping[str, float],
     concurrency: int,
     seconds: int,
     key_prefix: str,
 ) -> Measurement:
-    """Drive `peer` with wrk: top_up_share 0 is pure lookups, 1 pure top-ups, between: mixed."""
-    lookup, top_up = peer.workload.lookup, peer.workload.top_up
+    """Drive `peer` with wrk: `mix` maps scenarios to weights (one scenario: only that one;
+    several: each request is one of them, in proportion to the weights)."""
+    operations = [
+        arg
+        for scenario, weight in mix.items()
+        if weight > 0
+        for arg in _operation_args(peer.workload[scenario], weight, tenants)
+    ]
+    if not operations:
+        raise ValueError("the mix needs at least one scenario with a weight above 0")
     command = [
         "wrk",
         f"--threads={min(concurrency, 2)}",
@@ -103,13 +113,10 @@ def run_wrk(
         f"--script={LOAD_SCRIPT}",
         peer.base_url,
         "--",
-        *_operation_args(lookup),
-        *_operation_args(top_up),
-        str(top_up_share),
-        str(tenants.customers),
         ",".join(tenants.organization_ids),
         ",".join(tenants.api_keys),
         key_prefix,
+        *operations,
     ]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=seconds + 60, check=False
@@ -130,8 +137,15 @@ def run_wrk(
     )
 
 
-def _operation_args(operation: Operation) -> list[str]:
-    return [operation.path, operation.body, "&&".join(operation.expect)]
+def _operation_args(operation: Operation, weight: float, tenants: Tenants) -> list[str]:
+    customers = tenants.history_customers if operation.history else tenants.customers
+    return [
+        operation.path,
+        operation.body,
+        "&&".join(operation.expect),
+        str(weight),
+        str(customers),
+    ]
 
 
 # --- pgbench: the same SQL straight from the database's own benchmark client ---------------
@@ -149,9 +163,17 @@ _PGBENCH_SCRIPTS = {
         "\\set n random(0, {per_org} - 1)\n"
         "\\set r random(1, 9000000000000000000)\n"
         "SELECT bench_top_up('{org}', 'cus_' || (:n * {orgs} + {index}), 'usd', "
-        "{amount}, 'pgbench-' || :client_id || '-' || :r);\n"
+        "{top_up_amount}, 'pgbench-' || :client_id || '-' || :r);\n"
+    ),
+    "charge": (
+        "\\set n random(0, {per_org} - 1)\n"
+        "\\set r random(1, 9000000000000000000)\n"
+        "SELECT bench_charge('{org}', 'cus_' || (:n * {orgs} + {index}), 'usd', "
+        "{charge_amount}, 'pgbench-charge-' || :client_id || '-' || :r);\n"
     ),
 }
+# pgbench models the scenarios that are one statement of SQL; the pages are GraphQL shapes.
+PGBENCH_SCENARIOS = tuple(_PGBENCH_SCRIPTS)
 
 
 def run_pgbench(
@@ -178,7 +200,8 @@ def run_pgbench(
                 orgs=orgs,
                 index=index,
                 org=org,
-                amount=TOP_UP_AMOUNT,
+                top_up_amount=TOP_UP_AMOUNT,
+                charge_amount=CHARGE_AMOUNT,
             )
         )
         scripts += ["-f", f"{script}@1"]

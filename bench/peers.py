@@ -7,10 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,55 +23,214 @@ from bench.seed import CLI, Tenants
 BENCH_DIR = Path(__file__).resolve().parent
 POSTGRAPHILE_DIR = BENCH_DIR / "postgraphile"
 TOP_UP_AMOUNT = 100
+CHARGE_AMOUNT = 1
+WALLETS_PAGE_SIZE = 100
 
 
 @dataclass(frozen=True)
 class Operation:
     """One request kind: where it goes, its body template (see load.lua) and what success
-    looks like (substrings that every successful response body contains, all of them)."""
+    looks like (substrings that every successful response body contains, all of them).
+    `history`: draw only the customers whose usd wallet has a seeded ledger history
+    (seed.Tenants.history_customers) instead of any seeded customer."""
 
     path: str
     body: str
     expect: tuple[str, ...]
+    history: bool = False
 
 
-@dataclass(frozen=True)
-class Workload:
-    lookup: Operation
-    top_up: Operation
+# What a peer serves, by scenario (load.SCENARIOS). A peer without a scenario skips it.
+Workload = Mapping[str, Operation]
 
 
-def _graphql(query: str, variables: str) -> str:
-    return json.dumps({"query": query}).removesuffix("}") + f', "variables": {variables}}}'
+def _graphql(query: str, variables: str, operation_name: str | None = None) -> str:
+    """A GraphQL POST body; `variables` is JSON text that may hold load.lua's placeholders."""
+    body = {"query": query}
+    if operation_name is not None:
+        body = {"operationName": operation_name, **body}
+    return json.dumps(body).removesuffix("}") + f', "variables": {variables}}}'
 
 
-GQL_WALLET = Workload(
-    lookup=Operation(
-        "/graphql",
-        _graphql(
-            "query($c: String!) { customerWallets(customerId: $c) "
-            "{ id customerId currency balance modifiedAt } }",
-            '{"c": "$CUSTOMER"}',
-        ),
-        ('"customerWallets":[{',),
+def _document(*parts: str) -> str:
+    """A document as a client's source file holds it: an operation and its fragments."""
+    return "\n\n".join(textwrap.dedent(part).strip() for part in parts) + "\n"
+
+
+# --- issue 7's scenarios: the shapes the first targets were set on --------------------------
+
+GQL_LOOKUP = Operation(
+    "/graphql",
+    _graphql(
+        "query($c: String!) { customerWallets(customerId: $c) "
+        "{ id customerId currency balance modifiedAt } }",
+        '{"c": "$CUSTOMER"}',
     ),
-    top_up=Operation(
-        "/graphql",
-        _graphql(
-            "mutation($i: TopUpWalletInput!) { topUpWallet(input: $i) "
-            "{ transaction { id balanceAfter } userErrors { code } } }",
-            f'{{"i": {{"customerId": "$CUSTOMER", "currency": "usd", "amount": {TOP_UP_AMOUNT}, '
-            '"idempotencyKey": "$KEY"}}',
-        ),
-        ('"transaction":{"id":', '"userErrors":[]'),
+    ('"customerWallets":[{',),
+)
+GQL_TOP_UP = Operation(
+    "/graphql",
+    _graphql(
+        "mutation($i: TopUpWalletInput!) { topUpWallet(input: $i) "
+        "{ transaction { id balanceAfter } userErrors { code } } }",
+        f'{{"i": {{"customerId": "$CUSTOMER", "currency": "usd", "amount": {TOP_UP_AMOUNT}, '
+        '"idempotencyKey": "$KEY"}}',
     ),
+    ('"transaction":{"id":', '"userErrors":[]'),
 )
 
+# --- issue 16's scenarios: documents as a client application writes them ---------------------
+# Named operations, variables for what changes per request, and fragments shared by the
+# operations that select the same objects. The same documents for every gql_wallet peer.
+
+GQL_WALLET_FIELDS = """
+    fragment WalletFields on CustomerWallet {
+      id
+      customerId
+      currency
+      balance
+      createdAt
+      modifiedAt
+    }
+"""
+GQL_TRANSACTION_FIELDS = """
+    fragment TransactionFields on WalletTransaction {
+      id
+      type
+      amount
+      balanceAfter
+      description
+      reference
+      idempotencyKey
+      createdAt
+    }
+"""
+GQL_WALLET_PAGE = Operation(
+    "/graphql",
+    _graphql(
+        _document(
+            """
+            query WalletPage($customerId: String!) {
+              customerWallet(customerId: $customerId, currency: "usd") {
+                ...WalletFields
+                transactions(first: 10) {
+                  edges {
+                    cursor
+                    node {
+                      ...TransactionFields
+                    }
+                  }
+                  pageInfo {
+                    hasNextPage
+                    endCursor
+                  }
+                }
+              }
+            }
+            """,
+            GQL_WALLET_FIELDS,
+            GQL_TRANSACTION_FIELDS,
+        ),
+        '{"customerId": "$CUSTOMER"}',
+        "WalletPage",
+    ),
+    ('"customerWallet":{"id":', '"edges":[{"cursor":', '"hasNextPage":true'),
+    history=True,
+)
+GQL_CHARGE = Operation(
+    "/graphql",
+    _graphql(
+        _document(
+            """
+            mutation Charge($input: ChargeWalletInput!) {
+              chargeWallet(input: $input) {
+                wallet {
+                  ...WalletFields
+                }
+                transaction {
+                  ...TransactionFields
+                }
+                userErrors {
+                  code
+                  field
+                  message
+                }
+              }
+            }
+            """,
+            GQL_WALLET_FIELDS,
+            GQL_TRANSACTION_FIELDS,
+        ),
+        f'{{"input": {{"customerId": "$CUSTOMER", "currency": "usd", "amount": {CHARGE_AMOUNT}, '
+        '"idempotencyKey": "$KEY"}}',
+        "Charge",
+    ),
+    ('"wallet":{"id":', '"transaction":{"id":', '"type":"CHARGE"', '"userErrors":[]'),
+)
+GQL_WALLETS_PAGE = Operation(
+    "/graphql",
+    _graphql(
+        _document(
+            """
+            query WalletsPage($first: Int!) {
+              wallets(first: $first) {
+                edges {
+                  cursor
+                  node {
+                    ...WalletFields
+                  }
+                }
+                pageInfo {
+                  hasNextPage
+                  endCursor
+                }
+              }
+            }
+            """,
+            GQL_WALLET_FIELDS,
+        ),
+        f'{{"first": {WALLETS_PAGE_SIZE}}}',
+        "WalletsPage",
+    ),
+    ('"wallets":{"edges":[{"cursor":', '"hasNextPage":true'),
+)
+
+GQL_WALLET: Workload = {
+    "lookup": GQL_LOOKUP,
+    "top_up": GQL_TOP_UP,
+    "wallet_page": GQL_WALLET_PAGE,
+    "charge": GQL_CHARGE,
+    "wallets_page": GQL_WALLETS_PAGE,
+}
+
 # PostGraphile's own generated API over the same tables: the wallets connection filtered by a
-# condition on the (organization_id, customer_id) index, and the bench_top_up function as a
-# mutation. It has no API keys, so the organization is passed in the request instead.
-POSTGRAPHILE = Workload(
-    lookup=Operation(
+# condition on the (organization_id, customer_id) index, the wallet by its unique owner key
+# with its ledger through the wallet_seq foreign key, and the bench_top_up and bench_charge
+# functions as mutations. It has no API keys, so the organization is passed in the request.
+PG_WALLET_FIELDS = """
+    fragment WalletFields on Wallet {
+      rowId
+      customerId
+      currency
+      balance
+      createdAt
+      modifiedAt
+    }
+"""
+PG_TRANSACTION_FIELDS = """
+    fragment TransactionFields on WalletTransaction {
+      rowId
+      type
+      amount
+      balanceAfter
+      description
+      reference
+      idempotencyKey
+      createdAt
+    }
+"""
+POSTGRAPHILE: Workload = {
+    "lookup": Operation(
         "/graphql",
         _graphql(
             "query($o: UUID!, $c: String!) { allWallets(condition: "
@@ -80,7 +240,7 @@ POSTGRAPHILE = Workload(
         ),
         ('"nodes":[{',),
     ),
-    top_up=Operation(
+    "top_up": Operation(
         "/graphql",
         _graphql(
             "mutation($i: BenchTopUpInput!) { benchTopUp(input: $i) "
@@ -90,17 +250,114 @@ POSTGRAPHILE = Workload(
         ),
         ('"result":{"rowId":',),
     ),
-)
+    "wallet_page": Operation(
+        "/graphql",
+        _graphql(
+            _document(
+                """
+                query WalletPage($organizationId: UUID!, $customerId: String!) {
+                  walletByOrganizationIdAndCustomerIdAndCurrency(
+                    organizationId: $organizationId
+                    customerId: $customerId
+                    currency: "usd"
+                  ) {
+                    ...WalletFields
+                    walletTransactionsByWalletSeq(first: 10, orderBy: SEQ_DESC) {
+                      edges {
+                        cursor
+                        node {
+                          ...TransactionFields
+                        }
+                      }
+                      pageInfo {
+                        hasNextPage
+                        endCursor
+                      }
+                    }
+                  }
+                }
+                """,
+                PG_WALLET_FIELDS,
+                PG_TRANSACTION_FIELDS,
+            ),
+            '{"organizationId": "$ORG", "customerId": "$CUSTOMER"}',
+            "WalletPage",
+        ),
+        (
+            '"walletByOrganizationIdAndCustomerIdAndCurrency":{"rowId":',
+            '"edges":[{"cursor":',
+            '"hasNextPage":true',
+        ),
+        history=True,
+    ),
+    "charge": Operation(
+        "/graphql",
+        _graphql(
+            _document(
+                """
+                mutation Charge($input: BenchChargeInput!) {
+                  benchCharge(input: $input) {
+                    result {
+                      ...TransactionFields
+                      walletByWalletSeq {
+                        ...WalletFields
+                      }
+                    }
+                  }
+                }
+                """,
+                PG_WALLET_FIELDS,
+                PG_TRANSACTION_FIELDS,
+            ),
+            f'{{"input": {{"organizationId": "$ORG", "customerId": "$CUSTOMER", '
+            f'"currency": "usd", "amount": "{CHARGE_AMOUNT}", "idempotencyKey": "$KEY"}}}}',
+            "Charge",
+        ),
+        ('"result":{"rowId":', '"type":"CHARGE"', '"walletByWalletSeq":{"rowId":'),
+    ),
+    "wallets_page": Operation(
+        "/graphql",
+        _graphql(
+            _document(
+                """
+                query WalletsPage($organizationId: UUID!, $first: Int!) {
+                  allWallets(
+                    first: $first
+                    condition: {organizationId: $organizationId}
+                    orderBy: SEQ_ASC
+                  ) {
+                    edges {
+                      cursor
+                      node {
+                        ...WalletFields
+                      }
+                    }
+                    pageInfo {
+                      hasNextPage
+                      endCursor
+                    }
+                  }
+                }
+                """,
+                PG_WALLET_FIELDS,
+            ),
+            f'{{"organizationId": "$ORG", "first": {WALLETS_PAGE_SIZE}}}',
+            "WalletsPage",
+        ),
+        ('"allWallets":{"edges":[{"cursor":', '"hasNextPage":true'),
+    ),
+}
 
-BARE_STARLETTE = Workload(
-    lookup=Operation("/lookup", '{"customerId": "$CUSTOMER"}', ('"wallets":[{',)),
-    top_up=Operation(
+# The bare endpoints model issue 7's two scenarios only (gql_wallet's exact SQL for each).
+BARE_STARLETTE: Workload = {
+    "lookup": Operation("/lookup", '{"customerId": "$CUSTOMER"}', ('"wallets":[{',)),
+    "top_up": Operation(
         "/top-up",
         f'{{"customerId": "$CUSTOMER", "currency": "usd", "amount": {TOP_UP_AMOUNT}, '
         '"idempotencyKey": "$KEY"}',
         ('"transaction":{"id":',),
     ),
-)
+}
 
 
 @dataclass(frozen=True)
@@ -203,7 +460,7 @@ def bare_starlette_pg(database_url: str, workers: int, port: int, pool_size: int
 
 def _answers(peer: Peer, tenants: Tenants) -> bool:
     """True once the peer serves a real lookup successfully."""
-    lookup = peer.workload.lookup
+    lookup = peer.workload["lookup"]
     body = lookup.body.replace("$CUSTOMER", "cus_0").replace(
         "$ORG", tenants.organization_ids[0] if tenants.organization_ids else ""
     )

@@ -21,7 +21,7 @@ import asyncpg
 import psutil
 
 from bench import seed
-from bench.load import run_wrk
+from bench.load import SCENARIOS, run_wrk
 from bench.peers import BENCH_DIR, gql_wallet, serving
 
 RESULTS_DIR = BENCH_DIR / "results"
@@ -112,7 +112,7 @@ def _py_spy(pid: int, seconds: int, fmt: str, output: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
-    parser.add_argument("--scenario", choices=("lookup", "top_up"), default="lookup")
+    parser.add_argument("--scenario", choices=SCENARIOS, default="lookup")
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--wallets", type=int, default=100_000)
@@ -128,14 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     peer = gql_wallet("gql_pg_w1", database_url, 1, args.port, args.concurrency)
     raw = WORK_DIR / f"profile-{args.scenario}.txt"
     svg = RESULTS_DIR / f"profile-{args.scenario}.svg"
-    share = 1.0 if args.scenario == "top_up" else 0.0
     with serving(peer, tenants, WORK_DIR) as server:
         # Unprofiled first: what one request costs the server's CPU and the database.
         cpu_before, xacts_before = _cpu_seconds(server), _transactions(database_url)
         plain = run_wrk(
             peer,
             tenants,
-            top_up_share=share,
+            mix={args.scenario: 1.0},
             concurrency=args.concurrency,
             seconds=args.seconds,
             key_prefix=f"profile-plain-{time.time_ns()}",
@@ -149,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_wrk,
                 peer,
                 tenants,
-                top_up_share=share,
+                mix={args.scenario: 1.0},
                 concurrency=args.concurrency,
                 seconds=args.seconds + 4,
                 key_prefix=f"profile-{time.time_ns()}",

@@ -1,11 +1,11 @@
-"""The benchmark suite of issue 7, in one command: `.venv/bin/python -m bench.run`.
+"""The benchmark suite of issues 7 and 16, in one command: `.venv/bin/python -m bench.run`.
 
 Seeds one PostgreSQL database and one SQLite file, then measures every peer in turn, from a
-separate load process, at each concurrency for several rounds: PostGraphile v5, pgbench (the
-database's own limit for the same SQL), gql_wallet on PostgreSQL with 1 and 2 workers,
-gql_wallet on SQLite and a bare Starlette endpoint doing the same SQL on SQLite. Then a memory
-soak of gql_wallet, and the ledger check. Writes bench/results/latest.{json,md,png}, prints
-PASS/FAIL per target and exits 1 when any request failed.
+separate load process, at each concurrency and scenario it serves, for several rounds:
+PostGraphile v5, pgbench (the database's own limit for the same SQL), gql_wallet on PostgreSQL
+with 1 and 2 workers, gql_wallet on SQLite and bare Starlette endpoints doing the same SQL.
+Then a memory soak of gql_wallet, and the ledger check. Writes bench/results/latest.{json,md,png}
+(or --output's), prints PASS/FAIL per target and exits 1 when any request failed.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from bench import report, seed
-from bench.load import SCENARIOS, Cell, Measurement, run_pgbench, run_wrk
+from bench.load import PGBENCH_SCENARIOS, SCENARIOS, Cell, Measurement, run_pgbench, run_wrk
 from bench.peers import (
     BENCH_DIR,
     POSTGRAPHILE_DIR,
@@ -62,10 +63,12 @@ class Config:
     concurrency: tuple[int, ...]
     pool_size: int
     peers: tuple[str, ...]
+    scenarios: tuple[str, ...]
     soak_seconds: int
     soak_warmup_seconds: int
     soak_interval: float
     port: int
+    output: Path
 
     @property
     def database_url(self) -> str:
@@ -82,6 +85,7 @@ class Config:
             "concurrency": list(self.concurrency),
             "pool_size": self.pool_size,
             "peers": list(self.peers),
+            "scenarios": list(self.scenarios),
             "soak_seconds": self.soak_seconds,
             "soak_warmup_seconds": self.soak_warmup_seconds,
         }
@@ -105,9 +109,20 @@ def parse_args(argv: list[str] | None) -> Config:
         "--pool-size", type=int, help="connections per server process (default: max concurrency)"
     )
     parser.add_argument("--peers", default=",".join(PEERS), help=f"subset of {','.join(PEERS)}")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"subset of {','.join(SCENARIOS)} (a peer skips those it does not serve)",
+    )
     parser.add_argument("--soak-seconds", type=int, default=300, help="0 skips the soak")
     parser.add_argument("--soak-warmup-seconds", type=int, default=60)
     parser.add_argument("--port", type=int, default=8701, help="first of 6 consecutive ports")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=RESULTS_DIR / "latest",
+        help="where the results go: <output>.json, .md and .png (default: bench/results/latest)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 1 round x 3 s, 20,000 wallets, 30 s soak"
     )
@@ -119,6 +134,11 @@ def parse_args(argv: list[str] | None) -> Config:
     peers = tuple(p for p in args.peers.split(",") if p)
     if unknown := set(peers) - set(PEERS):
         parser.error(f"unknown peers: {', '.join(sorted(unknown))}")
+    chosen = {s for s in args.scenarios.split(",") if s}
+    if unknown := chosen - set(SCENARIOS):
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if not chosen:
+        parser.error("--scenarios needs at least one scenario")
     if not args.database.startswith("bench_"):
         parser.error("--database must start with bench_")
     return Config(
@@ -132,10 +152,12 @@ def parse_args(argv: list[str] | None) -> Config:
         concurrency=concurrency,
         pool_size=args.pool_size or max(concurrency),
         peers=peers,
+        scenarios=tuple(s for s in SCENARIOS if s in chosen),
         soak_seconds=args.soak_seconds,
         soak_warmup_seconds=args.soak_warmup_seconds,
         soak_interval=2.0 if args.quick else 5.0,
         port=args.port,
+        output=args.output,
     )
 
 
@@ -176,21 +198,25 @@ def measure_http(peer: Peer, tenants: seed.Tenants, config: Config, round_no: in
     """One round of one peer: start it, warm it up, run every (concurrency, scenario) once."""
     measured: Round = {}
     run_id = f"{peer.name}-{time.time_ns()}"
+    scenarios = [s for s in config.scenarios if s in peer.workload]
+    if not scenarios:
+        return measured
     with serving(peer, tenants, WORK_DIR):
+        # Warm-up: the scenarios of this run in equal parts.
         run_wrk(
             peer,
             tenants,
-            top_up_share=0.5,
+            mix=dict.fromkeys(scenarios, 1.0),
             concurrency=max(config.concurrency),
             seconds=config.warmup_seconds,
             key_prefix=f"{run_id}-warmup",
         )
         for concurrency in config.concurrency:
-            for scenario in SCENARIOS:
+            for scenario in scenarios:
                 measurement = run_wrk(
                     peer,
                     tenants,
-                    top_up_share=1.0 if scenario == "top_up" else 0.0,
+                    mix={scenario: 1.0},
                     concurrency=concurrency,
                     seconds=config.seconds,
                     key_prefix=f"{run_id}-{scenario}-c{concurrency}",
@@ -203,7 +229,7 @@ def measure_http(peer: Peer, tenants: seed.Tenants, config: Config, round_no: in
 def measure_pgbench(tenants: seed.Tenants, config: Config, round_no: int) -> Round:
     measured: Round = {}
     for concurrency in config.concurrency:
-        for scenario in SCENARIOS:
+        for scenario in (s for s in config.scenarios if s in PGBENCH_SCENARIOS):
             measurement = run_pgbench(
                 config.database_url,
                 tenants,
@@ -231,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     check_tools()
     WORK_DIR.mkdir(exist_ok=True)
-    RESULTS_DIR.mkdir(exist_ok=True)
+    config.output.parent.mkdir(parents=True, exist_ok=True)
     started_at = datetime.now(UTC)
     node = POSTGRAPHILE_DIR / "node_modules" / ".bin" / "node"
     machine = report.machine_facts(asyncio.run(_postgres_version(config.postgres_url)), node)
@@ -258,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     # one round of every peer rather than on every round of one peer; the medians absorb it.
     rounds: dict[tuple[str, str, int], list[Measurement]] = {}
     labels = {name: peer.label for name, (peer, _) in http_peers.items()}
-    labels["pgbench"] = "pgbench, same SQL (top-up: the bench_top_up function), postgresql"
+    labels["pgbench"] = (
+        "pgbench, same SQL (top-up, charge: the bench_top_up, bench_charge functions), postgresql"
+    )
     for round_no in range(config.rounds):
         for name in config.peers:
             log(f"round {round_no + 1}/{config.rounds}: {name}")
@@ -274,8 +302,9 @@ def main(argv: list[str] | None = None) -> int:
             peer, labels[peer], scenario, concurrency, tuple(rounds[(peer, scenario, concurrency)])
         )
         for peer in config.peers
-        for scenario in SCENARIOS
+        for scenario in config.scenarios
         for concurrency in config.concurrency
+        if (peer, scenario, concurrency) in rounds
     ]
 
     soak: SoakResult | None = None
@@ -314,11 +343,12 @@ def main(argv: list[str] | None = None) -> int:
         "soak": soak.to_json() if soak else None,
         "ledger_mismatches": ledger,
     }
-    report.write_json(RESULTS_DIR / "latest.json", results)
+    output = config.output
+    report.write_json(output.with_name(output.name + ".json"), results)
     table = report.markdown(cells, targets, soak, meta)
-    (RESULTS_DIR / "latest.md").write_text(table)
+    output.with_name(output.name + ".md").write_text(table)
     report.chart(
-        RESULTS_DIR / "latest.png",
+        output.with_name(output.name + ".png"),
         cells,
         soak,
         f"gql_wallet benchmark, {meta['finished_at']}, {meta['machine']['nproc']} x "
@@ -326,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(table)
     for target in targets:
-        print(f"{'PASS' if target.passed else 'FAIL'}  {target.name}: {target.measured}")
-    print(f"wrote {RESULTS_DIR}/latest.json, latest.md, latest.png")
+        print(f"{target.result}  {target.name}: {target.measured}")
+    print(f"wrote {output}.json, {output.name}.md, {output.name}.png")
     failed = any(cell.failures for cell in cells) or (soak is not None and soak.load.failures)
     broken = any(ledger.values())
     if failed or broken:

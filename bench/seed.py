@@ -5,11 +5,17 @@ The schema comes from `gql-wallet migrate` and the organizations and API keys fr
 SQL: customer `cus_<k>` belongs to organization `k % organizations` and has a `usd` and a `eur`
 wallet, each opened by one seed top-up, with its ledger entry and idempotency record, so that
 every balance equals the sum of its entries, as gql_wallet itself would have left it.
+
+The first customers (`cus_0` up to `history_customers`, one in HISTORY_EVERY) also have a
+history on their `usd` wallet: HISTORY_AMOUNTS more entries after the seed top-up, charges and
+top-ups in turn, with a description and a reference, each with its idempotency record, so that
+a page of that ledger (the `wallet_page` scenario) is a full page with more to follow.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
@@ -23,7 +29,14 @@ import asyncpg
 CLI = str(Path(sys.executable).with_name("gql-wallet"))
 CURRENCIES = ("usd", "eur")
 SEED_BALANCE = 1_000_000
-TOP_UP_FUNCTION = Path(__file__).with_name("sql") / "bench_top_up.sql"
+# After the seed top-up: a charge, a top-up, a charge...: one entry more than the wallet_page
+# scenario's page, so that its page is full and has a next one.
+HISTORY_AMOUNTS = tuple(-250 if i % 2 == 0 else 1_000 for i in range(11))
+# One customer in this many (the first ones) has the history above.
+HISTORY_EVERY = 10
+SQL_FUNCTIONS = tuple(
+    Path(__file__).with_name("sql") / name for name in ("bench_top_up.sql", "bench_charge.sql")
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +46,12 @@ class Tenants:
     organization_ids: tuple[str, ...]
     api_keys: tuple[str, ...]
     customers: int
+    # cus_0 .. cus_<history_customers - 1> have a ledger history on their usd wallet.
+    history_customers: int
+
+
+def history_customer_count(customers: int, organizations: int) -> int:
+    return max(organizations, customers // HISTORY_EVERY)
 
 
 def customer_count(wallets: int, organizations: int) -> int:
@@ -76,11 +95,30 @@ SELECT gen_random_uuid(), organization_id, seq, 'TOP_UP', balance, balance, 'see
        created_at
 FROM wallets ORDER BY seq
 """
+# The history: $1 the amounts in ledger order, $2 the number of customers that have one.
+_PG_HISTORY = """
+INSERT INTO wallet_transactions (id, organization_id, wallet_seq, type, amount, balance_after,
+                                 description, reference, idempotency_key, created_at)
+SELECT gen_random_uuid(), w.organization_id, w.seq,
+       CASE WHEN h.amount < 0 THEN 'CHARGE' ELSE 'TOP_UP' END, h.amount,
+       w.balance + sum(h.amount) OVER (PARTITION BY w.seq ORDER BY h.i),
+       CASE WHEN h.amount < 0 THEN 'Usage' ELSE 'Top-up' END,
+       CASE WHEN h.amount < 0 THEN 'inv_' ELSE 'pay_' END || w.seq || '_' || h.i,
+       'history_' || w.seq || '_' || h.i, w.created_at
+FROM wallets w CROSS JOIN unnest($1::bigint[]) WITH ORDINALITY AS h(amount, i)
+WHERE w.currency = 'usd' AND substr(w.customer_id, 5)::int < $2
+ORDER BY w.seq, h.i
+"""
+_PG_HISTORY_BALANCES = """
+UPDATE wallets SET balance = balance + $1
+WHERE currency = 'usd' AND substr(customer_id, 5)::int < $2
+"""
 _PG_KEYS = """
 INSERT INTO idempotency_keys (organization_id, key, request, transaction_seq, created_at)
 SELECT t.organization_id, t.idempotency_key,
-       json_build_object('amount', t.amount, 'currency', w.currency, 'customerId', w.customer_id,
-                         'description', NULL, 'reference', NULL, 'type', 'TOP_UP')::text,
+       json_build_object('amount', abs(t.amount), 'currency', w.currency,
+                         'customerId', w.customer_id, 'description', t.description,
+                         'reference', t.reference, 'type', t.type)::text,
        t.seq, t.created_at
 FROM wallet_transactions t JOIN wallets w ON w.seq = t.wallet_seq
 """
@@ -95,7 +133,9 @@ async def _recreate_postgres_database(admin_url: str, name: str) -> None:
         await conn.close()
 
 
-async def _seed_postgres(database_url: str, organizations: int, customers: int) -> tuple[str, ...]:
+async def _seed_postgres(
+    database_url: str, organizations: int, customers: int, history_customers: int
+) -> tuple[str, ...]:
     conn = await asyncpg.connect(database_url)
     try:
         org_ids = [
@@ -105,8 +145,11 @@ async def _seed_postgres(database_url: str, organizations: int, customers: int) 
         async with conn.transaction():
             await conn.execute(_PG_WALLETS, org_ids, customers, SEED_BALANCE, list(CURRENCIES))
             await conn.execute(_PG_ENTRIES)
+            await conn.execute(_PG_HISTORY, list(HISTORY_AMOUNTS), history_customers)
+            await conn.execute(_PG_HISTORY_BALANCES, sum(HISTORY_AMOUNTS), history_customers)
             await conn.execute(_PG_KEYS)
-            await conn.execute(TOP_UP_FUNCTION.read_text())
+            for function in SQL_FUNCTIONS:
+                await conn.execute(function.read_text())
         await conn.execute("VACUUM ANALYZE")
     finally:
         await conn.close()
@@ -121,10 +164,11 @@ def prepare_postgres(
     if not name.startswith("bench_"):
         raise ValueError(f"refusing to recreate {name!r}: bench databases are named bench_*")
     customers = customer_count(wallets, organizations)
+    history = history_customer_count(customers, organizations)
     asyncio.run(_recreate_postgres_database(admin_url, name))
     keys = _migrate_and_create_keys(database_url, organizations)
-    org_ids = asyncio.run(_seed_postgres(database_url, organizations, customers))
-    return Tenants(org_ids, keys, customers)
+    org_ids = asyncio.run(_seed_postgres(database_url, organizations, customers, history))
+    return Tenants(org_ids, keys, customers, history)
 
 
 # --- SQLite --------------------------------------------------------------------------------
@@ -147,11 +191,29 @@ SELECT lower(hex(randomblob(16))), organization_id, seq, 'TOP_UP', balance, bala
        'seed_' || seq, created_at
 FROM wallets ORDER BY seq
 """
+# As _PG_HISTORY; :amounts is a JSON array (json_each's key is the 0-based position).
+_SQLITE_HISTORY = """
+INSERT INTO wallet_transactions (id, organization_id, wallet_seq, type, amount, balance_after,
+                                 description, reference, idempotency_key, created_at)
+SELECT lower(hex(randomblob(16))), w.organization_id, w.seq,
+       CASE WHEN h.value < 0 THEN 'CHARGE' ELSE 'TOP_UP' END, h.value,
+       w.balance + sum(h.value) OVER (PARTITION BY w.seq ORDER BY h.key),
+       CASE WHEN h.value < 0 THEN 'Usage' ELSE 'Top-up' END,
+       CASE WHEN h.value < 0 THEN 'inv_' ELSE 'pay_' END || w.seq || '_' || (h.key + 1),
+       'history_' || w.seq || '_' || (h.key + 1), w.created_at
+FROM wallets w CROSS JOIN json_each(:amounts) AS h
+WHERE w.currency = 'usd' AND CAST(substr(w.customer_id, 5) AS INTEGER) < :customers
+ORDER BY w.seq, h.key
+"""
+_SQLITE_HISTORY_BALANCES = """
+UPDATE wallets SET balance = balance + :delta
+WHERE currency = 'usd' AND CAST(substr(customer_id, 5) AS INTEGER) < :customers
+"""
 _SQLITE_KEYS = """
 INSERT INTO idempotency_keys (organization_id, key, request, transaction_seq, created_at)
 SELECT t.organization_id, t.idempotency_key,
-       json_object('amount', t.amount, 'currency', w.currency, 'customerId', w.customer_id,
-                   'description', NULL, 'reference', NULL, 'type', 'TOP_UP'),
+       json_object('amount', abs(t.amount), 'currency', w.currency, 'customerId', w.customer_id,
+                   'description', t.description, 'reference', t.reference, 'type', t.type),
        t.seq, t.created_at
 FROM wallet_transactions t JOIN wallets w ON w.seq = t.wallet_seq
 """
@@ -162,6 +224,7 @@ def prepare_sqlite(path: Path, wallets: int, organizations: int) -> Tenants:
     if organizations > 10:
         raise ValueError("the SQLite seed orders organizations by name: at most 10")
     customers = customer_count(wallets, organizations)
+    history = history_customer_count(customers, organizations)
     for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         stale.unlink(missing_ok=True)
     keys = _migrate_and_create_keys(f"sqlite:///{path}", organizations)
@@ -175,9 +238,15 @@ def prepare_sqlite(path: Path, wallets: int, organizations: int) -> Tenants:
         }
         conn.execute(_SQLITE_WALLETS, params)
         conn.execute(_SQLITE_ENTRIES)
+        conn.execute(
+            _SQLITE_HISTORY, {"amounts": json.dumps(HISTORY_AMOUNTS), "customers": history}
+        )
+        conn.execute(
+            _SQLITE_HISTORY_BALANCES, {"delta": sum(HISTORY_AMOUNTS), "customers": history}
+        )
         conn.execute(_SQLITE_KEYS)
         conn.execute("ANALYZE")
-    return Tenants((), keys, customers)
+    return Tenants((), keys, customers, history)
 
 
 # --- after the run -------------------------------------------------------------------------

@@ -95,7 +95,7 @@ def run_soak(
             run_wrk,
             peer,
             tenants,
-            top_up_share=top_up_share,
+            mix={"lookup": 1 - top_up_share, "top_up": top_up_share},
             concurrency=concurrency,
             seconds=seconds,
             key_prefix=f"soak-{peer.name}-{time.time_ns()}",
