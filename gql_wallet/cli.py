@@ -173,7 +173,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         # Ours, applied by uvicorn in each worker process too.
         log_config=logging_config(settings.log_format, settings.log_level),
         access_log=False,  # the request log line (gql_wallet.request) replaces it
-        http="gql_wallet.http_protocol:HttpProtocol",  # httptools; a response in one write
+        http=http_protocol(settings),
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         timeout_keep_alive=settings.keep_alive_seconds,
         ws_ping_interval=settings.ws_ping_interval_seconds,
@@ -181,6 +181,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         ws_max_size=settings.max_body_bytes,
     )
     return 0
+
+
+def http_protocol(settings: Settings) -> str:
+    """uvicorn's own protocol unless GQL_WALLET_HTTP_SINGLE_WRITE asks for ours."""
+    return "gql_wallet.http_protocol:HttpProtocol" if settings.http_single_write else "auto"
 
 
 def _serve_metrics(host: str, port: int) -> None:

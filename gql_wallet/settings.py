@@ -104,6 +104,13 @@ class Settings(BaseSettings):
         "selects plain scalar fields by a precompiled plan instead of the general GraphQL "
         "executor (same writes, same answers, less CPU).",
     )
+    http_single_write: bool = Field(
+        default=False,
+        description="Serve HTTP with gql_wallet's variant of uvicorn's httptools protocol, "
+        "which sends each response in one write instead of two. It builds on uvicorn's "
+        "private httptools_impl and is tested against the pinned uvicorn only; off: uvicorn's "
+        "stock protocol.",
+    )
     rate_limit_api_key: str = Field(
         default="1000/second",
         description="Requests allowed per organization API key, in the `limits` notation "

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from uvicorn.server import ServerState
 
+from gql_wallet.cli import http_protocol
 from gql_wallet.http_protocol import HttpProtocol
+from gql_wallet.settings import Settings
 
 REQUEST = b"POST /graphql HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\n\r\n{}"
 
@@ -120,3 +123,17 @@ async def test_closing_sends_what_is_held_first() -> None:
     transport = await _serve(closes, REQUEST)
     assert transport.closed
     assert b"".join(transport.writes).endswith(b"\r\n\r\nbye")
+
+
+def test_the_stock_protocol_is_the_default_and_ours_is_opt_in() -> None:
+    assert http_protocol(Settings()) == "auto"
+    chosen = http_protocol(Settings(http_single_write=True))
+    module, _, name = chosen.partition(":")
+    assert getattr(__import__(module, fromlist=[name]), name) is HttpProtocol
+
+
+def test_our_protocol_is_pinned_to_the_uvicorn_it_was_tested_on() -> None:
+    """HttpProtocol subclasses uvicorn's private httptools_impl: a new uvicorn must be tested
+    with it (this file) before the pin in constraints.txt moves."""
+    pins = (Path(__file__).resolve().parents[1] / "constraints.txt").read_text().splitlines()
+    assert f"uvicorn=={uvicorn.__version__}" in pins
