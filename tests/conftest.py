@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import json
 import os
 import shutil
 import socket
@@ -353,3 +355,64 @@ def live_server(database_url: str, tmp_path: Path) -> Iterator[LiveServer]:
         yield server
     finally:
         stop_server(server)
+
+
+# The npm graphql-ws client that tests/test_subscriptions.py drives, pinned by its lock file.
+NODE_CLIENT = Path(__file__).parent / "node"
+
+
+def _node_modules_match_lock(directory: Path) -> bool:
+    """Whether `directory`/node_modules holds exactly the versions its package-lock.json pins."""
+    lock = json.loads((directory / "package-lock.json").read_text())
+    for path, entry in lock["packages"].items():
+        if not path:  # the project itself
+            continue
+        try:
+            installed = json.loads((directory / path / "package.json").read_text())["version"]
+        except (OSError, ValueError, KeyError):
+            if entry.get("optional"):
+                continue
+            return False
+        if installed != entry["version"]:
+            return False
+    return True
+
+
+def install_node_client(directory: Path = NODE_CLIENT) -> bool:
+    """`npm ci` in `directory` unless its node_modules already matches the lock file; True if it
+    ran. Fails the test when node or npm is missing: the suite requires them (README).
+
+    An exclusive lock on a file beside the lock file makes concurrent pytest processes (xdist
+    workers) install once: the others wait, then find node_modules current."""
+    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(
+            f"{' and '.join(missing)} not found on PATH: the test suite needs Node.js 20+ with "
+            f"npm for the npm graphql-ws client in {directory}"
+        )
+    with (directory / ".npm-ci.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _node_modules_match_lock(directory):
+            return False
+        done = subprocess.run(
+            ["npm", "ci", "--prefix", str(directory), "--no-audit", "--no-fund", "--silent"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if done.returncode != 0 or not _node_modules_match_lock(directory):
+            pytest.fail(
+                f"`npm ci --prefix {directory}` failed (exit {done.returncode}):\n"
+                f"{done.stdout}{done.stderr}"
+            )
+        return True
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """The `node` executable, with tests/node/node_modules installed from its lock file."""
+    install_node_client()
+    path = shutil.which("node")
+    assert path is not None
+    return path

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ from gql_wallet.repository import TransactionRecord, WalletRecord
 from gql_wallet.settings import Settings
 from tests.conftest import (
     CHARGE,
+    NODE_CLIENT,
     TOP_UP,
     LiveServer,
     advisory_locks,
@@ -37,7 +36,6 @@ from tests.conftest import (
 from tests.wsclient import SUBSCRIBE, Socket, connect
 
 NO_LIMITS = {"GQL_WALLET_RATE_LIMIT_API_KEY": "", "GQL_WALLET_RATE_LIMIT_CUSTOMER_SESSION": ""}
-NODE_CLIENT = Path(__file__).parent / "node"
 
 
 def workers_for(database_url: str) -> int:
@@ -363,14 +361,7 @@ async def test_a_process_listens_only_from_its_first_subscription(
         stop_server(b)
 
 
-async def test_the_npm_graphql_ws_client_receives_updates(server: LiveServer) -> None:
-    node = shutil.which("node")
-    if node is None or not (NODE_CLIENT / "node_modules" / "graphql-ws").exists():
-        if os.environ.get("GQL_WALLET_TEST_REQUIRE_NODE") == "1":
-            pytest.fail(
-                "node and tests/node/node_modules are required (npm ci --prefix tests/node)"
-            )
-        pytest.skip("node or tests/node/node_modules missing: run `npm ci --prefix tests/node`")
+async def test_the_npm_graphql_ws_client_receives_updates(server: LiveServer, node: str) -> None:
     key = server.new_key("acme")
     async with httpx.AsyncClient(base_url=server.url) as client:
         await write(client, key, TOP_UP, "cus_1", 100, "seed")
