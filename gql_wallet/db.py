@@ -806,7 +806,7 @@ async def checked_out(conn: DriverConnection) -> AsyncConnection:
 async def single_statement(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """PostgreSQL only: a connection in autocommit mode, for exactly one statement that is its
     own transaction (one round trip, no BEGIN/COMMIT). Nothing else may run on it. (The balance
-    change of migration 0003 goes the same way, in `run_grouped`'s statements.)
+    change goes the same way, in `run_grouped`'s statements.)
     """
     assert engine.dialect.name == "postgresql", "SQLite needs an explicit transaction"
     async with _connect(engine) as conn:

@@ -24,6 +24,7 @@ from gql_wallet.money import (
     MAX_DESCRIPTION_LENGTH,
     MAX_IDEMPOTENCY_KEY_LENGTH,
     MAX_REFERENCE_LENGTH,
+    MAX_SAFE_INT,
     check_amount,
     check_owner,
     check_text,
@@ -57,12 +58,36 @@ class WriteResult:
     replayed: bool = False  # the first outcome of this idempotency key, returned again
 
 
-# Where a refusal decided against the ledger points the caller.
-_OUTCOME_FIELDS: dict[ErrorCode, tuple[str, ...] | None] = {
-    ErrorCode.INSUFFICIENT_FUNDS: ("input", "amount"),
-    ErrorCode.BALANCE_LIMIT_EXCEEDED: ("input", "amount"),
-    ErrorCode.WALLET_NOT_FOUND: ("input", "customerId"),
+# The refusals decided against the ledger: their messages and the field each points at. A
+# store records only the code; the first answer and every replay take the rest from here.
+_REFUSALS: dict[ErrorCode, tuple[str, tuple[str, ...]]] = {
+    ErrorCode.WALLET_NOT_FOUND: (
+        "This customer has no wallet in this currency.",
+        ("input", "customerId"),
+    ),
+    ErrorCode.INSUFFICIENT_FUNDS: (
+        "The balance does not cover this charge.",
+        ("input", "amount"),
+    ),
+    ErrorCode.BALANCE_LIMIT_EXCEEDED: (
+        f"This top-up would take the balance past {MAX_SAFE_INT}.",
+        ("input", "amount"),
+    ),
 }
+# What a change that would leave the balance range means, by kind; a charge to no wallet is
+# WALLET_NOT_FOUND, while a top-up creates its wallet.
+_OUT_OF_RANGE = {
+    TransactionType.TOP_UP: ErrorCode.BALANCE_LIMIT_EXCEEDED,
+    TransactionType.CHARGE: ErrorCode.INSUFFICIENT_FUNDS,
+}
+# Every balance stays in this range, whatever the concurrency: the store applies a change only
+# if the locked row's balance after it is within these bounds.
+BALANCE_FLOOR, BALANCE_CEILING = 0, MAX_SAFE_INT
+
+
+def _refusal(code: ErrorCode) -> UserError:
+    message, field = _REFUSALS[code]
+    return UserError(code, message, field)
 
 
 def _validate(change: BalanceChange) -> list[UserError]:
@@ -150,26 +175,19 @@ def _apply(
     if not repo.claim_idempotency_key(conn, organization_id, key, request, now):
         return _replay(conn, organization_id, change, currency, request)
 
-    delta = change.amount if kind is TransactionType.TOP_UP else -change.amount
-    wallet = repo.change_balance(conn, organization_id, change.customer_id, currency, delta, now)
+    delta = _delta(kind, change)
+    owner = (organization_id, change.customer_id, currency)
+    wallet = repo.change_balance(conn, *owner, delta, BALANCE_FLOOR, BALANCE_CEILING, now)
     if wallet is None and kind is TransactionType.TOP_UP:
         # The cheap path above covers existing wallets; create one on the first top-up.
-        repo.insert_wallet_if_missing(conn, organization_id, change.customer_id, currency, now)
-        wallet = repo.change_balance(
-            conn, organization_id, change.customer_id, currency, delta, now
-        )
+        repo.insert_wallet_if_missing(conn, *owner, now)
+        wallet = repo.change_balance(conn, *owner, delta, BALANCE_FLOOR, BALANCE_CEILING, now)
 
     if wallet is None:
-        current = repo.get_wallet_by_owner(conn, organization_id, change.customer_id, currency)
-        refusal = _refusal(kind, current)
-        repo.record_outcome(
-            conn,
-            organization_id,
-            key,
-            error_code=refusal.code.value,
-            error_message=refusal.message,
-        )
-        return WriteResult(wallet=current, errors=(refusal,))
+        current = repo.get_wallet_by_owner(conn, *owner)
+        code = ErrorCode.WALLET_NOT_FOUND if current is None else _OUT_OF_RANGE[kind]
+        repo.record_outcome(conn, organization_id, key, error_code=code.value)
+        return WriteResult(wallet=current, errors=(_refusal(code),))
 
     transaction = repo.insert_transaction(
         conn,
@@ -198,11 +216,9 @@ async def _write_in_one_statement(
     now: datetime,
 ) -> WriteResult:
     """PostgreSQL: the steps of `_write` in one statement, by the database function of
-    migration 0003 (same statements, same order, one transaction), in a group commit with the
+    migrations/sql/ (same statements, same order, one transaction), in a group commit with the
     other writes waiting in this process. `conn` (the request's, if it has one) serves a
     replay."""
-    missing_code, missing_message = _MISSING
-    refused_code, refused_message = _REFUSED[kind]
     done = await repo.apply_balance_change(
         engine,
         organization_id=organization_id,
@@ -211,13 +227,15 @@ async def _write_in_one_statement(
         customer_id=change.customer_id,
         currency=currency,
         type_=kind.value,
-        delta=change.amount if kind is TransactionType.TOP_UP else -change.amount,
+        delta=_delta(kind, change),
+        floor=BALANCE_FLOOR,
+        ceiling=BALANCE_CEILING,
         description=change.description,
         reference=change.reference,
         create_missing=kind is TransactionType.TOP_UP,
         now=now,
-        missing=(missing_code.value, missing_message),
-        refused=(refused_code.value, refused_message),
+        missing_code=ErrorCode.WALLET_NOT_FOUND.value,
+        refused_code=_OUT_OF_RANGE[kind].value,
     )
     if done.outcome == "taken":
         # An earlier write holds the key; it has committed (the claim waited for it). The
@@ -227,31 +245,12 @@ async def _write_in_one_statement(
             async with own.begin():
                 return await own.run_sync(_replay, organization_id, change, currency, request)
     if done.outcome == "refused":
-        code = ErrorCode(done.refusal_code)
-        message = missing_message if code is missing_code else refused_message
-        return WriteResult(
-            wallet=done.wallet, errors=(UserError(code, message, _OUTCOME_FIELDS[code]),)
-        )
+        return WriteResult(wallet=done.wallet, errors=(_refusal(ErrorCode(done.refusal_code)),))
     return WriteResult(wallet=done.wallet, transaction=done.transaction)
 
 
-# The refusals decided against the ledger: no wallet, or the change would leave 0..2^53-1.
-_MISSING = (ErrorCode.WALLET_NOT_FOUND, "This customer has no wallet in this currency.")
-_REFUSED = {
-    TransactionType.CHARGE: (
-        ErrorCode.INSUFFICIENT_FUNDS,
-        "The balance does not cover this charge.",
-    ),
-    TransactionType.TOP_UP: (
-        ErrorCode.BALANCE_LIMIT_EXCEEDED,
-        "This top-up would take the balance past 9007199254740991.",
-    ),
-}
-
-
-def _refusal(kind: TransactionType, current: WalletRecord | None) -> UserError:
-    code, message = _MISSING if current is None else _REFUSED[kind]
-    return UserError(code, message, _OUTCOME_FIELDS[code])
+def _delta(kind: TransactionType, change: BalanceChange) -> int:
+    return change.amount if kind is TransactionType.TOP_UP else -change.amount
 
 
 def _replay(
@@ -276,11 +275,8 @@ def _replay(
     if record.transaction_seq is not None:
         transaction = repo.get_transaction_by_seq(conn, record.transaction_seq)
         return WriteResult(wallet=wallet, transaction=transaction, replayed=True)
-    code = ErrorCode(record.error_code)
     return WriteResult(
-        wallet=wallet,
-        errors=(UserError(code, record.error_message or code.value, _OUTCOME_FIELDS[code]),),
-        replayed=True,
+        wallet=wallet, errors=(_refusal(ErrorCode(record.error_code)),), replayed=True
     )
 
 
