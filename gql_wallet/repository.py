@@ -339,9 +339,8 @@ class DriverWrite:
     thread (`db._SqliteWriterQueue`), past SQLAlchemy's execution layers.
 
     The writer thread holds the database's write lock while it runs a group's writes, so the
-    CPU each write spends there bounds how many writes per second the file takes. Through
-    `Connection.execute` each statement cost about 35 us of SQLAlchemy's own work on top of
-    SQLite's 15 us, over half of a write's CPU. As with `DriverRead`, SQLAlchemy still compiles
+    CPU each write spends there bounds how many writes per second the file takes, and
+    `Connection.execute` spends more of it than SQLite itself (bench/PROFILE.md). As with `DriverRead`, SQLAlchemy still compiles
     the statement (once) and its type processors convert every value both ways, so the rows are
     the values `conn.execute` returns. On any other connection (PostgreSQL, or aiosqlite's for
     an in-memory database) the statement goes through `conn.execute` unchanged.
@@ -842,7 +841,6 @@ _BALANCE_CHANGES = DriverRead(_balance_changes_call())
 
 # A write's wallet and ledger entry, read from its outcome row's w_ and t_ columns in the
 # records' field order, one attrgetter call each.
-# Building a namespace of each record's columns first cost twice the CPU: 11.9 -> 5.9 us a write.
 _OUTCOME_WALLET = attrgetter(*(f"w_{field.name}" for field in fields(WalletRecord)))
 _OUTCOME_ENTRY = attrgetter(*(f"t_{field.name}" for field in fields(TransactionRecord)))
 
