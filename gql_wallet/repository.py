@@ -898,57 +898,17 @@ async def send_balance_changes(
     return outcomes  # type: ignore[return-value]
 
 
-async def apply_balance_change(
-    engine: AsyncEngine,
-    *,
-    organization_id: uuid.UUID,
-    idempotency_key: str,
-    request: str,
-    customer_id: str,
-    currency: str,
-    type_: str,
-    delta: int,
-    floor: int,
-    ceiling: int,
-    description: str | None,
-    reference: str | None,
-    create_missing: bool,
-    now: datetime,
-    missing_code: str,
-    refused_code: str,
-) -> BalanceChangeOutcome:
-    """PostgreSQL: a whole top-up or charge in one statement, by the function of
-    migrations/sql/gql_wallet_balance_change.v3.sql, in a group commit with the other writes waiting in this process (`db.run_grouped`:
-    one statement and one transaction for the group, each write with its own outcome). It runs
-    the steps of ledger._write in the same order: claim the key (`taken` if an earlier write
-    holds it; nothing written), the conditional balance change (creating the wallet first when
-    `create_missing`), then either the ledger entry, the outcome record and the NOTIFY
-    (`applied`), or the refusal recorded on the key (`refused`: `missing_code` when there is
-    no wallet, else `refused_code`). The caller decides the bounds and the codes."""
-    call = {
-        "organization_id": organization_id,
-        "idempotency_key": idempotency_key,
-        "request": request,
-        "customer_id": customer_id,
-        "currency": currency,
-        "type": type_,
-        "delta": delta,
-        "floor": floor,
-        "ceiling": ceiling,
-        "description": description,
-        "reference": reference,
-        "create_missing": create_missing,
-        "wallet_id": uuid.uuid4(),
-        "entry_id": uuid.uuid4(),
-        "now": now,
-        "missing_code": missing_code,
-        "refused_code": refused_code,
-    }
+async def apply_balance_change(engine: AsyncEngine, call: dict[str, Any]) -> BalanceChangeOutcome:
+    """PostgreSQL: a whole balance change in one statement, by the function of migrations/sql/
+    (its newest version), in a group commit with the other writes waiting in this process
+    (`db.run_grouped`: one statement and one transaction for the group, each write with its own
+    outcome). `call` holds the function's parameters but the IDs it makes for a new wallet and
+    entry (ledger.store.BalanceChangeCall)."""
     return await run_grouped(
         engine,
         send_balance_changes,
         send_balance_change,
-        call,
+        {**call, "wallet_id": uuid.uuid4(), "entry_id": uuid.uuid4()},
         observe=metrics.WRITE_GROUP_SIZE.observe,
         senders=1,  # one group in flight: larger groups, fewer commits (see db._PgGroupCommit)
     )

@@ -1,9 +1,10 @@
-"""The ledger service: top_up, charge, create_wallet.
+"""The ledger service: top_up, charge, create_wallet. Every rule of a write is decided here.
 
-Each write is: validate (nothing written on a bad input) -> claim the idempotency key -> one
-atomic conditional balance UPDATE plus the ledger INSERT -> record the outcome, all in one
-database transaction. The first attempt that gets past validation decides the outcome for its
-key; every retry with the same input replays it.
+Each write is: validate (nothing written on a bad input) -> decide the change (delta, the
+balance range, what each refusal means) -> the store claims the idempotency key, applies the
+change and records its outcome atomically (ledger/store.py) -> the answer, with the message of
+its code. The first attempt that gets past validation decides the outcome for its key; every
+retry with the same input replays it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import enum
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gql_wallet import repository as repo
 from gql_wallet.db import DriverConnection, OnDemandConnection, checked_out, run_write
 from gql_wallet.errors import ErrorCode, UserError
+from gql_wallet.ledger import store
 from gql_wallet.money import (
     MAX_DESCRIPTION_LENGTH,
     MAX_IDEMPOTENCY_KEY_LENGTH,
@@ -151,99 +152,30 @@ async def _write(
     currency = normalize_currency(change.currency)
     assert currency is not None  # validated above
     request = _canonical_request(kind, change, currency)
-    now = repo.now_utc()
-    if engine.dialect.name == "postgresql":
-        return await _write_in_one_statement(
-            engine, conn, organization_id, kind, change, currency, request, now
-        )
-
-    # SQLite: the same steps, statement by statement, in one BEGIN IMMEDIATE transaction.
-    return await run_write(engine, _apply, organization_id, kind, change, currency, request, now)
-
-
-def _apply(
-    conn: Connection,
-    organization_id: uuid.UUID,
-    kind: TransactionType,
-    change: BalanceChange,
-    currency: str,
-    request: str,
-    now: datetime,
-) -> WriteResult:
-    """The steps of a write, in one transaction that the caller commits (SQLite)."""
-    key = change.idempotency_key
-    if not repo.claim_idempotency_key(conn, organization_id, key, request, now):
-        return _replay(conn, organization_id, change, currency, request)
-
-    delta = _delta(kind, change)
-    owner = (organization_id, change.customer_id, currency)
-    wallet = repo.change_balance(conn, *owner, delta, BALANCE_FLOOR, BALANCE_CEILING, now)
-    if wallet is None and kind is TransactionType.TOP_UP:
-        # The cheap path above covers existing wallets; create one on the first top-up.
-        repo.insert_wallet_if_missing(conn, *owner, now)
-        wallet = repo.change_balance(conn, *owner, delta, BALANCE_FLOOR, BALANCE_CEILING, now)
-
-    if wallet is None:
-        current = repo.get_wallet_by_owner(conn, *owner)
-        code = ErrorCode.WALLET_NOT_FOUND if current is None else _OUT_OF_RANGE[kind]
-        repo.record_outcome(conn, organization_id, key, error_code=code.value)
-        return WriteResult(wallet=current, errors=(_refusal(code),))
-
-    transaction = repo.insert_transaction(
-        conn,
-        organization_id=organization_id,
-        wallet_seq=wallet.seq,
-        type_=kind.value,
-        amount=delta,
-        balance_after=wallet.balance,
-        description=change.description,
-        reference=change.reference,
-        idempotency_key=key,
-        now=now,
-    )
-    repo.record_outcome(conn, organization_id, key, transaction_seq=transaction.seq)
-    return WriteResult(wallet=wallet, transaction=transaction)
-
-
-async def _write_in_one_statement(
-    engine: AsyncEngine,
-    conn: DriverConnection | None,
-    organization_id: uuid.UUID,
-    kind: TransactionType,
-    change: BalanceChange,
-    currency: str,
-    request: str,
-    now: datetime,
-) -> WriteResult:
-    """PostgreSQL: the steps of `_write` in one statement, by the database function of
-    migrations/sql/ (same statements, same order, one transaction), in a group commit with the
-    other writes waiting in this process. `conn` (the request's, if it has one) serves a
-    replay."""
-    done = await repo.apply_balance_change(
+    done = await store.apply_balance_change(
         engine,
-        organization_id=organization_id,
-        idempotency_key=change.idempotency_key,
-        request=request,
-        customer_id=change.customer_id,
-        currency=currency,
-        type_=kind.value,
-        delta=_delta(kind, change),
-        floor=BALANCE_FLOOR,
-        ceiling=BALANCE_CEILING,
-        description=change.description,
-        reference=change.reference,
-        create_missing=kind is TransactionType.TOP_UP,
-        now=now,
-        missing_code=ErrorCode.WALLET_NOT_FOUND.value,
-        refused_code=_OUT_OF_RANGE[kind].value,
+        store.BalanceChangeCall(
+            organization_id=organization_id,
+            idempotency_key=change.idempotency_key,
+            request=request,
+            customer_id=change.customer_id,
+            currency=currency,
+            type=kind.value,
+            delta=_delta(kind, change),
+            floor=BALANCE_FLOOR,
+            ceiling=BALANCE_CEILING,
+            description=change.description,
+            reference=change.reference,
+            create_missing=kind is TransactionType.TOP_UP,
+            missing_code=ErrorCode.WALLET_NOT_FOUND.value,
+            refused_code=_OUT_OF_RANGE[kind].value,
+            now=repo.now_utc(),
+        ),
     )
     if done.outcome == "taken":
-        # An earlier write holds the key; it has committed (the claim waited for it). The
-        # replay reads in one transaction, on the request's connection (no second checkout).
-        async with OnDemandConnection(engine) as fallback:
-            own = await checked_out(conn or fallback)
-            async with own.begin():
-                return await own.run_sync(_replay, organization_id, change, currency, request)
+        # An earlier write holds the key and has committed (the claim waited for it, or ran
+        # after it in the same group): replay its outcome.
+        return await _replay_committed(engine, conn, organization_id, change, currency, request)
     if done.outcome == "refused":
         return WriteResult(wallet=done.wallet, errors=(_refusal(ErrorCode(done.refusal_code)),))
     return WriteResult(wallet=done.wallet, transaction=done.transaction)
@@ -251,6 +183,24 @@ async def _write_in_one_statement(
 
 def _delta(kind: TransactionType, change: BalanceChange) -> int:
     return change.amount if kind is TransactionType.TOP_UP else -change.amount
+
+
+async def _replay_committed(
+    engine: AsyncEngine,
+    conn: DriverConnection | None,
+    organization_id: uuid.UUID,
+    change: BalanceChange,
+    currency: str,
+    request: str,
+) -> WriteResult:
+    """The replay's reads, in one transaction: on SQLite on the writer thread's connection, so
+    that no write of a request takes a pooled connection; on PostgreSQL on the request's."""
+    if engine.dialect.name == "sqlite":
+        return await run_write(engine, _replay, organization_id, change, currency, request)
+    async with OnDemandConnection(engine) as fallback:
+        own = await checked_out(conn or fallback)
+        async with own.begin():
+            return await own.run_sync(_replay, organization_id, change, currency, request)
 
 
 def _replay(
