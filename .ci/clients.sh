@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The client ecosystem against a live server: graphql-http's spec audits, then the README's
-# client examples (curl, TypeScript from graphql-codegen, Python from ariadne-codegen), each
-# checked by its output. Needs .venv with gql-wallet installed (.ci/run makes it), node and npm.
+# The client ecosystem against a live server: graphql-http's spec audits, then the client
+# examples of docs/clients.md (curl, TypeScript from graphql-codegen, Python from
+# ariadne-codegen), each checked by its output. Needs .venv with gql-wallet installed (.ci/run makes it), node and npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -51,7 +51,7 @@ step "TypeScript client: graphql-codegen + tsc --strict (examples/typescript)"
 (
   cd examples/typescript
   rm -rf src/generated dist
-  # The README's commands, as written there.
+  # docs/clients.md's commands, as written there.
   npm ci
   npm run build
   node dist/client.js | tee "$WORK/ts.out"
@@ -65,7 +65,7 @@ step "Python client: ariadne-codegen in its own venv (examples/python)"
 (
   cd examples/python
   rm -rf wallet_client
-  # The README's commands, as written there.
+  # docs/clients.md's commands, as written there.
   python3 -m venv .venv && .venv/bin/pip install -r requirements.txt
   .venv/bin/ariadne-codegen
   .venv/bin/python client.py | tee "$WORK/py.out"

@@ -3,7 +3,7 @@
 What Python can do here with no GraphQL and no SQLAlchemy: plain JSON endpoints on asyncpg that
 send exactly the statements gql_wallet sends on PostgreSQL, each in autocommit mode as gql_wallet
 does: the API key lookup by public id (then the HMAC check), then either the wallets SELECT or
-one call of `gql_wallet_balance_change` (migration 0003), the function gql_wallet's top-up calls.
+one call of `gql_wallet_balance_change` (migrations/sql/), the function gql_wallet's top-up calls.
 The gap between this and gql_wallet on the same database is what the GraphQL and ORM layers
 cost; the gap between this and PostGraphile is what the Python web stack costs.
 It serves only what the benchmark sends (no input validation, no replays).
@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from bench.bare_starlette import _json, read_top_up
 from gql_wallet.auth import bearer_token, parse_token, token_hash
+from gql_wallet.money import MAX_SAFE_INT
 from gql_wallet.repository import LEDGER_CHANNEL
 from gql_wallet.settings import Settings
 
@@ -100,6 +101,8 @@ def create_app() -> Starlette:
             currency,
             "TOP_UP",
             amount,
+            0,
+            MAX_SAFE_INT,
             None,
             None,
             True,
@@ -108,9 +111,7 @@ def create_app() -> Starlette:
             datetime.now(UTC),
             LEDGER_CHANNEL,
             "WALLET_NOT_FOUND",
-            "This customer has no wallet in this currency.",
             "BALANCE_LIMIT_EXCEEDED",
-            "This top-up would take the balance past 9007199254740991.",
         )
         assert row is not None
         if row["outcome"] != "applied":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -105,9 +106,14 @@ def _transactions(database_url: str) -> int:
 
 
 def _py_spy(pid: int, seconds: int, fmt: str, output: Path) -> None:
-    command = [PY_SPY, "record", "--pid", str(pid), "--rate", "200", "--duration", str(seconds)]
-    command += ["--format", fmt, "--output", str(output)]
-    subprocess.run(command, check=True, capture_output=True, timeout=seconds + 60)
+    # py-spy writes its command line into the flame graph: keep this machine's paths out of it.
+    root = BENCH_DIR.parent
+    command = ["py-spy", "record", "--pid", str(pid), "--rate", "200", "--duration", str(seconds)]
+    command += ["--format", fmt, "--output", str(output.relative_to(root))]
+    environment = {**os.environ, "PATH": f"{Path(PY_SPY).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(
+        command, check=True, capture_output=True, timeout=seconds + 60, cwd=root, env=environment
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

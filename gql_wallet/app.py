@@ -27,10 +27,9 @@ from gql_wallet.operations import MetricsEndpoint, Readiness, healthz
 from gql_wallet.settings import Settings, from_environment
 
 _heap_frozen = False
-# New container objects between two young-generation collections (Python's default: 700, made
-# for small scripts). Under load the collector then ran about every 50 top-ups and took 11-15 us
-# of CPU per top-up on average (timed with gc.callbacks, 3 runs); at 10,000 it takes 3-6 us. It
-# keeps at most 10,000 more young objects (a few MB) before a collection finds the cycles.
+# New container objects between two young-generation collections. Python's default (700) is
+# made for small scripts: under load it collects every few dozen requests (bench/PROFILE.md).
+# This keeps at most 10,000 more young objects (a few MB) before a collection finds the cycles.
 GC_YOUNG_THRESHOLD = 10_000
 
 

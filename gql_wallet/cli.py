@@ -153,7 +153,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         print(
             "Development mode: built-in token secret, GraphiQL, introspection and localhost "
             "CORS. In production set GQL_WALLET_ENVIRONMENT=production and "
-            "GQL_WALLET_TOKEN_SECRET (see README, Security).",
+            "GQL_WALLET_TOKEN_SECRET (see docs/security.md).",
             file=sys.stderr,
         )
     if settings.graphiql_enabled:

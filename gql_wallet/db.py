@@ -222,8 +222,7 @@ class _SqliteWriterQueue:
 
     SQLite's busy handler polls: a writer that finds the file locked sleeps (1 ms growing to
     100 ms) and tries again, so with several server processes the one that just committed
-    usually wins again and the others' waits grow to seconds (measured: top-up p99 of 1-5 s with
-    2 workers at c=32). Here a writer takes an exclusive flock() on `<database file>.writer-lock`
+    usually wins again and the others' waits grow to seconds (bench/PROFILE.md). Here a writer takes an exclusive flock() on `<database file>.writer-lock`
     first, a blocking wait in the kernel that ends the moment the other process releases it.
     This only orders writers: SQLite's own locks (BEGIN IMMEDIATE and the busy timeout) still
     guarantee correctness, so a writer that does not use this queue (another tool on the file)
@@ -348,9 +347,8 @@ class _SqliteWriterQueue:
         run here after the group's callers have their answers and the write lock is released.
 
         SQLite's automatic checkpoint (every 1,000 WAL pages) runs inside the COMMIT of the write
-        that crosses the mark, so that group held the write lock 10-12 ms instead of 1-4 ms
-        (measured: the slowest 1% of commits spent 4-6 ms of CPU copying pages) while every
-        other writer waited. A PASSIVE checkpoint takes no write lock: other processes go on
+        that crosses the mark, so that group held the write lock several times longer, copying
+        pages, while every other writer waited (bench/PROFILE.md). A PASSIVE checkpoint takes no write lock: other processes go on
         writing while it copies. The writer thread's connection therefore has the automatic
         checkpoint off; every other connection keeps it, so the WAL stays bounded whoever
         writes. A checkpoint that fails is logged and left to the next one."""
@@ -374,9 +372,8 @@ class _SqliteWriterQueue:
         try:
             with self._file_lock(), self.engine.connect() as conn:
                 conn.execution_options(**{_WRITE: True})
-                # Each write's savepoint goes to sqlite3 directly: through SQLAlchemy's
-                # begin_nested() its two statements cost about 70 us of CPU per write, spent
-                # while this thread holds the database's write lock.
+                # Each write's savepoint goes to sqlite3 directly: SQLAlchemy's begin_nested()
+                # costs CPU while this thread holds the database's write lock.
                 driver: Any = conn.connection.driver_connection
                 with conn.begin():
                     for _future, fn, args in group:
@@ -557,9 +554,8 @@ class _PgGroupCommit:
     flush) for the group instead of one per write. Nobody waits for a group to fill: a write
     that finds its line's sender free goes at once, and the writes that arrive while a group is
     in flight form the next group (at most `_MAX_BATCH`). Balance changes have one sender per
-    process: measured against two, larger groups and fewer commits gave 3,051 -> 3,446
-    top-ups/s (4 paired rounds, all the same way); reads, which commit nothing, keep two (with
-    one, 8,253 -> 7,202 lookups/s).
+    process (larger groups, fewer commits); reads, which commit nothing, keep two. Both were
+    measured both ways (bench/PROFILE.md).
 
     Every write keeps its own outcome. The statement runs the same function, with the same
     steps, as a write sent alone; a later write of a group sees the earlier ones (a retry of
@@ -742,7 +738,7 @@ async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]
     instead of three; the isolation level is reset when the connection goes back to the pool). On
     SQLite the driver is in autocommit mode already and the begin hook issues no BEGIN for this
     connection: each statement through aiosqlite is a hop to its thread, so this saves two hops
-    per read (measured: about 1.6x the single-read throughput of BEGIN, SELECT, COMMIT).
+    per read.
     """
     if engine.dialect.name == "sqlite":
         async with _connect(engine) as conn:
@@ -806,7 +802,7 @@ async def checked_out(conn: DriverConnection) -> AsyncConnection:
 async def single_statement(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """PostgreSQL only: a connection in autocommit mode, for exactly one statement that is its
     own transaction (one round trip, no BEGIN/COMMIT). Nothing else may run on it. (The balance
-    change of migration 0003 goes the same way, in `run_grouped`'s statements.)
+    change goes the same way, in `run_grouped`'s statements.)
     """
     assert engine.dialect.name == "postgresql", "SQLite needs an explicit transaction"
     async with _connect(engine) as conn:

@@ -53,7 +53,6 @@ from gql_wallet.models import (
     Wallet,
     WalletTransaction,
 )
-from gql_wallet.money import MAX_SAFE_INT
 
 wallets: Table = Wallet.__table__  # type: ignore[attr-defined]
 transactions: Table = WalletTransaction.__table__  # type: ignore[attr-defined]
@@ -129,7 +128,6 @@ class IdempotencyRecord:
     request: str
     transaction_seq: int | None
     error_code: str | None
-    error_message: str | None
 
 
 _WALLET_COLUMNS = (
@@ -341,9 +339,8 @@ class DriverWrite:
     thread (`db._SqliteWriterQueue`), past SQLAlchemy's execution layers.
 
     The writer thread holds the database's write lock while it runs a group's writes, so the
-    CPU each write spends there bounds how many writes per second the file takes. Through
-    `Connection.execute` each statement cost about 35 us of SQLAlchemy's own work on top of
-    SQLite's 15 us, over half of a write's CPU. As with `DriverRead`, SQLAlchemy still compiles
+    CPU each write spends there bounds how many writes per second the file takes, and
+    `Connection.execute` spends more of it than SQLite itself (bench/PROFILE.md). As with `DriverRead`, SQLAlchemy still compiles
     the statement (once) and its type processors convert every value both ways, so the rows are
     the values `conn.execute` returns. On any other connection (PostgreSQL, or aiosqlite's for
     an in-memory database) the statement goes through `conn.execute` unchanged.
@@ -572,7 +569,7 @@ def get_idempotency_record(
 ) -> IdempotencyRecord:
     params = {"p_organization_id": organization_id, "p_key": key}
     row = conn.execute(_IDEMPOTENCY_RECORD, params).one()
-    return IdempotencyRecord(row.request, row.transaction_seq, row.error_code, row.error_message)
+    return IdempotencyRecord(row.request, row.transaction_seq, row.error_code)
 
 
 _KEY_MATCHES = and_(
@@ -583,7 +580,6 @@ _IDEMPOTENCY_RECORD = select(
     idempotency_keys.c.request,
     idempotency_keys.c.transaction_seq,
     idempotency_keys.c.error_code,
-    idempotency_keys.c.error_message,
 ).where(_KEY_MATCHES)
 _RECORD_OUTCOME = DriverWrite(
     update(idempotency_keys)
@@ -591,7 +587,6 @@ _RECORD_OUTCOME = DriverWrite(
     .values(
         transaction_seq=bindparam("p_transaction_seq"),
         error_code=bindparam("p_error_code"),
-        error_message=bindparam("p_error_message"),
     )
 )
 
@@ -603,7 +598,6 @@ def record_outcome(
     *,
     transaction_seq: int | None = None,
     error_code: str | None = None,
-    error_message: str | None = None,
 ) -> None:
     _RECORD_OUTCOME.execute(
         conn,
@@ -612,7 +606,6 @@ def record_outcome(
             "p_key": key,
             "p_transaction_seq": transaction_seq,
             "p_error_code": error_code,
-            "p_error_message": error_message,
         },
     )
 
@@ -664,43 +657,43 @@ def change_balance(
     customer_id: str,
     currency: str,
     delta: int,
+    floor: int,
+    ceiling: int,
     now: datetime,
 ) -> WalletRecord | None:
-    """Add `delta` (signed) to the wallet's balance if the result stays in 0..2^53-1.
+    """Add `delta` (signed) to the wallet's balance if the result stays in floor..ceiling,
+    checked against the row the UPDATE locks.
 
     Returns the updated wallet, or None when there is no such wallet or the condition failed.
     """
-    statement = _CREDIT if delta > 0 else _DEBIT
     params = {
         "w_organization_id": organization_id,
         "w_customer_id": customer_id,
         "w_currency": currency,
         "w_delta": delta,
-        "w_bound": MAX_SAFE_INT - delta if delta > 0 else -delta,
+        "w_floor": floor,
+        "w_ceiling": ceiling,
         "w_now": now,
     }
-    rows = statement.execute(conn, params)
+    rows = _CHANGE_BALANCE.execute(conn, params)
     return WalletRecord.from_row(rows[0]) if rows else None
 
 
-def _balance_update(condition: Any) -> Any:
-    # Bind names must not be column names of an UPDATE's table; hence the w_ prefix.
-    owner = and_(
+# Built once, like every statement of a top-up or charge: see _FIND_API_KEY. Bind names must
+# not be column names of an UPDATE's table; hence the w_ prefix.
+_CHANGE_BALANCE = DriverWrite(
+    update(wallets)
+    .where(
         wallets.c.organization_id == bindparam("w_organization_id"),
         wallets.c.customer_id == bindparam("w_customer_id"),
         wallets.c.currency == bindparam("w_currency"),
+        (wallets.c.balance + bindparam("w_delta")).between(
+            bindparam("w_floor"), bindparam("w_ceiling")
+        ),
     )
-    return (
-        update(wallets)
-        .where(owner, condition)
-        .values(balance=wallets.c.balance + bindparam("w_delta"), modified_at=bindparam("w_now"))
-        .returning(*_WALLET_COLUMNS)
-    )
-
-
-# Built once, like every statement of a top-up or charge: see _FIND_API_KEY.
-_CREDIT = DriverWrite(_balance_update(wallets.c.balance <= bindparam("w_bound")))
-_DEBIT = DriverWrite(_balance_update(wallets.c.balance >= bindparam("w_bound")))
+    .values(balance=wallets.c.balance + bindparam("w_delta"), modified_at=bindparam("w_now"))
+    .returning(*_WALLET_COLUMNS)
+)
 
 
 def insert_transaction(
@@ -752,7 +745,8 @@ _INSERT_TRANSACTION = DriverWrite(
 
 @dataclass(frozen=True)
 class BalanceChangeOutcome:
-    """What `gql_wallet_balance_change` (migration 0003) did: see `apply_balance_change`."""
+    """What `gql_wallet_balance_change` did (migrations/sql/, newest version): see
+    `apply_balance_change`."""
 
     outcome: str  # applied | refused | taken
     refusal_code: str | None
@@ -768,6 +762,8 @@ _BALANCE_CHANGE_PARAMS = (
     "currency",
     "type",
     "delta",
+    "floor",
+    "ceiling",
     "description",
     "reference",
     "create_missing",
@@ -776,9 +772,7 @@ _BALANCE_CHANGE_PARAMS = (
     "now",
     "channel",
     "missing_code",
-    "missing_message",
     "refused_code",
-    "refused_message",
 )
 
 
@@ -807,6 +801,8 @@ def _balance_change_call() -> Any:
 _BALANCE_CHANGE_TYPES = {
     "organization_id": "uuid",
     "delta": "bigint",
+    "floor": "bigint",
+    "ceiling": "bigint",
     "create_missing": "boolean",
     "wallet_id": "uuid",
     "entry_id": "uuid",
@@ -845,7 +841,6 @@ _BALANCE_CHANGES = DriverRead(_balance_changes_call())
 
 # A write's wallet and ledger entry, read from its outcome row's w_ and t_ columns in the
 # records' field order, one attrgetter call each.
-# Building a namespace of each record's columns first cost twice the CPU: 11.9 -> 5.9 us a write.
 _OUTCOME_WALLET = attrgetter(*(f"w_{field.name}" for field in fields(WalletRecord)))
 _OUTCOME_ENTRY = attrgetter(*(f"t_{field.name}" for field in fields(TransactionRecord)))
 
@@ -903,55 +898,17 @@ async def send_balance_changes(
     return outcomes  # type: ignore[return-value]
 
 
-async def apply_balance_change(
-    engine: AsyncEngine,
-    *,
-    organization_id: uuid.UUID,
-    idempotency_key: str,
-    request: str,
-    customer_id: str,
-    currency: str,
-    type_: str,
-    delta: int,
-    description: str | None,
-    reference: str | None,
-    create_missing: bool,
-    now: datetime,
-    missing: tuple[str, str],
-    refused: tuple[str, str],
-) -> BalanceChangeOutcome:
-    """PostgreSQL: a whole top-up or charge in one statement, by the function of migration
-    0003, in a group commit with the other writes waiting in this process (`db.run_grouped`:
-    one statement and one transaction for the group, each write with its own outcome). It runs
-    the steps of ledger._write in the same order: claim the key (`taken` if an earlier write
-    holds it; nothing written), the conditional balance change (creating the wallet first when
-    `create_missing`), then either the ledger entry, the outcome record and the NOTIFY
-    (`applied`), or the refusal recorded on the key (`refused`, with `missing` = (code,
-    message) when there is no wallet, else `refused`)."""
-    call = {
-        "organization_id": organization_id,
-        "idempotency_key": idempotency_key,
-        "request": request,
-        "customer_id": customer_id,
-        "currency": currency,
-        "type": type_,
-        "delta": delta,
-        "description": description,
-        "reference": reference,
-        "create_missing": create_missing,
-        "wallet_id": uuid.uuid4(),
-        "entry_id": uuid.uuid4(),
-        "now": now,
-        "missing_code": missing[0],
-        "missing_message": missing[1],
-        "refused_code": refused[0],
-        "refused_message": refused[1],
-    }
+async def apply_balance_change(engine: AsyncEngine, call: dict[str, Any]) -> BalanceChangeOutcome:
+    """PostgreSQL: a whole balance change in one statement, by the function of migrations/sql/
+    (its newest version), in a group commit with the other writes waiting in this process
+    (`db.run_grouped`: one statement and one transaction for the group, each write with its own
+    outcome). `call` holds the function's parameters but the IDs it makes for a new wallet and
+    entry (ledger.store.BalanceChangeCall)."""
     return await run_grouped(
         engine,
         send_balance_changes,
         send_balance_change,
-        call,
+        {**call, "wallet_id": uuid.uuid4(), "entry_id": uuid.uuid4()},
         observe=metrics.WRITE_GROUP_SIZE.observe,
         senders=1,  # one group in flight: larger groups, fewer commits (see db._PgGroupCommit)
     )
@@ -1114,7 +1071,7 @@ async def list_transactions(
 
 # --- live changes ---------------------------------------------------------------------------
 
-# PostgreSQL: gql_wallet_balance_change (migration 0003) announces each applied change here, on
+# PostgreSQL: gql_wallet_balance_change announces each applied change here, on
 # commit, while some process LISTENs (migration 0004); SQLite has one process per file, whose
 # writes wake the feed in process.
 LEDGER_CHANNEL = "gql_wallet_ledger"

@@ -1,4 +1,4 @@
-"""The README's client examples are exactly the files CI runs (.ci/clients.sh)."""
+"""The client examples of docs/clients.md are exactly the files CI runs (.ci/clients.sh)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = (ROOT / "README.md").read_text()
+DOCS = (ROOT / "docs" / "clients.md").read_text()
 CLIENTS_SCRIPT = (ROOT / ".ci" / "clients.sh").read_text()
 
 
@@ -24,12 +24,12 @@ CLIENTS_SCRIPT = (ROOT / ".ci" / "clients.sh").read_text()
 )
 def test_the_documented_example_is_the_file_ci_runs(example: str, language: str) -> None:
     assert f"```{language}\n{(ROOT / example).read_text()}```" in DOCS, (
-        f"the README's copy of {example} differs from the file"
+        f"docs/clients.md's copy of {example} differs from the file"
     )
 
 
 def documented_commands(directory: str) -> list[str]:
-    """The commands of the README's shell block that starts with `cd <directory>`."""
+    """The commands of the docs' shell block that starts with `cd <directory>`."""
     (block,) = re.findall(rf"```sh\ncd {re.escape(directory)}\n(.*?)```", DOCS, flags=re.DOTALL)
     return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
 

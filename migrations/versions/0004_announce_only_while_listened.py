@@ -6,14 +6,9 @@ Create Date: 2026-11-27 04:00:00.000000
 
 PostgreSQL serialises the commits of every transaction that sent a NOTIFY: such a transaction
 takes one database-wide lock before its commit record and keeps it until the commit is flushed
-(async.c, PreCommit_Notify), so that notifications are queued in commit order. Measured with
-pgbench calling the function (one transaction per call, 2 runs each): 8 clients 3,362-4,778
-calls/s with the NOTIFY and 7,679-8,421 without; 32 clients 2,391-3,356 against 3,914-9,505;
-2 clients the same (4,571-4,731 against 4,327-5,016); this revision's final function, with
-50,000 customers: 8 clients 4,060-4,338 against 7,468-7,884, 32 clients 2,453-2,923 against
-5,830-7,185. One gql_wallet process sends one group commit at a time, so 2 processes saw no
-difference (3,783 against 3,706 top-ups/s; 3,677 against 3,579 with the final function); the
-several processes of a larger deployment would have waited for each other's WAL flush.
+(async.c, PreCommit_Notify), so that notifications are queued in commit order, and the processes
+of a larger deployment wait for each other's WAL flush (measured in bench/PROFILE.md, sixth
+round).
 
 An announcement is only needed while some process LISTENs (gql_wallet/feed.py: a process
 LISTENs from its first subscription on). So `gql_wallet_balance_change` now announces a change
@@ -34,58 +29,20 @@ listener (LISTENing since its commit) receives. Two changes probing at the same 
 each other's probe and both NOTIFY: an announcement too many, never one too few.
 """
 
-import importlib
-import textwrap
 from collections.abc import Sequence
 
 from alembic import op
+from gql_wallet._migrations import sql_file
 
 revision: str = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-FEED_GATE = 7_344_512_002
-FEED_LISTENING = 7_344_512_003
-
-# The function of 0003, whose statements and outcomes this revision keeps: only when it NOTIFYs
-# changes. Its text is read from 0003 and changed in two places, each checked to match once.
-_PREVIOUS: str = importlib.import_module(
-    "gql_wallet._migrations.versions.0003_balance_change_function"
-)._FUNCTION
-
-_DECLARE = """DECLARE
-  claimed text;
-BEGIN
-"""
-_DECLARE_AND_PROBE = f"""DECLARE
-  claimed text;
-  announce boolean;
-BEGIN
-  -- Is some process listening? (See migration 0004.) The gate first, before any row lock.
-  PERFORM pg_advisory_xact_lock_shared({FEED_GATE});
-  -- One expression: the probe is released in the same evaluation that took it, so no cancel
-  -- or error can come between them and leave this session holding it.
-  announce := CASE WHEN pg_try_advisory_lock({FEED_LISTENING})
-                   THEN NOT pg_advisory_unlock({FEED_LISTENING}) ELSE true END;
-"""
-_NOTIFY = """  PERFORM pg_notify(
-    p_channel,
-    json_build_object('o', p_organization_id::text, 'c', p_customer_id, 'w', wallet.seq)::text
-  );
-"""
-_NOTIFY_IF_LISTENED = "  IF announce THEN\n" + textwrap.indent(_NOTIFY, "  ") + "  END IF;\n"
-
-
-def _replace_once(text: str, old: str, new: str) -> str:
-    if text.count(old) != 1:
-        raise RuntimeError(f"migration 0004: expected one {old!r} in 0003's function")
-    return text.replace(old, new)
-
-
-FUNCTION = _replace_once(
-    _replace_once(_PREVIOUS, _DECLARE, _DECLARE_AND_PROBE), _NOTIFY, _NOTIFY_IF_LISTENED
-)
+# 0003's function with the probe above: same statements and outcomes, and a NOTIFY only when
+# some process listens.
+FUNCTION = sql_file("gql_wallet_balance_change.v2.sql")
+_PREVIOUS = sql_file("gql_wallet_balance_change.v1.sql")
 
 
 def upgrade() -> None:
