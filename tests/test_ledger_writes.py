@@ -6,6 +6,7 @@ import asyncio
 import fcntl
 import json
 import os
+import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -873,13 +874,21 @@ LOOKUP = 'query { customerWallets(customerId: "cus_1") { balance } }'
 def _group_sizes_of(monkeypatch: pytest.MonkeyPatch, group_read: str) -> list[int]:
     """The size of every group that `repository.<group_read>` sends from now on."""
     sizes: list[int] = []
-    send = getattr(repository, group_read)
+    # Patched where it is looked up: the repository module of its domain.
+    (module,) = (
+        module
+        for name, module in sys.modules.items()
+        if name.startswith("gql_wallet.repository.")
+        and hasattr(module, group_read)
+        and getattr(module, group_read).__module__ == name
+    )
+    send = getattr(module, group_read)
 
     async def recorded(conn: Any, items: list[Any]) -> list[Any]:
         sizes.append(len(items))
         return await send(conn, items)
 
-    monkeypatch.setattr(repository, group_read, recorded)
+    monkeypatch.setattr(module, group_read, recorded)
     return sizes
 
 
@@ -1020,7 +1029,7 @@ async def test_postgresql_group_that_breaks_after_the_database_fails_only_itself
             raise RuntimeError("a bug")
         return rows
 
-    monkeypatch.setattr(repository, "_find_api_keys", once_broken)
+    monkeypatch.setattr(repository.keys, "_find_api_keys", once_broken)
     await env.api.top_up("cus_1", 100, "a")
     async with _table_locked(env, "LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"):
         blocked = await _one_by_one(env.api.post(LOOKUP), env.other.post(LOOKUP))

@@ -1,0 +1,142 @@
+"""Statements sent on the database driver's own connection, past SQLAlchemy's execution layers."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import namedtuple
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Dialect,
+    Select,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.selectable import TextualSelect
+
+from gql_wallet.db import DriverConnection, checked_out, sqlite_reader
+
+
+@dataclass(frozen=True)
+class _DriverForm:
+    sql: str
+    binds: tuple[tuple[str, Callable[[Any], Any] | None], ...]  # (name, bind processor)
+    results: tuple[Callable[[Any], Any] | None, ...]  # a result processor per column
+    row: Any  # a namedtuple of the selected columns' names, read like SQLAlchemy's Row
+
+
+def _driver_form(statement: Any, row: Any, dialect: Dialect) -> _DriverForm:
+    """The SQL text SQLAlchemy compiles for `statement`, with the type processors it would
+    apply to each bound value and to each column of the result."""
+    compiled = statement.compile(dialect=dialect)
+    binds = tuple(
+        (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+        for name in compiled.positiontup or ()
+    )
+    results = tuple(
+        column.type.dialect_impl(dialect).result_processor(dialect, None)
+        for column in statement.exported_columns
+    )
+    return _DriverForm(compiled.string, binds, results, row)
+
+
+def _driver_arguments(form: _DriverForm, parameters: dict[str, Any]) -> list[Any]:
+    return [
+        parameters[name] if process is None else process(parameters[name])
+        for name, process in form.binds
+    ]
+
+
+def _driver_rows(form: _DriverForm, rows: Any) -> list[Any]:
+    results, make = form.results, form.row._make
+    return [
+        make(
+            value if process is None else process(value)
+            for value, process in zip(row, results, strict=True)
+        )
+        for row in rows
+    ]
+
+
+class DriverRead:
+    """A hot SELECT sent on the driver's own connection, past SQLAlchemy's execution layers.
+
+    On the two reads of every lookup (the API key, the customer's wallets) SQLAlchemy's execute
+    path cost more CPU than the query, and through aiosqlite it made four hops to the
+    connection's thread per statement (cursor, execute, fetchall, cursor close) where one does.
+    SQLAlchemy still compiles the statement (once per dialect) and its type processors convert
+    every value both ways, so the values are exactly those `conn.execute` returns.
+
+    Run it only on a connection from `db.driver_connection` or a `db.OnDemandConnection`: no
+    SQLAlchemy transaction is open on it, so the statement is its own implicit transaction, as
+    in `db.read_connection`. A point read on SQLite takes no pooled connection at all.
+    """
+
+    def __init__(self, statement: Select[Any] | TextualSelect, *, point_read: bool = False) -> None:
+        self.statement = statement
+        # An indexed SELECT of a few rows, which on SQLite runs on the event loop's thread.
+        self.point_read = point_read
+        names = [column.name for column in statement.selected_columns]
+        self._row = namedtuple("DriverRow", names)  # type: ignore[misc]
+        self._forms: dict[str, _DriverForm] = {}
+
+    def _form(self, dialect: Dialect) -> _DriverForm:
+        form = self._forms.get(dialect.name)
+        if form is None:
+            form = self._forms[dialect.name] = _driver_form(self.statement, self._row, dialect)
+        return form
+
+    async def fetchall(self, conn: DriverConnection, parameters: dict[str, Any]) -> list[Any]:
+        form = self._form(conn.dialect)
+        arguments = _driver_arguments(form, parameters)
+        rows: Any = None
+        reader = sqlite_reader(conn.engine) if self.point_read else None
+        if reader is not None:
+            rows = reader.read(form.sql, arguments)  # on this thread (db.SqliteReader)
+        if rows is None:
+            rows = await self._driver_fetch(conn, form.sql, arguments)
+        return _driver_rows(form, rows)
+
+    @staticmethod
+    async def _driver_fetch(on: DriverConnection, sql: str, arguments: list[Any]) -> Any:
+        conn = await checked_out(on)
+        driver: Any = (await conn.get_raw_connection()).driver_connection
+        try:
+            if conn.dialect.name == "sqlite":
+                return await driver.execute_fetchall(sql, arguments)  # one thread hop
+            return await driver.fetch(sql, *arguments)
+        except BaseException:
+            # SQLAlchemy would have checked the error for a lost connection and dropped it from
+            # the pool; without it here, no connection that failed a statement is used again.
+            await conn.invalidate()
+            raise
+
+
+class DriverWrite:
+    """A statement of a SQLite top-up or charge, sent on sqlite3's own connection in the writer
+    thread (`db._SqliteWriterQueue`), past SQLAlchemy's execution layers.
+
+    The writer thread holds the database's write lock while it runs a group's writes, so the
+    CPU each write spends there bounds how many writes per second the file takes, and
+    `Connection.execute` spends more of it than SQLite itself (bench/PROFILE.md). As with `DriverRead`, SQLAlchemy still compiles
+    the statement (once) and its type processors convert every value both ways, so the rows are
+    the values `conn.execute` returns. On any other connection (PostgreSQL, or aiosqlite's for
+    an in-memory database) the statement goes through `conn.execute` unchanged.
+    """
+
+    def __init__(self, statement: Any) -> None:
+        self.statement = statement
+        names = [column.name for column in statement.exported_columns]
+        self._row = namedtuple("DriverRow", names)  # type: ignore[misc]
+        self._form: _DriverForm | None = None
+
+    def execute(self, conn: Connection, parameters: dict[str, Any]) -> list[Any]:
+        """The statement's rows (none without RETURNING), in the connection's transaction."""
+        driver = conn.connection.driver_connection
+        if not isinstance(driver, sqlite3.Connection):
+            return list(conn.execute(self.statement, parameters))
+        form = self._form
+        if form is None:
+            form = self._form = _driver_form(self.statement, self._row, conn.dialect)
+        return _driver_rows(form, driver.execute(form.sql, _driver_arguments(form, parameters)))

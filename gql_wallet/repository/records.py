@@ -1,0 +1,132 @@
+"""The tables and the records the stores hand up: one place for each row's shape."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Row,
+    Table,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gql_wallet.models import (
+    ApiKey,
+    CustomerSession,
+    IdempotencyKey,
+    Organization,
+    Wallet,
+    WalletTransaction,
+)
+
+wallets: Table = Wallet.__table__  # type: ignore[attr-defined]
+
+
+transactions: Table = WalletTransaction.__table__  # type: ignore[attr-defined]
+
+
+idempotency_keys: Table = IdempotencyKey.__table__  # type: ignore[attr-defined]
+
+
+api_keys: Table = ApiKey.__table__  # type: ignore[attr-defined]
+
+
+organizations: Table = Organization.__table__  # type: ignore[attr-defined]
+
+
+customer_sessions: Table = CustomerSession.__table__  # type: ignore[attr-defined]
+
+
+def utc(value: datetime) -> datetime:
+    """SQLite hands datetimes back without their offset; every value we store is UTC."""
+    if value.tzinfo is UTC:  # asyncpg's (a copy would be equal)
+        return value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class WalletRecord:
+    seq: int
+    id: uuid.UUID
+    organization_id: uuid.UUID
+    customer_id: str
+    currency: str
+    balance: int
+    created_at: datetime
+    modified_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Row[Any, Any, Any, Any, Any, Any, Any, Any]) -> WalletRecord:
+        return cls(
+            seq=row.seq,
+            id=row.id,
+            organization_id=row.organization_id,
+            customer_id=row.customer_id,
+            currency=row.currency,
+            balance=row.balance,
+            created_at=utc(row.created_at),
+            modified_at=utc(row.modified_at),
+        )
+
+
+@dataclass(frozen=True)
+class TransactionRecord:
+    seq: int
+    id: uuid.UUID
+    wallet_seq: int
+    type: str
+    amount: int
+    balance_after: int
+    description: str | None
+    reference: str | None
+    idempotency_key: str
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> TransactionRecord:
+        return cls(
+            seq=row.seq,
+            id=row.id,
+            wallet_seq=row.wallet_seq,
+            type=row.type,
+            amount=row.amount,
+            balance_after=row.balance_after,
+            description=row.description,
+            reference=row.reference,
+            idempotency_key=row.idempotency_key,
+            created_at=utc(row.created_at),
+        )
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    request: str
+    transaction_seq: int | None
+    error_code: str | None
+
+
+_WALLET_COLUMNS = (
+    wallets.c.seq,
+    wallets.c.id,
+    wallets.c.organization_id,
+    wallets.c.customer_id,
+    wallets.c.currency,
+    wallets.c.balance,
+    wallets.c.created_at,
+    wallets.c.modified_at,
+)
+
+
+def _insert(conn: AsyncConnection, table: Any) -> Any:
+    """A dialect-specific INSERT, so that ON CONFLICT is available on both databases."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,238 @@
+"""Wallets: creation, the conditional balance change, and reads."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Integer,
+    bindparam,
+    column,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gql_wallet.db import DriverConnection, run_grouped
+from gql_wallet.repository.driver import DriverRead, DriverWrite
+from gql_wallet.repository.records import _WALLET_COLUMNS, WalletRecord, wallets
+
+
+def insert_wallet_if_missing(
+    conn: Connection,
+    organization_id: uuid.UUID,
+    customer_id: str,
+    currency: str,
+    now: datetime,
+) -> None:
+    conn.execute(
+        _INSERT_WALLET[conn.dialect.name],
+        {
+            "p_id": uuid.uuid4(),
+            "p_organization_id": organization_id,
+            "p_customer_id": customer_id,
+            "p_currency": currency,
+            "p_now": now,
+        },
+    )
+
+
+def _insert_wallet(dialect: Any) -> Any:
+    return (
+        dialect.insert(wallets)
+        .values(
+            id=bindparam("p_id"),
+            organization_id=bindparam("p_organization_id"),
+            customer_id=bindparam("p_customer_id"),
+            currency=bindparam("p_currency"),
+            balance=0,
+            created_at=bindparam("p_now"),
+            modified_at=bindparam("p_now"),
+        )
+        .on_conflict_do_nothing(index_elements=["organization_id", "customer_id", "currency"])
+    )
+
+
+_INSERT_WALLET = {"postgresql": _insert_wallet(postgresql), "sqlite": _insert_wallet(sqlite)}
+
+
+def change_balance(
+    conn: Connection,
+    organization_id: uuid.UUID,
+    customer_id: str,
+    currency: str,
+    delta: int,
+    floor: int,
+    ceiling: int,
+    now: datetime,
+) -> WalletRecord | None:
+    """Add `delta` (signed) to the wallet's balance if the result stays in floor..ceiling,
+    checked against the row the UPDATE locks.
+
+    Returns the updated wallet, or None when there is no such wallet or the condition failed.
+    """
+    params = {
+        "w_organization_id": organization_id,
+        "w_customer_id": customer_id,
+        "w_currency": currency,
+        "w_delta": delta,
+        "w_floor": floor,
+        "w_ceiling": ceiling,
+        "w_now": now,
+    }
+    rows = _CHANGE_BALANCE.execute(conn, params)
+    return WalletRecord.from_row(rows[0]) if rows else None
+
+
+# Built once, like every statement of a top-up or charge: see _FIND_API_KEY. Bind names must
+# not be column names of an UPDATE's table; hence the w_ prefix.
+_CHANGE_BALANCE = DriverWrite(
+    update(wallets)
+    .where(
+        wallets.c.organization_id == bindparam("w_organization_id"),
+        wallets.c.customer_id == bindparam("w_customer_id"),
+        wallets.c.currency == bindparam("w_currency"),
+        (wallets.c.balance + bindparam("w_delta")).between(
+            bindparam("w_floor"), bindparam("w_ceiling")
+        ),
+    )
+    .values(balance=wallets.c.balance + bindparam("w_delta"), modified_at=bindparam("w_now"))
+    .returning(*_WALLET_COLUMNS)
+)
+
+
+def get_wallet_by_owner(
+    conn: Connection, organization_id: uuid.UUID, customer_id: str, currency: str
+) -> WalletRecord | None:
+    params = {
+        "p_organization_id": organization_id,
+        "p_customer_id": customer_id,
+        "p_currency": currency,
+    }
+    row = conn.execute(_WALLET_BY_OWNER, params).first()
+    return WalletRecord.from_row(row) if row else None
+
+
+_WALLET_BY_OWNER = select(*_WALLET_COLUMNS).where(
+    wallets.c.organization_id == bindparam("p_organization_id"),
+    wallets.c.customer_id == bindparam("p_customer_id"),
+    wallets.c.currency == bindparam("p_currency"),
+)
+
+
+async def get_wallet_by_id(
+    conn: AsyncConnection,
+    organization_id: uuid.UUID,
+    wallet_id: uuid.UUID,
+    *,
+    customer_id: str | None = None,
+) -> WalletRecord | None:
+    query = select(*_WALLET_COLUMNS).where(
+        wallets.c.id == wallet_id, wallets.c.organization_id == organization_id
+    )
+    if customer_id is not None:
+        query = query.where(wallets.c.customer_id == customer_id)
+    row = (await conn.execute(query)).first()
+    return WalletRecord.from_row(row) if row else None
+
+
+async def get_wallets_by_seq(conn: AsyncConnection, seqs: Sequence[int]) -> list[WalletRecord]:
+    rows = (await conn.execute(select(*_WALLET_COLUMNS).where(wallets.c.seq.in_(seqs)))).all()
+    return [WalletRecord.from_row(row) for row in rows]
+
+
+_CUSTOMER_WALLETS = DriverRead(
+    select(*_WALLET_COLUMNS)
+    .where(
+        wallets.c.organization_id == bindparam("organization_id"),
+        wallets.c.customer_id == bindparam("customer_id"),
+    )
+    .order_by(wallets.c.seq),
+    point_read=True,  # the (organization, customer, currency) unique index; a few rows
+)
+
+
+# PostgreSQL: the wallets of the customers that the requests waiting in a process ask for, in
+# one statement; `i` numbers the (organization, customer) pairs asked for.
+_CUSTOMERS_WALLETS = DriverRead(
+    select(column("i", Integer()), *_WALLET_COLUMNS)
+    .select_from(
+        wallets.join(
+            text(
+                "unnest(CAST(:organization_ids AS uuid[]), CAST(:customer_ids AS text[])) "
+                "WITH ORDINALITY AS q(organization_id, customer_id, i)"
+            ),
+            text(
+                "wallets.organization_id = q.organization_id AND wallets.customer_id = q.customer_id"
+            ),
+        )
+    )
+    .order_by(wallets.c.seq)
+)
+
+
+async def _customer_wallets_alone(
+    conn: DriverConnection, owner: tuple[uuid.UUID, str]
+) -> list[Any]:
+    return await _CUSTOMER_WALLETS.fetchall(
+        conn, {"organization_id": owner[0], "customer_id": owner[1]}
+    )
+
+
+async def _customers_wallets(
+    conn: AsyncConnection, owners: list[tuple[uuid.UUID, str]]
+) -> list[list[Any]]:
+    asked = list(dict.fromkeys(owners))  # each pair once, in order
+    rows = await _CUSTOMERS_WALLETS.fetchall(
+        conn,
+        {
+            "organization_ids": [organization_id for organization_id, _ in asked],
+            "customer_ids": [customer_id for _, customer_id in asked],
+        },
+    )
+    found: dict[tuple[uuid.UUID, str], list[Any]] = {owner: [] for owner in asked}
+    for row in rows:  # in seq order, so each customer's list is too
+        found[asked[row.i - 1]].append(row)
+    return [found[owner] for owner in owners]
+
+
+async def list_customer_wallets(
+    conn: DriverConnection, organization_id: uuid.UUID, customer_id: str
+) -> list[WalletRecord]:
+    """A customer's wallets, oldest first: `list_wallets` for the hot path, built once;
+    `conn` is a `db.DriverConnection`. On PostgreSQL the read goes in a group read
+    with the other requests' (see `find_api_key`)."""
+    owner = (organization_id, customer_id)
+    rows = await run_grouped(
+        conn.engine, _customers_wallets, _customer_wallets_alone, owner, conn=conn
+    )
+    return [WalletRecord.from_row(row) for row in rows]
+
+
+async def list_wallets(
+    conn: AsyncConnection,
+    organization_id: uuid.UUID,
+    *,
+    customer_id: str | None = None,
+    currency: str | None = None,
+    after_seq: int | None = None,
+    limit: int | None = None,
+) -> list[WalletRecord]:
+    """The organization's wallets, oldest first, keyset-paginated by `seq`."""
+    query = select(*_WALLET_COLUMNS).where(wallets.c.organization_id == organization_id)
+    if customer_id is not None:
+        query = query.where(wallets.c.customer_id == customer_id)
+    if currency is not None:
+        query = query.where(wallets.c.currency == currency)
+    if after_seq is not None:
+        query = query.where(wallets.c.seq > after_seq)
+    query = query.order_by(wallets.c.seq)
+    if limit is not None:
+        query = query.limit(limit)
+    return [WalletRecord.from_row(row) for row in (await conn.execute(query)).all()]

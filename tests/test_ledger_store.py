@@ -1,0 +1,123 @@
+"""The ledger store, the same cases on both databases: it carries out what the service decided
+(bounds, whether to create the wallet, which code a refusal records) and holds no rule itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+import pytest
+from sqlalchemy import select
+
+from gql_wallet import repository
+from gql_wallet.db import read_transaction
+from gql_wallet.ledger.store import BalanceChangeCall, apply_balance_change
+from tests.conftest import Env
+from tests.test_subscriptions import organization_of
+
+
+@pytest.fixture
+async def call(env: Env) -> BalanceChangeCall:
+    """A credit of 100 to cus_1's usd wallet that creates it; each test varies it."""
+    return BalanceChangeCall(
+        organization_id=await organization_of(env.engine, env.api.key),
+        idempotency_key="k-1",
+        request='{"the":"request"}',
+        customer_id="cus_1",
+        currency="usd",
+        type="TOP_UP",
+        delta=100,
+        floor=0,
+        ceiling=1_000,
+        description="d",
+        reference=None,
+        create_missing=True,
+        missing_code="CODE_FOR_MISSING",
+        refused_code="CODE_FOR_OUT_OF_RANGE",
+        now=repository.now_utc(),
+    )
+
+
+def varied(call: BalanceChangeCall, key: str, **changes: object) -> BalanceChangeCall:
+    return dataclasses.replace(call, idempotency_key=key, **changes)  # type: ignore[arg-type]
+
+
+async def recorded_code(env: Env, call: BalanceChangeCall) -> str | None:
+    async with read_transaction(env.engine) as conn:
+        return (
+            await conn.execute(
+                select(repository.idempotency_keys.c.error_code).where(
+                    repository.idempotency_keys.c.key == call.idempotency_key
+                )
+            )
+        ).scalar_one()
+
+
+async def test_applies_and_creates_the_wallet_when_told_to(
+    env: Env, call: BalanceChangeCall
+) -> None:
+    done = await apply_balance_change(env.engine, call)
+    assert done.outcome == "applied" and done.refusal_code is None
+    assert done.wallet is not None and done.wallet.balance == 100
+    assert done.transaction is not None
+    assert (done.transaction.amount, done.transaction.balance_after) == (100, 100)
+    assert (done.transaction.type, done.transaction.description) == ("TOP_UP", "d")
+    assert await env.counts() == (1, 1, 1)
+
+
+async def test_a_missing_wallet_records_the_callers_code(env: Env, call: BalanceChangeCall) -> None:
+    missing = varied(call, "k-2", create_missing=False, delta=-5)
+    done = await apply_balance_change(env.engine, missing)
+    assert (done.outcome, done.refusal_code, done.wallet) == ("refused", "CODE_FOR_MISSING", None)
+    assert await recorded_code(env, missing) == "CODE_FOR_MISSING"
+    assert await env.counts() == (0, 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("floor", "ceiling", "delta", "outcome", "balance"),
+    [
+        (0, 1_000, -100, "applied", 0),  # down to the floor
+        (0, 1_000, -101, "refused", 100),
+        (60, 1_000, -40, "applied", 60),  # a floor the caller chose
+        (60, 1_000, -41, "refused", 100),
+        (0, 150, 50, "applied", 150),  # a ceiling the caller chose
+        (0, 150, 51, "refused", 100),
+    ],
+)
+async def test_the_balance_stays_in_the_callers_bounds(
+    env: Env,
+    call: BalanceChangeCall,
+    floor: int,
+    ceiling: int,
+    delta: int,
+    outcome: str,
+    balance: int,
+) -> None:
+    await apply_balance_change(env.engine, call)
+    change = varied(call, "k-2", floor=floor, ceiling=ceiling, delta=delta, create_missing=False)
+    done = await apply_balance_change(env.engine, change)
+    assert done.outcome == outcome
+    assert done.wallet is not None and done.wallet.balance == balance
+    if outcome == "refused":
+        assert done.refusal_code == "CODE_FOR_OUT_OF_RANGE" and done.transaction is None
+        assert await recorded_code(env, change) == "CODE_FOR_OUT_OF_RANGE"
+        assert await env.counts() == (1, 1, 2)
+    else:
+        assert done.transaction is not None and done.transaction.balance_after == balance
+        assert await env.counts() == (1, 2, 2)
+
+
+async def test_a_key_held_by_an_earlier_write_is_taken(env: Env, call: BalanceChangeCall) -> None:
+    await apply_balance_change(env.engine, call)
+    again = await apply_balance_change(env.engine, varied(call, call.idempotency_key, delta=7))
+    assert (again.outcome, again.wallet, again.transaction) == ("taken", None, None)
+    assert await env.counts() == (1, 1, 1)
+
+
+async def test_keys_are_per_organization(env: Env, call: BalanceChangeCall) -> None:
+    await apply_balance_change(env.engine, call)
+    other = await organization_of(env.engine, env.other.key)
+    done = await apply_balance_change(env.engine, dataclasses.replace(call, organization_id=other))
+    assert done.outcome == "applied" and done.wallet is not None
+    assert done.wallet.organization_id == other != call.organization_id
+    assert isinstance(done.wallet.id, uuid.UUID)
