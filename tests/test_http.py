@@ -405,4 +405,6 @@ async def test_a_client_that_leaves_mid_body_is_no_server_error(
             await app(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     assert start["status"] == 400
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert orjson.loads(body)["errors"][0]["extensions"] == {"code": "BAD_REQUEST"}
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

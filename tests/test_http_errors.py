@@ -262,42 +262,6 @@ class TestEveryHttpErrorHasACode:
         assert response.status_code == 500
         assert codes(response) == ["INTERNAL_SERVER_ERROR"]
 
-    async def test_a_client_that_leaves_mid_body(self, env: Env) -> None:
-        app = create_app(env.settings)
-        sent: list[dict] = []
-        incoming = [{"type": "http.request", "body": b'{"query": "{ __', "more_body": True}]
-
-        async def receive() -> dict:
-            return incoming.pop(0) if incoming else {"type": "http.disconnect"}
-
-        async def record(message: dict) -> None:
-            sent.append(message)
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/graphql",
-            "raw_path": b"/graphql",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [
-                (b"host", b"test"),
-                (b"content-type", b"application/json"),
-                (b"authorization", f"Bearer {env.api.key}".encode()),
-            ],
-            "client": ("127.0.0.1", 1234),
-            "server": ("test", 80),
-        }
-        async with app.router.lifespan_context(app):
-            await app(scope, receive, record)
-        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-        assert httpx.Response(400, content=body).json()["errors"][0]["extensions"] == {
-            "code": "BAD_REQUEST"
-        }
-
 
 class TestSubscriptionsOverHttp:
     @pytest.mark.parametrize("method", ["GET", "POST"])
