@@ -184,6 +184,16 @@ async def create_api_key(
     return token
 
 
+async def revoke_api_key(database: Database, public_id: str) -> repo.ApiKeyRecord | None:
+    """The key as it was before; revoked now (and so every customer session it made) unless it
+    was already. None if there is no such key."""
+    async with database.write_transaction() as conn:
+        found = [key for key in await repo.list_api_keys(conn) if key.public_id == public_id]
+        if found and found[0].revoked_at is None:
+            await repo.revoke_api_key(conn, public_id, repo.now_utc())
+        return found[0] if found else None
+
+
 async def create_customer_session(
     database: Database,
     secret_key: bytes,

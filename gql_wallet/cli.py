@@ -19,7 +19,14 @@ from sqlalchemy.exc import DBAPIError
 
 from gql_wallet import repository as repo
 from gql_wallet.audit import audit
-from gql_wallet.auth import API_KEY_PREFIX, SCOPE_READ, SCOPE_WRITE, SCOPES, create_api_key
+from gql_wallet.auth import (
+    API_KEY_PREFIX,
+    SCOPE_READ,
+    SCOPE_WRITE,
+    SCOPES,
+    create_api_key,
+    revoke_api_key,
+)
 from gql_wallet.db import Database, create_database
 from gql_wallet.logs import configure_logging, logging_config
 from gql_wallet.migrate import current_revision, head_revision, upgrade_to_head
@@ -253,12 +260,7 @@ def _revoke_key(settings: Settings, args: argparse.Namespace) -> int:
     key_id = args.key.removeprefix(API_KEY_PREFIX).split("_")[0]
 
     async def revoke(database: Database) -> repo.ApiKeyRecord | None:
-        """The key as it was before; revoked now unless it was already."""
-        async with database.write_transaction() as conn:
-            found = [key for key in await repo.list_api_keys(conn) if key.public_id == key_id]
-            if found and found[0].revoked_at is None:
-                await repo.revoke_api_key(conn, key_id, repo.now_utc())
-            return found[0] if found else None
+        return await revoke_api_key(database, key_id)
 
     key = _with_database(settings, revoke, Access.CHANGE)
     if key is None:
