@@ -1,4 +1,4 @@
-"""create_app(settings): the Starlette application. Its lifespan owns the database engine."""
+"""create_app(settings): the Starlette application. Its lifespan builds and holds the one Database."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from gql_wallet.auth import Authenticator
-from gql_wallet.db import create_engine, dispose
+from gql_wallet.db import create_database
 from gql_wallet.feed import LedgerFeed
 from gql_wallet.graphql.fanout import SharedSubscriptions
 from gql_wallet.graphql.graphiql import ASSETS_URL
@@ -49,28 +49,28 @@ def _freeze_startup_heap() -> None:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or from_environment()
-    engine = create_engine(settings)
+    database = create_database(settings)
     schema = build_schema(settings)
-    authenticator = Authenticator(engine, settings.token_secret_bytes)
-    feed = LedgerFeed(engine, settings)
-    endpoint = GraphQLEndpoint(schema, engine, settings, authenticator, feed)
-    shared = SharedSubscriptions(schema, engine, settings, feed)
+    authenticator = Authenticator(database, settings.token_secret_bytes)
+    feed = LedgerFeed(database, settings)
+    endpoint = GraphQLEndpoint(schema, database, settings, authenticator, feed)
+    shared = SharedSubscriptions(schema, database, settings, feed)
     subscriptions = SubscriptionEndpoint(
-        SubscriptionView(schema, engine, settings, authenticator, feed, shared),
+        SubscriptionView(schema, database, settings, authenticator, feed, shared),
         settings.subscription_max_connections,
     )
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         if settings.migrate_on_start:
-            await upgrade_to_head(engine)
+            await upgrade_to_head(database)
         _freeze_startup_heap()
         try:
             yield
         finally:
             await shared.stop()
             await feed.stop()
-            await dispose(engine)
+            await database.dispose()
 
     async def root(_request: object) -> Response:
         return RedirectResponse("/graphql")
@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         WebSocketRoute("/graphql", subscriptions),
         Route("/", root, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", Readiness(engine).check, methods=["GET"]),
+        Route("/readyz", Readiness(database).check, methods=["GET"]),
         Route("/metrics", MetricsEndpoint(settings).serve, methods=["GET"]),
     ]
     if settings.graphiql_enabled:
@@ -110,7 +110,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ),
         ],
     )
-    app.state.engine = engine
+    app.state.database = database
     app.state.feed = feed
     app.state.subscriptions = subscriptions
     return app

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from gql_wallet import repository as repo
-from gql_wallet.db import read_transaction
+from gql_wallet.db import Database
 
 
 @dataclass
@@ -17,11 +15,11 @@ class AuditReport:
     problems: list[str] = field(default_factory=list)
 
 
-async def audit(engine: AsyncEngine) -> AuditReport:
+async def audit(database: Database) -> AuditReport:
     """Check every wallet: balance == sum of its entries, an unbroken balanceAfter chain, and
     never a negative balance. Reads one snapshot, so a live server can keep writing meanwhile."""
     report = AuditReport()
-    async with read_transaction(engine) as conn:
+    async with database.read_transaction() as conn:
         for wallet in await repo.all_wallets(conn):
             report.wallets += 1
             running = 0

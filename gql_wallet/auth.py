@@ -23,10 +23,8 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from gql_wallet import repository as repo
-from gql_wallet.db import DriverConnection, OnDemandConnection, write_transaction
+from gql_wallet.db import Database, DriverConnection
 
 API_KEY_PREFIX = "gqlw_sk_"
 SESSION_PREFIX = "gqlw_cs_"
@@ -127,8 +125,8 @@ class Authenticator:
     revocation or an expiry counts from the next request on.
     """
 
-    def __init__(self, engine: AsyncEngine, secret_key: bytes) -> None:
-        self.engine = engine
+    def __init__(self, database: Database, secret_key: bytes) -> None:
+        self.database = database
         self.secret_key = secret_key
         self._parse = functools.lru_cache(maxsize=_TOKEN_CACHE_SIZE)(parse_token)
         self._hash = functools.lru_cache(maxsize=_TOKEN_CACHE_SIZE)(
@@ -147,15 +145,13 @@ class Authenticator:
             return None
         prefix, public_id = parsed
         if prefix == API_KEY_PREFIX:
-            async with OnDemandConnection(self.engine) as own:
-                key = await repo.find_api_key(conn or own, public_id)
+            key = await repo.find_api_key(self.database, conn, public_id)
             if key is None or key.revoked_at is not None:
                 return None
             stored = key.token_hash
             principal = Principal(key.organization_id, key.id, frozenset(key.scopes.split()))
         else:
-            async with OnDemandConnection(self.engine) as own:
-                session = await repo.find_customer_session(conn or own, public_id)
+            session = await repo.find_customer_session(self.database, conn, public_id)
             if session is None or not session.active(now):
                 return None
             stored = session.token_hash
@@ -170,11 +166,11 @@ class Authenticator:
 
 
 async def create_api_key(
-    engine: AsyncEngine, secret_key: bytes, organization: str, scopes: tuple[str, ...] = SCOPES
+    database: Database, secret_key: bytes, organization: str, scopes: tuple[str, ...] = SCOPES
 ) -> str:
     """Create the organization if needed and a new key for it; returns the token (shown once)."""
     token, public_id = new_token(API_KEY_PREFIX)
-    async with write_transaction(engine) as conn:
+    async with database.write_transaction() as conn:
         now = repo.now_utc()
         organization_id = await repo.get_or_create_organization(conn, organization, now)
         await repo.insert_api_key(
@@ -188,8 +184,18 @@ async def create_api_key(
     return token
 
 
+async def revoke_api_key(database: Database, public_id: str) -> repo.ApiKeyRecord | None:
+    """The key as it was before; revoked now (and so every customer session it made) unless it
+    was already. None if there is no such key."""
+    async with database.write_transaction() as conn:
+        found = [key for key in await repo.list_api_keys(conn) if key.public_id == public_id]
+        if found and found[0].revoked_at is None:
+            await repo.revoke_api_key(conn, public_id, repo.now_utc())
+        return found[0] if found else None
+
+
 async def create_customer_session(
-    engine: AsyncEngine,
+    database: Database,
     secret_key: bytes,
     principal: Principal,
     customer_id: str,
@@ -197,7 +203,7 @@ async def create_customer_session(
 ) -> tuple[str, repo.CustomerSessionRecord]:
     token, public_id = new_token(SESSION_PREFIX)
     now = repo.now_utc()
-    async with write_transaction(engine) as conn:
+    async with database.write_transaction() as conn:
         session = await repo.insert_customer_session(
             conn,
             organization_id=principal.organization_id,
@@ -209,3 +215,13 @@ async def create_customer_session(
             expires_at=now + lifetime,
         )
     return token, session
+
+
+async def revoke_customer_session(
+    database: Database, principal: Principal, session_id: uuid.UUID
+) -> repo.CustomerSessionRecord | None:
+    """End one of the principal's organization's sessions; None if it has no such session."""
+    async with database.write_transaction() as conn:
+        return await repo.revoke_customer_session(
+            conn, principal.organization_id, session_id, repo.now_utc()
+        )

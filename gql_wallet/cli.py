@@ -16,12 +16,18 @@ import asyncpg
 import uvicorn
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet import repository as repo
 from gql_wallet.audit import audit
-from gql_wallet.auth import API_KEY_PREFIX, SCOPE_READ, SCOPE_WRITE, SCOPES, create_api_key
-from gql_wallet.db import create_engine, dispose, read_transaction, write_transaction
+from gql_wallet.auth import (
+    API_KEY_PREFIX,
+    SCOPE_READ,
+    SCOPE_WRITE,
+    SCOPES,
+    create_api_key,
+    revoke_api_key,
+)
+from gql_wallet.db import Database, create_database
 from gql_wallet.logs import configure_logging, logging_config
 from gql_wallet.migrate import current_revision, head_revision, upgrade_to_head
 from gql_wallet.settings import Settings, from_environment
@@ -76,10 +82,10 @@ def _sqlite_path(database_url: str) -> Path | None:
     return Path(os.path.abspath(url.database))
 
 
-def _with_engine(
-    settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]], access: Access
+def _with_database(
+    settings: Settings, work: Callable[[Database], Awaitable[T]], access: Access
 ) -> T:
-    """`work(engine)` on the configured database, once it is there as `access` needs it.
+    """`work(database)` on the configured database, once it is there as `access` needs it.
 
     A database that is missing, unreachable or without the gql_wallet schema is a
     `CommandError` naming it (a PostgreSQL URL without its password); only `Access.CREATE`
@@ -104,10 +110,10 @@ def _with_engine(
         raise CommandError(f"cannot create a database at {path}: no folder {path.parent}")
 
     async def run() -> T:
-        engine = create_engine(settings)
+        database = create_database(settings)
         try:
             try:
-                async with read_transaction(engine) as conn:
+                async with database.read_transaction() as conn:
                     revision = await conn.run_sync(current_revision)
             except _DATABASE_ERRORS as error:
                 raise CommandError(
@@ -122,29 +128,29 @@ def _with_engine(
                 )
             if access in (Access.CREATE, Access.CHANGE):
                 try:
-                    await upgrade_to_head(engine)
+                    await upgrade_to_head(database)
                 except _DATABASE_ERRORS as error:
                     raise CommandError(
                         f"cannot migrate the database at {where}: {_cause(error)}"
                     ) from None
             if new_file:
                 print(f"Created a new database at {path}", file=sys.stderr)
-            return await work(engine)
+            return await work(database)
         finally:
-            await dispose(engine)
+            await database.dispose()
 
     return asyncio.run(run())
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    async def key_count(engine: AsyncEngine) -> int:
-        async with read_transaction(engine) as conn:
+    async def key_count(database: Database) -> int:
+        async with database.read_transaction() as conn:
             return await repo.count_api_keys(conn)
 
     # Open (and migrate) once here, before any worker starts: a database that is not there
     # stops the start with one line. Then hint at the first step if needed.
     access = Access.CREATE if settings.migrate_on_start else Access.AS_IS
-    if _with_engine(settings, key_count, access) == 0:
+    if _with_database(settings, key_count, access) == 0:
         print(
             "No API keys yet. Create one with: gql-wallet api-keys create --organization NAME",
             file=sys.stderr,
@@ -221,10 +227,10 @@ def _create_key(settings: Settings, args: argparse.Namespace) -> int:
     # wallets:write implies wallets:read: a key that changes wallets can read them.
     scopes = SCOPES if args.scope == SCOPE_WRITE else (SCOPE_READ,)
 
-    async def create(engine: AsyncEngine) -> str:
-        return await create_api_key(engine, settings.token_secret_bytes, organization, scopes)
+    async def create(database: Database) -> str:
+        return await create_api_key(database, settings.token_secret_bytes, organization, scopes)
 
-    secret = _with_engine(settings, create, Access.CREATE)
+    secret = _with_database(settings, create, Access.CREATE)
     print(
         f"Created an API key ({' '.join(scopes)}) for organization {organization!r}. "
         "It is shown only once:"
@@ -234,11 +240,11 @@ def _create_key(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _list_keys(settings: Settings, _args: argparse.Namespace) -> int:
-    async def keys(engine: AsyncEngine) -> list[repo.ApiKeyRecord]:
-        async with read_transaction(engine) as conn:
+    async def keys(database: Database) -> list[repo.ApiKeyRecord]:
+        async with database.read_transaction() as conn:
             return await repo.list_api_keys(conn)
 
-    found = _with_engine(settings, keys, Access.READ)
+    found = _with_database(settings, keys, Access.READ)
     print(f"{'KEY ID':<14} {'ORGANIZATION':<24} {'SCOPES':<28} {'CREATED':<20} REVOKED")
     for key in found:
         revoked = key.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if key.revoked_at else "-"
@@ -253,15 +259,10 @@ def _revoke_key(settings: Settings, args: argparse.Namespace) -> int:
     # Accept the key id from `list` or the whole key.
     key_id = args.key.removeprefix(API_KEY_PREFIX).split("_")[0]
 
-    async def revoke(engine: AsyncEngine) -> repo.ApiKeyRecord | None:
-        """The key as it was before; revoked now unless it was already."""
-        async with write_transaction(engine) as conn:
-            found = [key for key in await repo.list_api_keys(conn) if key.public_id == key_id]
-            if found and found[0].revoked_at is None:
-                await repo.revoke_api_key(conn, key_id, repo.now_utc())
-            return found[0] if found else None
+    async def revoke(database: Database) -> repo.ApiKeyRecord | None:
+        return await revoke_api_key(database, key_id)
 
-    key = _with_engine(settings, revoke, Access.CHANGE)
+    key = _with_database(settings, revoke, Access.CHANGE)
     if key is None:
         print(f"no API key {key_id!r}", file=sys.stderr)
         return 1
@@ -277,10 +278,10 @@ def _revoke_key(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
-    async def done(_engine: AsyncEngine) -> None:
+    async def done(_database: Database) -> None:
         return None
 
-    _with_engine(settings, done, Access.CREATE)
+    _with_database(settings, done, Access.CREATE)
     print(f"database schema is at revision {head_revision()}")
     return 0
 
@@ -293,7 +294,7 @@ def _export_schema(_settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _verify(settings: Settings, _args: argparse.Namespace) -> int:
-    report = _with_engine(settings, audit, Access.READ)
+    report = _with_database(settings, audit, Access.READ)
     for problem in report.problems:
         print(f"INCONSISTENT {problem}")
     print(

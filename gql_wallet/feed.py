@@ -22,10 +22,9 @@ from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
 import asyncpg
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet import repository as repo
-from gql_wallet.db import asyncpg_dsn, read_transaction
+from gql_wallet.db import Database, asyncpg_dsn
 from gql_wallet.logs import logger
 from gql_wallet.repository import TransactionRecord, WalletRecord
 from gql_wallet.settings import Settings
@@ -109,8 +108,8 @@ class Subscriber(Mailbox[WalletChange]):
 class Watcher:
     """Follows the ledgers of one customer's wallets for this process's subscribers."""
 
-    def __init__(self, engine: AsyncEngine, owner: Owner) -> None:
-        self.engine = engine
+    def __init__(self, database: Database, owner: Owner) -> None:
+        self.database = database
         self.owner = owner
         self.subscribers: set[Subscriber] = set()
         self.cursors: dict[int, int] = {}
@@ -121,7 +120,7 @@ class Watcher:
         self.stopping = False
 
     async def start(self) -> None:
-        async with read_transaction(self.engine) as conn:
+        async with self.database.read_transaction() as conn:
             self.cursors = await repo.last_entries(conn, *self.owner)
         self.task = asyncio.create_task(self._follow())
 
@@ -149,7 +148,7 @@ class Watcher:
             self.wakeup.set()
 
     async def _catch_up(self, wallet_seqs: set[int]) -> None:
-        async with read_transaction(self.engine) as conn:
+        async with self.database.read_transaction() as conn:
             for wallet_seq in sorted(wallet_seqs):
                 entries = await repo.entries_after(
                     conn, wallet_seq, self.cursors.get(wallet_seq, 0)
@@ -182,8 +181,8 @@ class Watcher:
 class LedgerFeed:
     """Per process: fans committed ledger entries out to subscribers."""
 
-    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
-        self.engine = engine
+    def __init__(self, database: Database, settings: Settings) -> None:
+        self.database = database
         self.settings = settings
         self.watchers: dict[Owner, Watcher] = {}
         self.starting: dict[Owner, asyncio.Task[Watcher]] = {}
@@ -199,7 +198,7 @@ class LedgerFeed:
         backend and a callback per notification), and while no process listens, no write
         notifies (`_register`). A watcher reads its cursors only after this returns, so a
         change committed after that read wakes it."""
-        if self.engine.dialect.name != "postgresql":
+        if self.database.dialect.name != "postgresql":
             return
         if self.listener is None:
             self.listening = asyncio.get_running_loop().create_future()
@@ -246,7 +245,7 @@ class LedgerFeed:
 
             async def start() -> Watcher:
                 await self._listening()
-                watcher = Watcher(self.engine, owner)
+                watcher = Watcher(self.database, owner)
                 await watcher.start()
                 self.watchers[owner] = watcher
                 return watcher

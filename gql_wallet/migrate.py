@@ -21,9 +21,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gql_wallet.db import create_engine, dispose, write_transaction
+from gql_wallet.db import Database, create_database
 from gql_wallet.settings import Settings
 
 # Any fixed 64-bit number: the PostgreSQL advisory lock that serialises migrators.
@@ -56,9 +55,9 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-async def upgrade_to_head(engine: AsyncEngine) -> None:
+async def upgrade_to_head(database: Database) -> None:
     """Bring the schema to the newest revision; a no-op when it is there already."""
-    async with write_transaction(engine) as conn:
+    async with database.write_transaction() as conn:
         if conn.dialect.name == "postgresql":
             await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), "head"))
@@ -69,17 +68,17 @@ def _revision(message: str) -> None:
         settings = Settings(database_url=f"sqlite:///{Path(scratch) / 'scratch.db'}")
 
         async def run() -> None:
-            engine = create_engine(settings)
+            database = create_database(settings)
             try:
-                await upgrade_to_head(engine)
-                async with write_transaction(engine) as conn:
+                await upgrade_to_head(database)
+                async with database.write_transaction() as conn:
                     await conn.run_sync(
                         lambda sync: command.revision(
                             alembic_config(sync), message=message, autogenerate=True
                         )
                     )
             finally:
-                await dispose(engine)
+                await database.dispose()
 
         asyncio.run(run())
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hmac
 
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gql_wallet import metrics
 from gql_wallet.auth import bearer_token
-from gql_wallet.db import read_transaction
+from gql_wallet.db import Database
 from gql_wallet.logs import logger
 from gql_wallet.migrate import current_revision, head_revision
 from gql_wallet.settings import Settings
@@ -24,13 +23,13 @@ async def healthz(_request: Request) -> Response:
 class Readiness:
     """Ready when the database answers and its schema is at the newest migration."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, database: Database) -> None:
+        self.database = database
         self.head = head_revision()
 
     async def check(self, _request: Request) -> Response:
         try:
-            async with read_transaction(self.engine) as conn:
+            async with self.database.read_transaction() as conn:
                 revision = await conn.run_sync(current_revision)
         except Exception:
             logger.exception("readiness check: the database does not answer")

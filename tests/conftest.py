@@ -22,11 +22,10 @@ import asyncpg
 import httpx
 import pytest
 from sqlalchemy import func, make_url, select
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet.app import create_app
 from gql_wallet.auth import SCOPES, create_api_key
-from gql_wallet.db import asyncpg_dsn, read_transaction
+from gql_wallet.db import Database, asyncpg_dsn
 from gql_wallet.repository import idempotency_keys, transactions, wallets
 from gql_wallet.settings import Settings
 
@@ -107,14 +106,14 @@ class Api:
 @dataclass
 class Env:
     client: httpx.AsyncClient
-    engine: AsyncEngine
+    database: Database
     settings: Settings
     api: Api
     other: Api  # a second organization
 
     async def new_key(self, organization: str, scopes: tuple[str, ...] = SCOPES) -> Api:
         token = await create_api_key(
-            self.engine, self.settings.token_secret_bytes, organization, scopes
+            self.database, self.settings.token_secret_bytes, organization, scopes
         )
         return Api(self.client, token)
 
@@ -130,7 +129,7 @@ class Env:
 
     async def counts(self) -> tuple[int, int, int]:
         """(wallets, ledger entries, idempotency records): what a write leaves behind."""
-        async with read_transaction(self.engine) as conn:
+        async with self.database.read_transaction() as conn:
             return tuple(  # type: ignore[return-value]
                 [
                     (await conn.execute(select(func.count()).select_from(t))).scalar_one()
@@ -266,16 +265,16 @@ async def app_env(settings: Settings) -> AsyncIterator[Env]:
     """The app on `settings`, served in-process, with a key for each of two organizations."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        engine = app.state.engine
+        database = app.state.database
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             secret = settings.token_secret_bytes
             yield Env(
                 client=client,
-                engine=engine,
+                database=database,
                 settings=settings,
-                api=Api(client, await create_api_key(engine, secret, "org-a")),
-                other=Api(client, await create_api_key(engine, secret, "org-b")),
+                api=Api(client, await create_api_key(database, secret, "org-a")),
+                other=Api(client, await create_api_key(database, secret, "org-b")),
             )
 
 

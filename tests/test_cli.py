@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from gql_wallet.auth import token_hash
-from gql_wallet.db import create_engine
+from gql_wallet.db import create_database
 from gql_wallet.graphql.schema import schema
 from gql_wallet.settings import Settings
 from tests.conftest import Env, LiveServer, cli
@@ -21,16 +21,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 async def sql(database_url: str, *statements: str) -> list[list[Any]]:
     """Run raw statements in one transaction, as an operator with database access would."""
-    engine = create_engine(Settings(database_url=database_url))
+    database = create_database(Settings(database_url=database_url))
     try:
-        async with engine.begin() as conn:
+        async with database.engine.begin() as conn:
             results = []
             for statement in statements:
                 result = await conn.execute(text(statement))
                 results.append([tuple(row) for row in result] if result.returns_rows else [])
             return results
     finally:
-        await engine.dispose()
+        await database.dispose()
 
 
 def disable_append_only(dialect: str) -> str:
@@ -118,7 +118,7 @@ class TestVerifyAndLedgerIntegrity:
         # Only by removing the append-only guard can history be rewritten at all.
         await sql(
             database_url,
-            disable_append_only(env.engine.dialect.name),
+            disable_append_only(env.database.dialect.name),
             "UPDATE wallet_transactions SET balance_after = 90",
         )
         result = cli(database_url, "verify", check=False)
@@ -137,15 +137,15 @@ class TestVerifyAndLedgerIntegrity:
         self, env: Env, statement: str
     ) -> None:
         await env.api.top_up("cus_1", 100, "k1")
-        if statement.startswith("TRUNCATE") and env.engine.dialect.name == "sqlite":
+        if statement.startswith("TRUNCATE") and env.database.dialect.name == "sqlite":
             statement = "DELETE FROM wallet_transactions WHERE 1"  # SQLite's TRUNCATE
         with pytest.raises(Exception, match="append-only"):
-            async with env.engine.begin() as conn:
+            async with env.database.engine.begin() as conn:
                 await conn.execute(text(statement))
         assert (await env.counts())[1] == 1
 
     async def test_the_database_refuses_a_negative_balance(self, env: Env) -> None:
         await env.api.top_up("cus_1", 100, "k1")
         with pytest.raises(Exception, match=r"(?i)check constraint"):
-            async with env.engine.begin() as conn:
+            async with env.database.engine.begin() as conn:
                 await conn.execute(text("UPDATE wallets SET balance = -1"))

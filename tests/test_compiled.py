@@ -53,7 +53,7 @@ async def served(settings: Settings) -> AsyncIterator[Served]:
     app = create_app(settings)
     route = next(r for r in app.routes if isinstance(r, Route) and r.path == "/graphql")
     async with app.router.lifespan_context(app):
-        key = await create_api_key(app.state.engine, settings.token_secret_bytes, "org-a")
+        key = await create_api_key(app.state.database, settings.token_secret_bytes, "org-a")
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield Served(client, route.endpoint.__self__, key)  # type: ignore[attr-defined]
@@ -385,7 +385,7 @@ async def test_each_kind_of_plan_has_its_own_switch(env: Env) -> None:
 @contextmanager
 def checkouts_of(served: Served) -> Iterator[list[int]]:
     """Pool checkouts while the block runs, one 1 per checkout."""
-    pool = served.endpoint.engine.sync_engine.pool
+    pool = served.endpoint.database.engine.sync_engine.pool
     checkouts: list[int] = []
 
     def count(*_: Any) -> None:
@@ -399,7 +399,7 @@ def checkouts_of(served: Served) -> Iterator[list[int]]:
 
 
 def on_sqlite(env: Env) -> bool:
-    return env.engine.dialect.name == "sqlite"
+    return env.database.dialect.name == "sqlite"
 
 
 async def test_a_planned_lookup_takes_at_most_one_pooled_connection(env: Env) -> None:

@@ -9,7 +9,6 @@ from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection
 
 from gql_wallet import repository as repo
 from gql_wallet.auth import parse_token
-from gql_wallet.db import driver_connection, read_connection
 from tests.conftest import Env
 
 
@@ -17,16 +16,18 @@ class TestSameValuesAsSqlAlchemy:
     async def test_customer_wallets(self, env: Env) -> None:
         await env.api.top_up("cus_1", 100, "k1", currency="eur")
         await env.api.top_up("cus_1", 2**53 - 1, "k2", currency="usd")
-        async with read_connection(env.engine) as conn:
+        async with env.database.read_connection() as conn:
             (key,) = [
                 k
                 for k in await repo.list_api_keys(conn)
                 if k.public_id == parse_token(env.api.key)[1]  # type: ignore[index]
             ]
-        async with read_connection(env.engine) as conn:
+        async with env.database.read_connection() as conn:
             expected = await repo.list_wallets(conn, key.organization_id, customer_id="cus_1")
-        async with driver_connection(env.engine) as conn:
-            found = await repo.list_customer_wallets(conn, key.organization_id, "cus_1")
+        async with env.database.driver_connection() as conn:
+            found = await repo.list_customer_wallets(
+                env.database, conn, key.organization_id, "cus_1"
+            )
         assert len(found) == 2 and found == expected
         assert [type(getattr(w, f)) for w in found for f in ("id", "created_at")] == [
             type(getattr(w, f)) for w in expected for f in ("id", "created_at")
@@ -34,11 +35,11 @@ class TestSameValuesAsSqlAlchemy:
 
     async def test_api_key(self, env: Env) -> None:
         public_id = parse_token(env.api.key)[1]  # type: ignore[index]
-        async with read_connection(env.engine) as conn:
+        async with env.database.read_connection() as conn:
             (expected,) = [k for k in await repo.list_api_keys(conn) if k.public_id == public_id]
-        async with driver_connection(env.engine) as conn:
-            assert await repo.find_api_key(conn, public_id) == expected
-            assert await repo.find_api_key(conn, "000000000000") is None
+        async with env.database.driver_connection() as conn:
+            assert await repo.find_api_key(env.database, conn, public_id) == expected
+            assert await repo.find_api_key(env.database, conn, "000000000000") is None
 
     async def test_customer_session(self, env: Env) -> None:
         """The session read on the driver (a group read on PostgreSQL) gives what SQLAlchemy's
@@ -48,12 +49,12 @@ class TestSameValuesAsSqlAlchemy:
         query = select(
             *repo.customer_sessions.c, repo.api_keys.c.revoked_at.label("key_revoked_at")
         ).join(repo.api_keys, repo.api_keys.c.id == repo.customer_sessions.c.api_key_id)
-        async with read_connection(env.engine) as conn:
+        async with env.database.read_connection() as conn:
             row = (await conn.execute(query)).one()
         expected = repo._session_record(row, row.key_revoked_at)
-        async with driver_connection(env.engine) as conn:
-            found = await repo.find_customer_session(conn, public_id)
-            assert await repo.find_customer_session(conn, "000000000000") is None
+        async with env.database.driver_connection() as conn:
+            found = await repo.find_customer_session(env.database, conn, public_id)
+            assert await repo.find_customer_session(env.database, conn, "000000000000") is None
         assert found == expected and found is not None
         assert [type(v) for v in vars(found).values()] == [type(v) for v in vars(expected).values()]
         assert found.customer_id == "cus_1" and found.expires_at.tzinfo is not None
@@ -62,7 +63,7 @@ class TestSameValuesAsSqlAlchemy:
 async def test_a_failed_statement_invalidates_its_connection(env: Env) -> None:
     missing = Table("no_such_table", MetaData(), Column("x", Integer))
     broken = repo.DriverRead(select(missing.c.x))
-    async with driver_connection(env.engine) as conn:
+    async with env.database.driver_connection() as conn:
         with pytest.raises(Exception, match="no_such_table"):
             await broken.fetchall(conn, {})
         assert conn.invalidated
@@ -78,13 +79,13 @@ async def test_a_connection_that_comes_back_inside_a_transaction_is_rolled_back(
 ) -> None:
     """SQLite's pool resets a connection on checkin only when a transaction is still open on it
     (no unconditional rollback hop to aiosqlite's thread), and then it does roll it back."""
-    async with driver_connection(env.engine) as conn:
+    async with env.database.driver_connection() as conn:
         driver = (await conn.get_raw_connection()).driver_connection
         await driver.execute("BEGIN IMMEDIATE")
         await driver.execute("DELETE FROM api_keys")
         assert driver.in_transaction
     assert not driver.in_transaction
-    async with read_connection(env.engine) as conn:
+    async with env.database.read_connection() as conn:
         assert len(await repo.list_api_keys(conn)) == 2  # the DELETE was rolled back
     calls: list[int] = []
     adapter = AsyncAdapt_aiosqlite_connection

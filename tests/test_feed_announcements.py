@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from gql_wallet import ledger, repository
-from gql_wallet.db import asyncpg_dsn, create_engine
+from gql_wallet.db import asyncpg_dsn, create_database
 from gql_wallet.feed import LedgerFeed
 from gql_wallet.settings import Settings
 from tests.conftest import advisory_locks, cli
@@ -34,7 +34,7 @@ class Setup:
 
     async def top_up(self, key: str) -> None:
         change = ledger.BalanceChange("cus_1", "usd", 1, key)
-        result = await ledger.top_up(self.feed.engine, self.organization_id, change)
+        result = await ledger.top_up(self.feed.database, self.organization_id, change)
         assert result.transaction is not None
 
     async def announcements(self) -> list[str]:
@@ -50,17 +50,17 @@ class Setup:
 async def setup(url: str) -> AsyncIterator[Setup]:
     config = Settings(database_url=url)
     token = cli(url, "api-keys", "create", "--organization", "acme").stdout.split()[-1]
-    engine = create_engine(config)
-    feed = LedgerFeed(engine, config)
+    database = create_database(config)
+    feed = LedgerFeed(database, config)
     observer = await asyncpg.connect(asyncpg_dsn(url))
     heard: list[str] = []
     await observer.add_listener(repository.LEDGER_CHANNEL, lambda *args: heard.append(args[3]))
     try:
-        yield Setup(feed, await organization_of(engine, token), observer, heard)
+        yield Setup(feed, await organization_of(database, token), observer, heard)
     finally:
         await observer.close()
         await feed.stop()
-        await engine.dispose()
+        await database.dispose()
 
 
 async def _until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
@@ -134,7 +134,7 @@ async def test_a_listener_waits_for_the_writes_that_found_no_listener(database_u
         # The in-flight write did not NOTIFY (it had found no listener), and it had committed
         # before the registration finished: a cursor read now includes its entry.
         assert await s.announcements() == []
-        async with s.feed.engine.connect() as conn:
+        async with s.feed.database.engine.connect() as conn:
             cursors = await repository.last_entries(conn, s.organization_id, "cus_1")
         [wallet_seq] = cursors
         in_flight = await s.observer.fetchval(
@@ -144,6 +144,6 @@ async def test_a_listener_waits_for_the_writes_that_found_no_listener(database_u
         await s.top_up("after")
         heard = await s.announcements()
         assert len(heard) == 1 and f'"w" : {wallet_seq}' in heard[0]
-        async with s.feed.engine.connect() as conn:
+        async with s.feed.database.engine.connect() as conn:
             after = await repository.last_entries(conn, s.organization_id, "cus_1")
         assert after[wallet_seq] > cursors[wallet_seq]

@@ -359,7 +359,7 @@ def ws_app(settings: Settings) -> Iterator[tuple[TestClient, str]]:
     app = create_app(settings)
     with TestClient(app) as client:
         key = client.portal.call(  # type: ignore[union-attr]
-            create_api_key, app.state.engine, settings.token_secret_bytes, "org-ws"
+            create_api_key, app.state.database, settings.token_secret_bytes, "org-ws"
         )
         yield client, key
 

@@ -10,7 +10,6 @@ import pytest
 from sqlalchemy import select
 
 from gql_wallet import repository
-from gql_wallet.db import read_transaction
 from gql_wallet.ledger.store import BalanceChangeCall, apply_balance_change
 from tests.conftest import Env
 from tests.test_subscriptions import organization_of
@@ -20,7 +19,7 @@ from tests.test_subscriptions import organization_of
 async def call(env: Env) -> BalanceChangeCall:
     """A credit of 100 to cus_1's usd wallet that creates it; each test varies it."""
     return BalanceChangeCall(
-        organization_id=await organization_of(env.engine, env.api.key),
+        organization_id=await organization_of(env.database, env.api.key),
         idempotency_key="k-1",
         request='{"the":"request"}',
         customer_id="cus_1",
@@ -43,7 +42,7 @@ def varied(call: BalanceChangeCall, key: str, **changes: object) -> BalanceChang
 
 
 async def recorded_code(env: Env, call: BalanceChangeCall) -> str | None:
-    async with read_transaction(env.engine) as conn:
+    async with env.database.read_transaction() as conn:
         return (
             await conn.execute(
                 select(repository.idempotency_keys.c.error_code).where(
@@ -56,7 +55,7 @@ async def recorded_code(env: Env, call: BalanceChangeCall) -> str | None:
 async def test_applies_and_creates_the_wallet_when_told_to(
     env: Env, call: BalanceChangeCall
 ) -> None:
-    done = await apply_balance_change(env.engine, call)
+    done = await apply_balance_change(env.database, call)
     assert done.outcome == "applied" and done.refusal_code is None
     assert done.wallet is not None and done.wallet.balance == 100
     assert done.transaction is not None
@@ -67,7 +66,7 @@ async def test_applies_and_creates_the_wallet_when_told_to(
 
 async def test_a_missing_wallet_records_the_callers_code(env: Env, call: BalanceChangeCall) -> None:
     missing = varied(call, "k-2", create_missing=False, delta=-5)
-    done = await apply_balance_change(env.engine, missing)
+    done = await apply_balance_change(env.database, missing)
     assert (done.outcome, done.refusal_code, done.wallet) == ("refused", "CODE_FOR_MISSING", None)
     assert await recorded_code(env, missing) == "CODE_FOR_MISSING"
     assert await env.counts() == (0, 0, 1)
@@ -93,9 +92,9 @@ async def test_the_balance_stays_in_the_callers_bounds(
     outcome: str,
     balance: int,
 ) -> None:
-    await apply_balance_change(env.engine, call)
+    await apply_balance_change(env.database, call)
     change = varied(call, "k-2", floor=floor, ceiling=ceiling, delta=delta, create_missing=False)
-    done = await apply_balance_change(env.engine, change)
+    done = await apply_balance_change(env.database, change)
     assert done.outcome == outcome
     assert done.wallet is not None and done.wallet.balance == balance
     if outcome == "refused":
@@ -108,16 +107,18 @@ async def test_the_balance_stays_in_the_callers_bounds(
 
 
 async def test_a_key_held_by_an_earlier_write_is_taken(env: Env, call: BalanceChangeCall) -> None:
-    await apply_balance_change(env.engine, call)
-    again = await apply_balance_change(env.engine, varied(call, call.idempotency_key, delta=7))
+    await apply_balance_change(env.database, call)
+    again = await apply_balance_change(env.database, varied(call, call.idempotency_key, delta=7))
     assert (again.outcome, again.wallet, again.transaction) == ("taken", None, None)
     assert await env.counts() == (1, 1, 1)
 
 
 async def test_keys_are_per_organization(env: Env, call: BalanceChangeCall) -> None:
-    await apply_balance_change(env.engine, call)
-    other = await organization_of(env.engine, env.other.key)
-    done = await apply_balance_change(env.engine, dataclasses.replace(call, organization_id=other))
+    await apply_balance_change(env.database, call)
+    other = await organization_of(env.database, env.other.key)
+    done = await apply_balance_change(
+        env.database, dataclasses.replace(call, organization_id=other)
+    )
     assert done.outcome == "applied" and done.wallet is not None
     assert done.wallet.organization_id == other != call.organization_id
     assert isinstance(done.wallet.id, uuid.UUID)

@@ -22,16 +22,10 @@ from sqlalchemy import event, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from gql_wallet import auth, db, ledger, metrics, repository
-from gql_wallet.db import (
-    _SqliteWriterQueue,
-    async_url,
-    checked_out,
-    read_transaction,
-    run_write,
-    sync_engines,
-    write_transaction,
-)
+from gql_wallet import auth, ledger, metrics, repository
+from gql_wallet.db import async_url, checked_out
+from gql_wallet.db import sqlite as sqlite_db
+from gql_wallet.db.sqlite import SqliteWriterQueue
 from gql_wallet.settings import Settings
 from tests.conftest import CHARGE, TOP_UP, Api, Env
 
@@ -346,8 +340,8 @@ def statements_sent(env: Env) -> Iterator[list[str]]:
         return await driver_read(read, conn, parameters)
 
     listeners = [
-        (engine, name, listener)
-        for engine in sync_engines(env.engine)  # on SQLite also the writer thread's
+        (database, name, listener)
+        for database in env.database.sync_engines()  # on SQLite also the writer thread's
         for name, listener in (("before_cursor_execute", on_execute), ("commit", on_commit))
     ]
     for listener in listeners:
@@ -373,7 +367,7 @@ async def test_postgresql_writes_in_one_statement_sqlite_in_one_transaction(env:
     ):
         with statements_sent(env) as sent:
             await write()
-        if env.engine.dialect.name == "postgresql":
+        if env.database.dialect.name == "postgresql":
             # The API key lookup, then the balance change.
             assert sent == ["AUTOCOMMIT/SELECT", "AUTOCOMMIT/SELECT"], sent
         else:
@@ -391,9 +385,9 @@ async def test_sqlite_writers_wait_in_the_writer_lock_queue(env: Env) -> None:
     """A write waits while another process holds `<file>.writer-lock`, and goes on the moment
     it is released (instead of polling in SQLite's busy handler); reads do not wait."""
     await env.api.top_up("cus_1", 100, "k1")
-    database = env.engine.url.database
-    assert database is not None
-    fd = os.open(f"{database}.writer-lock", os.O_RDWR)  # another open file: another process
+    path = env.database.engine.url.database
+    assert path is not None
+    fd = os.open(f"{path}.writer-lock", os.O_RDWR)  # another open file: another process
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         write = asyncio.create_task(env.api.top_up("cus_1", 50, "k2"))
@@ -411,23 +405,23 @@ async def test_sqlite_writers_wait_in_the_writer_lock_queue(env: Env) -> None:
 async def test_sqlite_group_commit_keeps_each_writes_outcome(env: Env) -> None:
     """Writes that wait for the writer thread together share one BEGIN .. COMMIT, each in its
     own savepoint: one that raises is rolled back alone and gets its exception."""
-    engine = env.engine
-    await run_write(engine, _create_scratch_tables)
+    database = env.database
+    await database.run_write(_create_scratch_tables)
     # The savepoints go to sqlite3 directly, past SQLAlchemy's events: SQLite's own trace of
     # the writer thread's connection sees every statement it runs.
     traced: list[str] = []
-    await run_write(engine, _trace_into, traced.append)
-    first, release = await _writer_thread_busy(engine)
+    await database.run_write(_trace_into, traced.append)
+    first, release = await _writer_thread_busy(database)
     with statements_sent(env) as sent:
         group = [
-            asyncio.create_task(run_write(engine, _insert, 1)),
-            asyncio.create_task(run_write(engine, _insert_then_fail, 2)),
-            asyncio.create_task(run_write(engine, _insert, 3)),
+            asyncio.create_task(database.run_write(_insert, 1)),
+            asyncio.create_task(database.run_write(_insert_then_fail, 2)),
+            asyncio.create_task(database.run_write(_insert, 3)),
         ]
         await asyncio.sleep(0.2)  # all three wait behind the blocker
         release.set()
         results = await asyncio.gather(*group, return_exceptions=True)
-    await run_write(engine, _trace_into, None)
+    await database.run_write(_trace_into, None)
     assert await first == "blocker"
     assert results[0] == 1 and results[2] == 3, results
     assert isinstance(results[1], RuntimeError) and str(results[1]) == "refused"
@@ -444,29 +438,29 @@ async def test_sqlite_group_commit_keeps_each_writes_outcome(env: Env) -> None:
         *("SAVEPOINT gql_wallet_write", "INSERT INTO scratch", "RELEASE gql_wallet_write"),
         "COMMIT",
     ], traced
-    assert await run_write(engine, _scratch) == [1, 3]
+    assert await database.run_write(_scratch) == [1, 3]
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_sqlite_group_commit_that_fails_writes_nothing_of_the_group(env: Env) -> None:
     """No write hears of success before its group's COMMIT: when the COMMIT fails (here a
     deferred foreign key), every write of the group gets the error and none is written."""
-    engine = env.engine
-    await run_write(engine, _create_scratch_tables)
-    first, release = await _writer_thread_busy(engine)
+    database = env.database
+    await database.run_write(_create_scratch_tables)
+    first, release = await _writer_thread_busy(database)
     group = [
-        asyncio.create_task(run_write(engine, _insert, 1)),
-        asyncio.create_task(run_write(engine, _orphan)),  # fails only at COMMIT
-        asyncio.create_task(run_write(engine, _insert, 2)),
+        asyncio.create_task(database.run_write(_insert, 1)),
+        asyncio.create_task(database.run_write(_orphan)),  # fails only at COMMIT
+        asyncio.create_task(database.run_write(_insert, 2)),
     ]
     await asyncio.sleep(0.2)
     release.set()
     results = await asyncio.gather(*group, return_exceptions=True)
     assert await first == "blocker"
     assert all(isinstance(r, IntegrityError) for r in results), results
-    assert await run_write(engine, _scratch) == []
-    assert await run_write(engine, _insert, 7) == 7  # the writer goes on afterwards
-    assert await run_write(engine, _scratch) == [7]
+    assert await database.run_write(_scratch) == []
+    assert await database.run_write(_insert, 7) == 7  # the writer goes on afterwards
+    assert await database.run_write(_scratch) == [7]
 
 
 async def test_a_writes_records_are_what_sqlalchemy_reads_back(env: Env) -> None:
@@ -475,7 +469,7 @@ async def test_a_writes_records_are_what_sqlalchemy_reads_back(env: Env) -> None
     that SQLAlchemy's own execution reads back, type for type (UUIDs, UTC datetimes, ints)."""
     org = await _organization_of(env)
     for write, amount in ((ledger.top_up, 250), (ledger.charge, 70)):
-        done = await write(env.engine, org, _change("cus_1", amount, f"k-{amount}"))
+        done = await write(env.database, org, _change("cus_1", amount, f"k-{amount}"))
         assert done.transaction is not None and done.wallet is not None, done
         seq = done.transaction.seq
 
@@ -485,7 +479,7 @@ async def test_a_writes_records_are_what_sqlalchemy_reads_back(env: Env) -> None
                 repository.get_wallet_by_owner(conn, org, "cus_1", "usd"),
             )
 
-        async with read_transaction(env.engine) as conn:
+        async with env.database.read_transaction() as conn:
             entry, wallet = await conn.run_sync(read_back)
         assert done.transaction == entry and done.wallet == wallet
         for ours, theirs in ((done.transaction, entry), (done.wallet, wallet)):
@@ -502,8 +496,8 @@ async def test_sqlite_writer_thread_survives_an_error_outside_the_database(
 ) -> None:
     """An error after a group ran (here its metric) is that group's writes' answer, and the
     writer thread goes on: later writes are served instead of waiting forever."""
-    engine = env.engine
-    await run_write(engine, _create_scratch_tables)
+    database = env.database
+    await database.run_write(_create_scratch_tables)
     observed: list[int] = []
 
     def broken_once(size: int) -> None:
@@ -513,10 +507,10 @@ async def test_sqlite_writer_thread_survives_an_error_outside_the_database(
 
     monkeypatch.setattr(metrics.WRITE_GROUP_SIZE, "observe", broken_once)
     with pytest.raises(RuntimeError, match="the metrics file broke"):
-        await asyncio.wait_for(run_write(engine, _insert, 1), 10)
-    assert await asyncio.wait_for(run_write(engine, _insert, 2), 10) == 2
+        await asyncio.wait_for(database.run_write(_insert, 1), 10)
+    assert await asyncio.wait_for(database.run_write(_insert, 2), 10) == 2
     # The first write had committed before the error: a retry with its key would replay it.
-    assert await asyncio.wait_for(run_write(engine, _scratch), 10) == [1, 2]
+    assert await asyncio.wait_for(database.run_write(_scratch), 10) == [1, 2]
     assert observed == [1, 1, 1]
 
 
@@ -528,11 +522,11 @@ async def test_sqlite_writer_checkpoints_after_it_released_the_write_lock(
     a COMMIT, holding the write lock); the thread checkpoints the WAL itself, PASSIVE, after
     the write lock is released. Every other connection keeps the automatic checkpoint. A
     checkpoint that fails is logged, and writes go on."""
-    engine = env.engine
-    monkeypatch.setattr(db, "_CHECKPOINT_SECONDS", 0.0)
-    monkeypatch.setattr(db, "_CHECKPOINT_GROUPS", 1)
-    await run_write(engine, _create_scratch_tables)
-    writer = db._sqlite_writers[engine]
+    database = env.database
+    monkeypatch.setattr(sqlite_db, "_CHECKPOINT_SECONDS", 0.0)
+    monkeypatch.setattr(sqlite_db, "_CHECKPOINT_GROUPS", 1)
+    await database.run_write(_create_scratch_tables)
+    writer = database.sqlite_writer
     events: list[str] = []
     file_lock = writer._file_lock
 
@@ -544,11 +538,11 @@ async def test_sqlite_writer_checkpoints_after_it_released_the_write_lock(
         events.append("released")
 
     monkeypatch.setattr(writer, "_file_lock", recorded_lock)
-    await run_write(engine, _trace_into, events.append)
+    await database.run_write(_trace_into, events.append)
     events.clear()
-    assert await run_write(engine, _insert, 1) == 1
+    assert await database.run_write(_insert, 1) == 1
     await asyncio.sleep(0.2)  # the checkpoint follows the answer
-    await run_write(engine, _trace_into, None)
+    await database.run_write(_trace_into, None)
     # The group that installed the trace checkpoints after its answer, on the writer thread,
     # so its checkpoint may be traced before our write's "flock": start there.
     ours = events[events.index("flock") :]
@@ -561,17 +555,17 @@ async def test_sqlite_writer_checkpoints_after_it_released_the_write_lock(
     def autocheckpoint(conn: Connection) -> int:
         return int(conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one())
 
-    assert await run_write(engine, autocheckpoint) == 0  # the writer thread's connection
-    async with read_transaction(engine) as conn:
+    assert await database.run_write(autocheckpoint) == 0  # the writer thread's connection
+    async with database.read_transaction() as conn:
         assert await conn.run_sync(autocheckpoint) == 1000  # SQLite's default elsewhere
 
-    monkeypatch.setattr(db, "_CHECKPOINT", "PRAGMA no_such_thing(")
-    assert await run_write(engine, _insert, 2) == 2
+    monkeypatch.setattr(sqlite_db, "_CHECKPOINT", "PRAGMA no_such_thing(")
+    assert await database.run_write(_insert, 2) == 2
     await asyncio.sleep(0.2)
-    assert await asyncio.wait_for(run_write(engine, _scratch), 10) == [1, 2]
+    assert await asyncio.wait_for(database.run_write(_scratch), 10) == [1, 2]
 
 
-async def _writer_thread_busy(engine: Any) -> tuple[asyncio.Task[str], threading.Event]:
+async def _writer_thread_busy(database: Any) -> tuple[asyncio.Task[str], threading.Event]:
     """A write that keeps the writer thread busy until the event is set: writes submitted
     meanwhile wait, and then run as one group."""
     started, release = threading.Event(), threading.Event()
@@ -581,7 +575,7 @@ async def _writer_thread_busy(engine: Any) -> tuple[asyncio.Task[str], threading
         release.wait(10)
         return "blocker"
 
-    first = asyncio.create_task(run_write(engine, blocker))
+    first = asyncio.create_task(database.run_write(blocker))
     assert await asyncio.to_thread(started.wait, 10)
     return first, release
 
@@ -624,7 +618,7 @@ async def test_single_reads_send_one_statement_each(env: Env) -> None:
     with statements_sent(env) as sent:
         data = await env.api('query { customerWallets(customerId: "cus_1") { balance } }')
     assert data["customerWallets"] == [{"balance": 100}]
-    if env.engine.dialect.name == "postgresql":
+    if env.database.dialect.name == "postgresql":
         assert sent == ["AUTOCOMMIT/SELECT", "AUTOCOMMIT/SELECT"], sent
     else:
         assert sent == ["SELECT", "SELECT"], sent
@@ -683,7 +677,7 @@ async def test_a_cancelled_wait_never_releases_the_next_writers_lock(tmp_path: P
     database = tmp_path / "w.db"
     database.touch()
     url = f"sqlite:///{database}"
-    queue = _SqliteWriterQueue(async_url(url), Settings(database_url=url))
+    queue = SqliteWriterQueue(async_url(url), Settings(database_url=url))
     for _ in range(5):
         other = os.open(f"{database}.writer-lock", os.O_RDONLY | os.O_CREAT)
         fcntl.flock(other, fcntl.LOCK_EX)  # another process holds the lock
@@ -797,20 +791,20 @@ async def test_postgresql_group_commit_keeps_each_writes_outcome(env: Env) -> No
 async def test_postgresql_group_that_fails_sends_each_write_alone(env: Env) -> None:
     """When a group's statement raises, its transaction wrote nothing: each write is sent again
     alone, so only the write that fails gets the error, and nothing is written twice."""
-    engine = env.engine
+    database = env.database
     org = await _organization_of(env)
     await env.api.top_up("cus_1", 100, "seed")
     missing_org = uuid.uuid4()  # no such organization: its key's INSERT breaks a foreign key
     with _group_commits() as sizes:
         async with _table_locked(env):
             blocked = await _one_by_one(
-                ledger.top_up(engine, org, _change("cus_1", 1, "b1")),
-                ledger.top_up(engine, org, _change("cus_2", 1, "b2")),
+                ledger.top_up(database, org, _change("cus_1", 1, "b1")),
+                ledger.top_up(database, org, _change("cus_2", 1, "b2")),
             )
             grouped = [
-                asyncio.create_task(ledger.top_up(engine, org, _change("cus_1", 10, "g1"))),
-                asyncio.create_task(ledger.top_up(engine, missing_org, _change("cus_1", 1, "x"))),
-                asyncio.create_task(ledger.charge(engine, org, _change("cus_1", 5, "g2"))),
+                asyncio.create_task(ledger.top_up(database, org, _change("cus_1", 10, "g1"))),
+                asyncio.create_task(ledger.top_up(database, missing_org, _change("cus_1", 1, "x"))),
+                asyncio.create_task(ledger.charge(database, org, _change("cus_1", 5, "g2"))),
             ]
             await asyncio.sleep(0.3)
         results = await asyncio.gather(*blocked, *grouped, return_exceptions=True)
@@ -839,7 +833,7 @@ def _change(customer_id: str, amount: int, key: str) -> ledger.BalanceChange:
 
 
 async def _organization_of(env: Env) -> uuid.UUID:
-    async with read_transaction(env.engine) as conn:
+    async with env.database.read_transaction() as conn:
         return (
             await conn.execute(
                 select(repository.organizations.c.id).where(
@@ -852,14 +846,14 @@ async def _organization_of(env: Env) -> uuid.UUID:
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_postgresql_write_cancelled_in_the_line_is_never_sent(env: Env) -> None:
     """A write whose caller gives up while it waits for a sender is taken out of the line."""
-    engine = env.engine
+    database = env.database
     org = await _organization_of(env)
     async with _table_locked(env):
         blocked = await _one_by_one(
-            ledger.top_up(engine, org, _change("cus_1", 1, "b1")),
-            ledger.top_up(engine, org, _change("cus_2", 1, "b2")),
+            ledger.top_up(database, org, _change("cus_1", 1, "b1")),
+            ledger.top_up(database, org, _change("cus_2", 1, "b2")),
         )
-        waiting = asyncio.create_task(ledger.top_up(engine, org, _change("cus_3", 1, "w")))
+        waiting = asyncio.create_task(ledger.top_up(database, org, _change("cus_3", 1, "w")))
         await asyncio.sleep(0.1)
         waiting.cancel()
     await asyncio.gather(*blocked)
@@ -905,7 +899,7 @@ async def test_postgresql_key_reads_of_waiting_requests_go_together(
     revoked = await env.new_key("org-a")
     revoked_id = auth.parse_token(revoked.key)
     assert revoked_id is not None
-    async with write_transaction(env.engine) as conn:
+    async with env.database.write_transaction() as conn:
         assert await repository.revoke_api_key(conn, revoked_id[1], repository.now_utc())
     unknown = Api(env.client, auth.new_token(auth.API_KEY_PREFIX)[0])
     async with _table_locked(env, "LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"):
@@ -959,7 +953,7 @@ async def test_postgresql_session_reads_of_waiting_requests_go_together(
     of_revoked_key = Api(env.client, (await _session_of(key, "cus_1"))[0])
     key_id = auth.parse_token(key.key)
     assert key_id is not None
-    async with write_transaction(env.engine) as conn:
+    async with env.database.write_transaction() as conn:
         assert await repository.revoke_api_key(conn, key_id[1], repository.now_utc())
     unknown = Api(env.client, auth.new_token(auth.SESSION_PREFIX)[0])
     revoked = Api(env.client, revoked_token)

@@ -9,7 +9,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from gql_wallet.db import create_engine, write_transaction
+from gql_wallet.db import create_database
 from gql_wallet.migrate import alembic_config, current_revision, head_revision
 from gql_wallet.models import metadata
 from gql_wallet.settings import Settings
@@ -17,7 +17,7 @@ from tests.conftest import CLI, Env, cli
 
 
 async def test_models_and_migrations_do_not_drift(env: Env) -> None:
-    async with env.engine.connect() as conn:
+    async with env.database.engine.connect() as conn:
         diff = await conn.run_sync(
             lambda sync: compare_metadata(
                 MigrationContext.configure(sync, opts={"compare_type": True}), metadata
@@ -27,7 +27,7 @@ async def test_models_and_migrations_do_not_drift(env: Env) -> None:
 
 
 async def test_schema_is_at_head(env: Env) -> None:
-    async with env.engine.connect() as conn:
+    async with env.database.engine.connect() as conn:
         assert await conn.run_sync(current_revision) == head_revision()
 
 
@@ -37,14 +37,14 @@ def test_migrate_reports_the_head_revision(database_url: str) -> None:
 
 
 async def test_downgrade_and_concurrent_upgrades_from_empty(database_url: str) -> None:
-    engine = create_engine(Settings(database_url=database_url))
+    database = create_database(Settings(database_url=database_url))
     try:
-        async with write_transaction(engine) as conn:
+        async with database.write_transaction() as conn:
             await conn.run_sync(lambda sync: command.downgrade(alembic_config(sync), "base"))
-        async with engine.connect() as conn:
+        async with database.engine.connect() as conn:
             assert await conn.run_sync(current_revision) is None
     finally:
-        await engine.dispose()
+        await database.dispose()
 
     # Three processes migrating one empty database at once: one migrates, the others wait.
     env = {"GQL_WALLET_DATABASE_URL": database_url}

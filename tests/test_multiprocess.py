@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import text
 
-from gql_wallet.db import create_engine
+from gql_wallet.db import create_database
 from gql_wallet.settings import Settings
 from tests.conftest import LiveServer, cli, start_server, stop_server
 from tests.workload import READ, Op, Record, mixed_ops, run_clients
@@ -46,16 +46,16 @@ async def assert_exact(server: LiveServer, api_key: str, record: Record) -> None
             balance = response.json()["data"]["customerWallet"]["balance"]
             assert balance == expected[customer] >= 0, customer
 
-    engine = create_engine(Settings(database_url=server.database_url))
+    database = create_database(Settings(database_url=server.database_url))
     try:
-        async with engine.connect() as conn:
+        async with database.engine.connect() as conn:
             rows = (
                 await conn.execute(
                     text("SELECT idempotency_key, id, amount FROM wallet_transactions")
                 )
             ).all()
     finally:
-        await engine.dispose()
+        await database.dispose()
     applied = {row.idempotency_key: (str(uuid.UUID(str(row.id))), row.amount) for row in rows}
     assert len(applied) == len(rows), "a key was applied more than once"
     succeeded = {

@@ -18,7 +18,7 @@ import websockets
 from alembic import command
 
 from gql_wallet.app import GC_YOUNG_THRESHOLD
-from gql_wallet.db import create_engine, write_transaction
+from gql_wallet.db import create_database
 from gql_wallet.logs import configure_logging, request_logger, stderr_handler
 from gql_wallet.migrate import alembic_config
 from gql_wallet.settings import Settings
@@ -63,10 +63,10 @@ class TestHealth:
         assert response.status_code == 200 and response.json()["status"] == "ready"
 
     async def test_not_ready_when_migrations_are_behind(self, env: Env, database_url: str) -> None:
-        engine = create_engine(Settings(database_url=database_url))
-        async with write_transaction(engine) as conn:
+        database = create_database(Settings(database_url=database_url))
+        async with database.write_transaction() as conn:
             await conn.run_sync(lambda sync: command.downgrade(alembic_config(sync), "0001"))
-        await engine.dispose()
+        await database.dispose()
         response = await env.client.get("/readyz")
         assert response.status_code == 503
         assert response.json() == {

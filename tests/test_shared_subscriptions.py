@@ -14,11 +14,10 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet import ledger, repository
 from gql_wallet.auth import Authenticator, Principal
-from gql_wallet.db import create_engine
+from gql_wallet.db import Database, create_database
 from gql_wallet.feed import LedgerFeed, SlowConsumer, WalletChange
 from gql_wallet.graphql.fanout import Delivery, GroupFailed, GroupKey, SharedSubscriptions
 from gql_wallet.graphql.schema import build_schema
@@ -228,11 +227,11 @@ async def in_process(
     """The shared subscriptions of one process, without a server around them; one query."""
     config = Settings(database_url=database_url, **settings)
     token = cli(database_url, "api-keys", "create", "--organization", "acme").stdout.split()[-1]
-    engine = create_engine(config)
-    feed = LedgerFeed(engine, config)
-    shared = SharedSubscriptions(build_schema(config), engine, config, feed)
+    database = create_database(config)
+    feed = LedgerFeed(database, config)
+    shared = SharedSubscriptions(build_schema(config), database, config, feed)
     try:
-        principal = await Authenticator(engine, config.token_secret_bytes).authenticate(
+        principal = await Authenticator(database, config.token_secret_bytes).authenticate(
             token, repository.now_utc()
         )
         assert principal is not None
@@ -243,17 +242,17 @@ async def in_process(
         variables = {"c": "cus_1"}
         delivery = Delivery(query, None, variables, never_sent, shared)
         yield InProcess(
-            engine, feed, shared, principal, GroupKey.of(delivery, principal, "cus_1", None)
+            database, feed, shared, principal, GroupKey.of(delivery, principal, "cus_1", None)
         )
     finally:
         await shared.stop()
         await feed.stop()
-        await engine.dispose()
+        await database.dispose()
 
 
 @dataclass
 class InProcess:
-    engine: AsyncEngine
+    database: Database
     feed: LedgerFeed
     shared: SharedSubscriptions
     principal: Principal
@@ -265,7 +264,7 @@ class InProcess:
     async def charge(self, amount: int, idempotency_key: str) -> None:
         organization = self.principal.organization_id
         result = await ledger.charge(
-            self.engine,
+            self.database,
             organization,
             ledger.BalanceChange("cus_1", "usd", amount, idempotency_key),
         )
@@ -278,7 +277,7 @@ async def test_a_slow_member_overflows_alone(database_url: str) -> None:
     # event to every member without waiting, so the reader keeps up while the other overflows.
     async with in_process(database_url, subscription_queue_size=3) as env:
         await ledger.top_up(
-            env.engine,
+            env.database,
             env.principal.organization_id,
             ledger.BalanceChange("cus_1", "usd", 100, "s"),
         )
@@ -310,7 +309,7 @@ async def test_an_unexpected_error_in_a_shared_execution_is_masked(database_url:
       transaction { amount wallet { balance } } } }"""
     async with in_process(database_url, query) as env:
         await ledger.top_up(
-            env.engine,
+            env.database,
             env.principal.organization_id,
             ledger.BalanceChange("cus_1", "usd", 100, "s"),
         )
@@ -329,7 +328,7 @@ async def test_a_group_that_fails_ends_its_members_and_a_new_one_starts(database
 
     async with in_process(database_url) as env:
         await ledger.top_up(
-            env.engine,
+            env.database,
             env.principal.organization_id,
             ledger.BalanceChange("cus_1", "usd", 100, "s"),
         )

@@ -15,11 +15,10 @@ import pytest
 import websockets
 from gql import Client, gql
 from gql.transport.websockets import WebsocketsTransport
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet import ledger, repository
 from gql_wallet.auth import Authenticator
-from gql_wallet.db import create_engine
+from gql_wallet.db import Database, create_database
 from gql_wallet.feed import Subscriber, WalletChange
 from gql_wallet.repository import TransactionRecord, WalletRecord
 from gql_wallet.settings import Settings
@@ -403,13 +402,15 @@ async def test_a_slow_consumer_is_closed_with_a_clear_code(sqlite_url: str, tmp_
                 assert (await ws.update())["transaction"] is None
                 # Ten commits the server hears of only with the next one (written by another
                 # process on SQLite): it then reads eleven entries at once, more than fit.
-                engine = create_engine(Settings(database_url=sqlite_url))
-                organization = await organization_of(engine, key)
+                database = create_database(Settings(database_url=sqlite_url))
+                organization = await organization_of(database, key)
                 for i in range(10):
                     await ledger.top_up(
-                        engine, organization, ledger.BalanceChange("cus_1", "usd", 1, f"direct-{i}")
+                        database,
+                        organization,
+                        ledger.BalanceChange("cus_1", "usd", 1, f"direct-{i}"),
                     )
-                await engine.dispose()
+                await database.dispose()
                 await write(client, key, TOP_UP, "cus_1", 1, "wake")
                 with pytest.raises(websockets.ConnectionClosed) as closed:
                     await asyncio.wait_for(drain(ws), 10)
@@ -424,8 +425,8 @@ async def drain(ws: Socket) -> None:
         await ws.receive()
 
 
-async def organization_of(engine: AsyncEngine, key: str) -> uuid.UUID:
-    principal = await Authenticator(engine, Settings().token_secret_bytes).authenticate(
+async def organization_of(database: Database, key: str) -> uuid.UUID:
+    principal = await Authenticator(database, Settings().token_secret_bytes).authenticate(
         key, repository.now_utc()
     )
     assert principal is not None

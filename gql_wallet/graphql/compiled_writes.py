@@ -108,7 +108,7 @@ class WritePlan:
             return None  # the general path words the error (variables, FORBIDDEN)
         _input_type, payload_type, write = _WRITES[self.root_field]
         try:
-            result = await write(context.engine, context.principal.organization_id, change, conn)
+            result = await write(context.database, context.principal.organization_id, change, conn)
             wallet, transaction, errors = write_parts(context, result)
             parts = {"wallet": wallet, "transaction": transaction, "userErrors": errors}
             payload: dict[str, Any] = {}

@@ -6,13 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
 
 from gql_wallet import repository as repo
 from gql_wallet.auth import Principal
-from gql_wallet.db import read_connection
+from gql_wallet.db import Database
 from gql_wallet.feed import LedgerFeed
 from gql_wallet.graphql.errors import refuse
 from gql_wallet.money import ARGUMENT, check_customer_id
@@ -22,7 +21,7 @@ from gql_wallet.settings import Settings
 
 @dataclass
 class Context:
-    engine: AsyncEngine
+    database: Database
     principal: Principal
     settings: Settings
     feed: LedgerFeed
@@ -52,6 +51,6 @@ class Context:
             await self.websocket.close(code, reason)
 
     async def _load_wallets(self, seqs: Sequence[int]) -> list[WalletRecord]:
-        async with read_connection(self.engine) as conn:
+        async with self.database.read_connection() as conn:
             found = {w.seq: w for w in await repo.get_wallets_by_seq(conn, seqs)}
         return [found[seq] for seq in seqs]

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import strawberry
-from sqlalchemy.ext.asyncio import AsyncEngine
 from strawberry.types.graphql import OperationType
 
 from gql_wallet import metrics
 from gql_wallet.auth import Principal
+from gql_wallet.db import Database
 from gql_wallet.feed import LedgerFeed, Mailbox, SlowConsumer, WalletChange
 from gql_wallet.graphql.context import Context
 from gql_wallet.logs import logger
@@ -102,10 +102,10 @@ class SharedSubscriptions:
     """Per process: the groups of identical subscriptions and their shared executions."""
 
     def __init__(
-        self, schema: strawberry.Schema, engine: AsyncEngine, settings: Settings, feed: LedgerFeed
+        self, schema: strawberry.Schema, database: Database, settings: Settings, feed: LedgerFeed
     ) -> None:
         self.schema = schema
-        self.engine = engine
+        self.database = database
         self.settings = settings
         self.feed = feed
         self.groups: dict[GroupKey, Group] = {}
@@ -198,7 +198,7 @@ class SharedSubscriptions:
             variable_values=group.variables,
             # A fresh context per event: its loaders read the wallets as they are now.
             context_value=Context(
-                engine=self.engine,
+                database=self.database,
                 principal=group.principal,
                 settings=self.settings,
                 feed=self.feed,

@@ -18,7 +18,6 @@ from typing import Any
 
 import orjson
 from graphql import GraphQLError
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from strawberry.exceptions import MissingQueryError
@@ -28,7 +27,7 @@ from strawberry.types.graphql import OperationType
 
 from gql_wallet import repository as repo
 from gql_wallet.auth import Authenticator, bearer_token
-from gql_wallet.db import OnDemandConnection
+from gql_wallet.db import Database, OnDemandConnection
 from gql_wallet.feed import LedgerFeed
 from gql_wallet.graphql.compiled import Plan, Plans
 from gql_wallet.graphql.compiled_writes import WritePlan
@@ -171,13 +170,13 @@ class GraphQLEndpoint:
     def __init__(
         self,
         schema: Any,
-        engine: AsyncEngine,
+        database: Database,
         settings: Settings,
         authenticator: Authenticator,
         feed: LedgerFeed,
     ) -> None:
         self.schema = schema
-        self.engine = engine
+        self.database = database
         self.settings = settings
         self.authenticator = authenticator
         self.feed = feed
@@ -248,7 +247,7 @@ class GraphQLEndpoint:
             params, rejected = await self._params(request), None
         except BadRequest as error:
             params, rejected = None, error
-        async with OnDemandConnection(self.engine) as conn:
+        async with OnDemandConnection(self.database) as conn:
             answer = await self._authorized(request, media_type, params, rejected, conn)
         if isinstance(answer, Response):
             return answer
@@ -298,7 +297,7 @@ class GraphQLEndpoint:
         query, variables, operation_name = _operation(params)
         info.variables = variables
         context = Context(
-            engine=self.engine, principal=principal, settings=self.settings, feed=self.feed
+            database=self.database, principal=principal, settings=self.settings, feed=self.feed
         )
         plan = self.plans.get(query, operation_name)
         # A plan answers on the request's connection; never a write for GET (a 405 says why).

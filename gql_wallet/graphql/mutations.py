@@ -11,8 +11,6 @@ from strawberry.permission import BasePermission
 from strawberry.types import Info
 
 from gql_wallet import auth, ledger, metrics
-from gql_wallet import repository as repo
-from gql_wallet.db import write_transaction
 from gql_wallet.errors import ErrorCode, UserError
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.types import (
@@ -237,7 +235,7 @@ class Mutation:
                 customer_session=None, token=None, user_errors=_user_errors(tuple(errors))
             )
         token, record = await auth.create_customer_session(
-            info.context.engine,
+            info.context.database,
             settings.token_secret_bytes,
             info.context.principal,
             input.customer_id,
@@ -268,10 +266,9 @@ class Mutation:
         except ValueError:
             session_id = None
         if session_id is not None:
-            async with write_transaction(info.context.engine) as conn:
-                record = await repo.revoke_customer_session(
-                    conn, info.context.principal.organization_id, session_id, repo.now_utc()
-                )
+            record = await auth.revoke_customer_session(
+                info.context.database, info.context.principal, session_id
+            )
         if record is None:
             error = UserError(
                 ErrorCode.CUSTOMER_SESSION_NOT_FOUND,
@@ -295,7 +292,7 @@ class Mutation:
         input: Annotated[CreateWalletInput, strawberry.argument(description="The wallet's owner.")],
     ) -> CreateWalletPayload:
         result = await ledger.create_wallet(
-            info.context.engine,
+            info.context.database,
             info.context.principal.organization_id,
             input.customer_id,
             input.currency,
@@ -313,7 +310,7 @@ class Mutation:
         input: Annotated[TopUpWalletInput, strawberry.argument(description="The top-up.")],
     ) -> TopUpWalletPayload:
         result = await ledger.top_up(
-            info.context.engine, info.context.principal.organization_id, _change(input)
+            info.context.database, info.context.principal.organization_id, _change(input)
         )
         wallet, transaction, errors = write_parts(info.context, result)
         return TopUpWalletPayload(wallet=wallet, transaction=transaction, user_errors=errors)
@@ -329,7 +326,7 @@ class Mutation:
         input: Annotated[ChargeWalletInput, strawberry.argument(description="The charge.")],
     ) -> ChargeWalletPayload:
         result = await ledger.charge(
-            info.context.engine, info.context.principal.organization_id, _change(input)
+            info.context.database, info.context.principal.organization_id, _change(input)
         )
         wallet, transaction, errors = write_parts(info.context, result)
         return ChargeWalletPayload(wallet=wallet, transaction=transaction, user_errors=errors)

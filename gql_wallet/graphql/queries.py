@@ -10,7 +10,7 @@ import strawberry
 from strawberry.types import Info
 
 from gql_wallet import repository as repo
-from gql_wallet.db import DriverConnection, OnDemandConnection, read_connection
+from gql_wallet.db import DriverConnection
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.errors import refuse
 from gql_wallet.graphql.types import (
@@ -49,8 +49,7 @@ async def customer_wallet_records(
         return []
     assert customer is not None  # a customer was named, so the scope names one
     organization_id = context.principal.organization_id
-    async with OnDemandConnection(context.engine) as own:
-        return await repo.list_customer_wallets(conn or own, organization_id, customer)
+    return await repo.list_customer_wallets(context.database, conn, organization_id, customer)
 
 
 @strawberry.type(description="Read wallets and their ledgers.")
@@ -78,7 +77,7 @@ class Query:
         code = currency_argument(currency)
         if not visible:
             return None
-        async with read_connection(info.context.engine) as conn:
+        async with info.context.database.read_connection() as conn:
             record = await conn.run_sync(
                 repo.get_wallet_by_owner, info.context.principal.organization_id, customer_id, code
             )
@@ -96,7 +95,7 @@ class Query:
         except ValueError:
             return None
         _, customer = info.context.customer_scope(None)
-        async with read_connection(info.context.engine) as conn:
+        async with info.context.database.read_connection() as conn:
             record = await repo.get_wallet_by_id(
                 conn, info.context.principal.organization_id, wallet_id, customer_id=customer
             )
@@ -125,7 +124,7 @@ class Query:
         code = None if currency is None else currency_argument(currency)
         if not visible:
             return CustomerWalletConnection(edges=[], page_info=page_info([], False))
-        async with read_connection(info.context.engine) as conn:
+        async with info.context.database.read_connection() as conn:
             records = await repo.list_wallets(
                 conn,
                 info.context.principal.organization_id,

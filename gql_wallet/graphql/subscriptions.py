@@ -10,7 +10,6 @@ import strawberry
 from strawberry.types import Info
 
 from gql_wallet import repository as repo
-from gql_wallet.db import read_transaction
 from gql_wallet.feed import SlowConsumer, WalletChange
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.fanout import GroupKey, current_delivery
@@ -69,7 +68,7 @@ async def wallet_updates(
     delivery = current_delivery.get()
     key = GroupKey.of(delivery, principal, customer_id, code)
     async with delivery.shared.join(key, principal, delivery.variables, wallet_update) as events:
-        async with read_transaction(context.engine) as conn:
+        async with context.database.read_transaction() as conn:
             wallets = await repo.list_wallets(
                 conn, principal.organization_id, customer_id=customer_id, currency=code
             )

@@ -13,7 +13,6 @@ from graphql import GraphQLError, IntValueNode, ValueNode
 from strawberry.types import Info
 
 from gql_wallet import repository as repo
-from gql_wallet.db import read_connection
 from gql_wallet.errors import ErrorCode
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.errors import RequestError
@@ -240,7 +239,7 @@ class CustomerWallet:
     ) -> WalletTransactionConnection:
         size = page_size(first)
         before_seq = decode_cursor("tx", after)
-        async with read_connection(info.context.engine) as conn:
+        async with info.context.database.read_connection() as conn:
             rows = await repo.list_transactions(
                 conn, self.seq, before_seq=before_seq, limit=size + 1
             )

@@ -28,6 +28,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import Subscr
 from gql_wallet import metrics
 from gql_wallet import repository as repo
 from gql_wallet.auth import NOBODY, Authenticator, bearer_token
+from gql_wallet.db import Database
 from gql_wallet.feed import LedgerFeed
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.errors import SUBSCRIPTION_LIMIT_EXCEEDED, UNAUTHENTICATED
@@ -125,7 +126,7 @@ class SubscriptionView(GraphQL[Context, None]):
     def __init__(
         self,
         schema: Any,
-        engine: Any,
+        database: Database,
         settings: Settings,
         authenticator: Authenticator,
         feed: LedgerFeed,
@@ -139,7 +140,7 @@ class SubscriptionView(GraphQL[Context, None]):
             max_subscriptions_per_connection=settings.subscription_max_per_connection,
             allowed_origins=settings.cors_allow_origins,
         )
-        self.engine = engine
+        self.database = database
         self.settings = settings
         self.authenticator = authenticator
         self.feed = feed
@@ -164,7 +165,7 @@ class SubscriptionView(GraphQL[Context, None]):
 
     async def get_context(self, request: Any, response: Any) -> Context:
         return Context(
-            engine=self.engine,
+            database=self.database,
             principal=NOBODY,
             settings=self.settings,
             feed=self.feed,

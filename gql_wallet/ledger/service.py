@@ -15,10 +15,9 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet import repository as repo
-from gql_wallet.db import DriverConnection, OnDemandConnection, checked_out, run_write
+from gql_wallet.db import Database, DriverConnection, OnDemandConnection, checked_out
 from gql_wallet.errors import ErrorCode, UserError
 from gql_wallet.ledger import store
 from gql_wallet.money import (
@@ -120,28 +119,28 @@ def _canonical_request(kind: TransactionType, change: BalanceChange, currency: s
 
 
 async def top_up(
-    engine: AsyncEngine,
+    database: Database,
     organization_id: uuid.UUID,
     change: BalanceChange,
     conn: DriverConnection | None = None,
 ) -> WriteResult:
     """Add funds; the wallet is created by its first top-up. `conn`: the request's connection
     (a `db.DriverConnection`), for a replay on PostgreSQL instead of taking another."""
-    return await _write(engine, organization_id, TransactionType.TOP_UP, change, conn)
+    return await _write(database, organization_id, TransactionType.TOP_UP, change, conn)
 
 
 async def charge(
-    engine: AsyncEngine,
+    database: Database,
     organization_id: uuid.UUID,
     change: BalanceChange,
     conn: DriverConnection | None = None,
 ) -> WriteResult:
     """Pay for usage from the balance; refused whole when the balance does not cover it."""
-    return await _write(engine, organization_id, TransactionType.CHARGE, change, conn)
+    return await _write(database, organization_id, TransactionType.CHARGE, change, conn)
 
 
 async def _write(
-    engine: AsyncEngine,
+    database: Database,
     organization_id: uuid.UUID,
     kind: TransactionType,
     change: BalanceChange,
@@ -153,7 +152,7 @@ async def _write(
     assert currency is not None  # validated above
     request = _canonical_request(kind, change, currency)
     done = await store.apply_balance_change(
-        engine,
+        database,
         store.BalanceChangeCall(
             organization_id=organization_id,
             idempotency_key=change.idempotency_key,
@@ -175,7 +174,7 @@ async def _write(
     if done.outcome == "taken":
         # An earlier write holds the key and has committed (the claim waited for it, or ran
         # after it in the same group): replay its outcome.
-        return await _replay_committed(engine, conn, organization_id, change, currency, request)
+        return await _replay_committed(database, conn, organization_id, change, currency, request)
     if done.outcome == "refused":
         return WriteResult(wallet=done.wallet, errors=(_refusal(ErrorCode(done.refusal_code)),))
     return WriteResult(wallet=done.wallet, transaction=done.transaction)
@@ -186,7 +185,7 @@ def _delta(kind: TransactionType, change: BalanceChange) -> int:
 
 
 async def _replay_committed(
-    engine: AsyncEngine,
+    database: Database,
     conn: DriverConnection | None,
     organization_id: uuid.UUID,
     change: BalanceChange,
@@ -195,9 +194,9 @@ async def _replay_committed(
 ) -> WriteResult:
     """The replay's reads, in one transaction: on SQLite on the writer thread's connection, so
     that no write of a request takes a pooled connection; on PostgreSQL on the request's."""
-    if engine.dialect.name == "sqlite":
-        return await run_write(engine, _replay, organization_id, change, currency, request)
-    async with OnDemandConnection(engine) as fallback:
+    if database.dialect.name == "sqlite":
+        return await database.run_write(_replay, organization_id, change, currency, request)
+    async with OnDemandConnection(database) as fallback:
         own = await checked_out(conn or fallback)
         async with own.begin():
             return await own.run_sync(_replay, organization_id, change, currency, request)
@@ -236,14 +235,14 @@ def _replay(
 
 
 async def create_wallet(
-    engine: AsyncEngine, organization_id: uuid.UUID, customer_id: str, currency: str
+    database: Database, organization_id: uuid.UUID, customer_id: str, currency: str
 ) -> WriteResult:
     """Create an empty wallet, or return the one that exists."""
     if errors := check_owner(customer_id, currency):
         return WriteResult(errors=tuple(errors))
     code = normalize_currency(currency)
     assert code is not None  # validated above
-    return await run_write(engine, _create_wallet, organization_id, customer_id, code)
+    return await database.run_write(_create_wallet, organization_id, customer_id, code)
 
 
 def _create_wallet(

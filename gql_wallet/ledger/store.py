@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql_wallet import repository as repo
-from gql_wallet.db import run_write
+from gql_wallet.db import Database
 from gql_wallet.repository import BalanceChangeOutcome
 
 __all__ = ["BalanceChangeCall", "BalanceChangeOutcome", "apply_balance_change"]
@@ -50,12 +49,10 @@ class BalanceChangeCall:
     now: datetime
 
 
-async def apply_balance_change(
-    engine: AsyncEngine, call: BalanceChangeCall
-) -> BalanceChangeOutcome:
-    if engine.dialect.name == "postgresql":
-        return await repo.apply_balance_change(engine, vars(call))
-    return await run_write(engine, _sqlite_balance_change, call)
+async def apply_balance_change(database: Database, call: BalanceChangeCall) -> BalanceChangeOutcome:
+    if database.dialect.name == "postgresql":
+        return await repo.apply_balance_change(database, vars(call))
+    return await database.run_write(_sqlite_balance_change, call)
 
 
 def _sqlite_balance_change(conn: Connection, call: BalanceChangeCall) -> BalanceChangeOutcome:

@@ -1,11 +1,11 @@
-"""All SQL of gql_wallet. Callers pass a connection from db.py (one transaction per write).
+"""All SQL of gql_wallet. Callers pass a connection from the `db.Database` (one transaction per write).
 
 Balances change only through one conditional `UPDATE ... RETURNING` per write: the condition
 (enough funds, room below the limit) is checked by the database against the row it locks, so
 concurrent writers can neither lose an update nor take a balance below zero, on any dialect.
 
 The statements of a top-up or charge and of its replay are plain functions of a synchronous
-`Connection`: SQLite runs a whole write in its writer thread (db.run_write), and async callers
+`Connection`: SQLite runs a whole write in its writer thread (Database.run_write), and async callers
 run them with `await conn.run_sync(fn, ...)`, which costs what `await conn.execute(...)` costs
 (SQLAlchemy's async layer is that same greenlet hop around the synchronous call).
 

@@ -14,10 +14,10 @@ from sqlalchemy import (
     column,
     text,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gql_wallet import metrics
-from gql_wallet.db import DriverConnection, run_grouped
+from gql_wallet.db import Database, DriverConnection
 from gql_wallet.repository.driver import DriverRead
 from gql_wallet.repository.feed import LEDGER_CHANNEL
 from gql_wallet.repository.records import (
@@ -188,17 +188,16 @@ async def send_balance_changes(
     return outcomes  # type: ignore[return-value]
 
 
-async def apply_balance_change(engine: AsyncEngine, call: dict[str, Any]) -> BalanceChangeOutcome:
+async def apply_balance_change(database: Database, call: dict[str, Any]) -> BalanceChangeOutcome:
     """PostgreSQL: a whole balance change in one statement, by the function of migrations/sql/
     (its newest version), in a group commit with the other writes waiting in this process
-    (`db.run_grouped`: one statement and one transaction for the group, each write with its own
+    (`Database.run_grouped`: one statement and one transaction for the group, each write with its own
     outcome). `call` holds the function's parameters but the IDs it makes for a new wallet and
     entry (ledger.store.BalanceChangeCall)."""
-    return await run_grouped(
-        engine,
+    return await database.run_grouped(
         send_balance_changes,
         send_balance_change,
         {**call, "wallet_id": uuid.uuid4(), "entry_id": uuid.uuid4()},
         observe=metrics.WRITE_GROUP_SIZE.observe,
-        senders=1,  # one group in flight: larger groups, fewer commits (see db._PgGroupCommit)
+        senders=1,  # one group in flight: larger groups, fewer commits (see db.groups.PgGroupCommit)
     )

@@ -15,7 +15,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.selectable import TextualSelect
 
-from gql_wallet.db import DriverConnection, checked_out, sqlite_reader
+from gql_wallet.db import DriverConnection, OnDemandConnection, checked_out
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,10 @@ class DriverRead:
     SQLAlchemy still compiles the statement (once per dialect) and its type processors convert
     every value both ways, so the values are exactly those `conn.execute` returns.
 
-    Run it only on a connection from `db.driver_connection` or a `db.OnDemandConnection`: no
-    SQLAlchemy transaction is open on it, so the statement is its own implicit transaction, as
-    in `db.read_connection`. A point read on SQLite takes no pooled connection at all.
+    Run it only on a connection from `Database.driver_connection` or a `db.OnDemandConnection`:
+    no SQLAlchemy transaction is open on it, so the statement is its own implicit transaction,
+    as in `Database.read_connection`. A point read on SQLite, on an on-demand connection, takes
+    no pooled connection at all (its database's `SqliteReader`).
     """
 
     def __init__(self, statement: Select[Any] | TextualSelect, *, point_read: bool = False) -> None:
@@ -91,7 +92,7 @@ class DriverRead:
         form = self._form(conn.dialect)
         arguments = _driver_arguments(form, parameters)
         rows: Any = None
-        reader = sqlite_reader(conn.engine) if self.point_read else None
+        reader = conn.reader if self.point_read and isinstance(conn, OnDemandConnection) else None
         if reader is not None:
             rows = reader.read(form.sql, arguments)  # on this thread (db.SqliteReader)
         if rows is None:
@@ -115,7 +116,7 @@ class DriverRead:
 
 class DriverWrite:
     """A statement of a SQLite top-up or charge, sent on sqlite3's own connection in the writer
-    thread (`db._SqliteWriterQueue`), past SQLAlchemy's execution layers.
+    thread (`db.sqlite.SqliteWriterQueue`), past SQLAlchemy's execution layers.
 
     The writer thread holds the database's write lock while it runs a group's writes, so the
     CPU each write spends there bounds how many writes per second the file takes, and

@@ -18,7 +18,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gql_wallet.db import DriverConnection, run_grouped
+from gql_wallet.db import Database, DriverConnection
 from gql_wallet.repository.driver import DriverRead
 from gql_wallet.repository.records import _insert, api_keys, organizations, utc
 
@@ -136,13 +136,15 @@ async def _find_api_keys(conn: AsyncConnection, public_ids: list[str]) -> list[A
     return [found.get(public_id) for public_id in public_ids]
 
 
-async def find_api_key(conn: DriverConnection, public_id: str) -> ApiKeyRecord | None:
-    """The key with this public id; `conn` is a `db.DriverConnection`.
+async def find_api_key(
+    database: Database, conn: DriverConnection | None, public_id: str
+) -> ApiKeyRecord | None:
+    """The key with this public id; `conn` is a `db.DriverConnection` or None (one on demand).
 
-    On PostgreSQL the read goes in a group read (`db.run_grouped`) with the other requests'
+    On PostgreSQL the read goes in a group read (`Database.run_grouped`) with the other requests'
     key reads waiting in this process: one statement (`public_id = ANY(...)`) for all of them,
     each still read after its request arrived. On SQLite `conn` serves it alone."""
-    row = await run_grouped(conn.engine, _find_api_keys, _find_api_key_alone, public_id, conn=conn)
+    row = await database.run_grouped(_find_api_keys, _find_api_key_alone, public_id, conn=conn)
     return None if row is None else _api_key_record(row)
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gql_wallet.db import DriverConnection, run_grouped
+from gql_wallet.db import Database, DriverConnection
 from gql_wallet.repository.driver import DriverRead
 from gql_wallet.repository.keys import CustomerSessionRecord
 from gql_wallet.repository.records import api_keys, customer_sessions, utc
@@ -100,12 +100,12 @@ async def _find_sessions(conn: AsyncConnection, public_ids: list[str]) -> list[A
 
 
 async def find_customer_session(
-    conn: DriverConnection, public_id: str
+    database: Database, conn: DriverConnection | None, public_id: str
 ) -> CustomerSessionRecord | None:
     """The session with this public id, with its API key's revocation time; `conn` is a
-    `db.DriverConnection`. Read as `find_api_key` reads a key: in a group read on PostgreSQL,
+    `db.DriverConnection` or None (one on demand). Read as `find_api_key` reads a key: in a group read on PostgreSQL,
     each still read after its request arrived; on SQLite alone, on the event loop's thread."""
-    row = await run_grouped(conn.engine, _find_sessions, _find_session_alone, public_id, conn=conn)
+    row = await database.run_grouped(_find_sessions, _find_session_alone, public_id, conn=conn)
     return None if row is None else _session_record(row, row.key_revoked_at)
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gql_wallet.db import DriverConnection, run_grouped
+from gql_wallet.db import Database, DriverConnection
 from gql_wallet.repository.driver import DriverRead, DriverWrite
 from gql_wallet.repository.records import _WALLET_COLUMNS, WalletRecord, wallets
 
@@ -203,15 +203,13 @@ async def _customers_wallets(
 
 
 async def list_customer_wallets(
-    conn: DriverConnection, organization_id: uuid.UUID, customer_id: str
+    database: Database, conn: DriverConnection | None, organization_id: uuid.UUID, customer_id: str
 ) -> list[WalletRecord]:
     """A customer's wallets, oldest first: `list_wallets` for the hot path, built once;
-    `conn` is a `db.DriverConnection`. On PostgreSQL the read goes in a group read
+    `conn` is a `db.DriverConnection` or None (one on demand). On PostgreSQL the read goes in a group read
     with the other requests' (see `find_api_key`)."""
     owner = (organization_id, customer_id)
-    rows = await run_grouped(
-        conn.engine, _customers_wallets, _customer_wallets_alone, owner, conn=conn
-    )
+    rows = await database.run_grouped(_customers_wallets, _customer_wallets_alone, owner, conn=conn)
     return [WalletRecord.from_row(row) for row in rows]
 
 
