@@ -63,7 +63,7 @@ INSERT_ENTRY = (
     "amount, balance_after, description, reference, idempotency_key, created_at"
 )
 RECORD_OUTCOME = (
-    "UPDATE idempotency_keys SET transaction_seq=?, error_code=?, error_message=? "
+    "UPDATE idempotency_keys SET transaction_seq=?, error_code=? "
     'WHERE idempotency_keys.organization_id = ? AND idempotency_keys."key" = ?'
 )
 
@@ -205,7 +205,7 @@ def create_app() -> Starlette:
             )
             row = await (await conn.execute(INSERT_ENTRY, entry)).fetchone()
             assert row is not None
-            await conn.execute(RECORD_OUTCOME, (row[0], None, None, org, key))
+            await conn.execute(RECORD_OUTCOME, (row[0], None, org, key))
         return _json(
             {
                 "transaction": {"id": str(entry_id), "balanceAfter": row[6]},

@@ -120,7 +120,8 @@ class IdempotencyKey(SQLModel, table=True):
     """The first outcome of a balance-changing write, replayed for every retry with its key.
 
     `request` is the normalised input as canonical JSON: a retry matches only if it is equal.
-    A success points at its ledger entry; a refusal decided against the ledger keeps its error.
+    A success points at its ledger entry; a refusal decided against the ledger keeps its code
+    (its message is the ledger service's, by code).
     """
 
     __tablename__ = "idempotency_keys"
@@ -132,7 +133,6 @@ class IdempotencyKey(SQLModel, table=True):
         default=None, sa_column=Column(BigSeq, ForeignKey("wallet_transactions.seq"))
     )
     error_code: str | None = Field(default=None, sa_column=Column(String(64)))
-    error_message: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
 
 

@@ -65,14 +65,12 @@ BEGIN
         AND w.currency = currency_code
     ) THEN
       UPDATE idempotency_keys k
-      SET error_code = 'INSUFFICIENT_FUNDS',
-          error_message = 'The balance does not cover this charge.'
+      SET error_code = 'INSUFFICIENT_FUNDS'
       WHERE k.organization_id = bench_charge.organization_id
         AND k.key = bench_charge.idempotency_key;
     ELSE
       UPDATE idempotency_keys k
-      SET error_code = 'WALLET_NOT_FOUND',
-          error_message = 'This customer has no wallet in this currency.'
+      SET error_code = 'WALLET_NOT_FOUND'
       WHERE k.organization_id = bench_charge.organization_id
         AND k.key = bench_charge.idempotency_key;
     END IF;

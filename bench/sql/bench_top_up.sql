@@ -69,8 +69,7 @@ BEGIN
     RETURNING w.* INTO changed;
     IF NOT FOUND THEN
       UPDATE idempotency_keys k
-      SET error_code = 'BALANCE_LIMIT_EXCEEDED',
-          error_message = 'This top-up would take the balance past 9007199254740991.'
+      SET error_code = 'BALANCE_LIMIT_EXCEEDED'
       WHERE k.organization_id = bench_top_up.organization_id
         AND k.key = bench_top_up.idempotency_key;
       RETURN NULL;
