@@ -9,6 +9,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection
 
 from gql_wallet import repository as repo
 from gql_wallet.auth import parse_token
+from gql_wallet.repository import sessions
 from tests.conftest import Env
 
 
@@ -51,7 +52,7 @@ class TestSameValuesAsSqlAlchemy:
         ).join(repo.api_keys, repo.api_keys.c.id == repo.customer_sessions.c.api_key_id)
         async with env.database.read_connection() as conn:
             row = (await conn.execute(query)).one()
-        expected = repo._session_record(row, row.key_revoked_at)
+        expected = sessions._session_record(row, row.key_revoked_at)
         async with env.database.driver_connection() as conn:
             found = await repo.find_customer_session(env.database, conn, public_id)
             assert await repo.find_customer_session(env.database, conn, "000000000000") is None

@@ -6,7 +6,6 @@ import asyncio
 import fcntl
 import json
 import os
-import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -865,17 +864,10 @@ async def test_postgresql_write_cancelled_in_the_line_is_never_sent(env: Env) ->
 LOOKUP = 'query { customerWallets(customerId: "cus_1") { balance } }'
 
 
-def _group_sizes_of(monkeypatch: pytest.MonkeyPatch, group_read: str) -> list[int]:
-    """The size of every group that `repository.<group_read>` sends from now on."""
+def _group_sizes_of(monkeypatch: pytest.MonkeyPatch, module: Any, group_read: str) -> list[int]:
+    """The size of every group that `<module>.<group_read>` (a repository module's group read)
+    sends from now on."""
     sizes: list[int] = []
-    # Patched where it is looked up: the repository module of its domain.
-    (module,) = (
-        module
-        for name, module in sys.modules.items()
-        if name.startswith("gql_wallet.repository.")
-        and hasattr(module, group_read)
-        and getattr(module, group_read).__module__ == name
-    )
     send = getattr(module, group_read)
 
     async def recorded(conn: Any, items: list[Any]) -> list[Any]:
@@ -893,7 +885,7 @@ async def test_postgresql_key_reads_of_waiting_requests_go_together(
     """The API key reads waiting in a process are one statement on PostgreSQL, and each
     request still gets its own key's answer: its organization's data, or a 401 for an unknown
     or revoked key (revocation counts from the next request on, as before)."""
-    sizes = _group_sizes_of(monkeypatch, "_find_api_keys")
+    sizes = _group_sizes_of(monkeypatch, repository.keys, "_find_api_keys")
     await env.api.top_up("cus_1", 100, "a")
     await env.other.top_up("cus_1", 5, "b")
     revoked = await env.new_key("org-a")
@@ -939,7 +931,7 @@ async def test_postgresql_session_reads_of_waiting_requests_go_together(
     like the API key reads, and each request still gets its own answer: its customer's wallets,
     or a 401 for an unknown session, a revoked session, or a session whose API key was revoked
     (each counts from the next request on)."""
-    sizes = _group_sizes_of(monkeypatch, "_find_sessions")
+    sizes = _group_sizes_of(monkeypatch, repository.sessions, "_find_sessions")
     await env.api.top_up("cus_1", 100, "a")
     await env.other.top_up("cus_1", 5, "b")
     mine = Api(env.client, (await _session_of(env.api, "cus_1"))[0])
@@ -980,7 +972,7 @@ async def test_postgresql_wallet_reads_of_waiting_lookups_go_together(
 ) -> None:
     """The `customerWallets` reads waiting in a process are one statement on PostgreSQL, and
     each lookup gets exactly its own customer's wallets, in order, across organizations."""
-    sizes = _group_sizes_of(monkeypatch, "_customers_wallets")
+    sizes = _group_sizes_of(monkeypatch, repository.wallet_queries, "_customers_wallets")
     await env.api.top_up("cus_1", 100, "a")
     await env.api.top_up("cus_1", 7, "a-eur", currency="eur")
     await env.other.top_up("cus_1", 5, "b")
@@ -1013,7 +1005,7 @@ async def test_postgresql_group_that_breaks_after_the_database_fails_only_itself
 ) -> None:
     """An error that is not the database's (a bug in reading a group's answer) is the answer
     of that group's requests, masked; the line goes on serving, and no request waits forever."""
-    group_read = repository._find_api_keys
+    group_read = repository.keys._find_api_keys
     broken = [True]
 
     async def once_broken(conn: Any, public_ids: list[str]) -> list[Any]:

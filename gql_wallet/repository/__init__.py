@@ -40,7 +40,6 @@ from gql_wallet.repository.idempotency import (
 from gql_wallet.repository.keys import (
     ApiKeyRecord,
     CustomerSessionRecord,
-    _find_api_keys,
     count_api_keys,
     find_api_key,
     get_or_create_organization,
@@ -62,7 +61,6 @@ from gql_wallet.repository.records import (
     wallets,
 )
 from gql_wallet.repository.sessions import (
-    _session_record,
     find_customer_session,
     insert_customer_session,
     revoke_customer_session,
@@ -89,8 +87,6 @@ __all__ = [
     "IdempotencyRecord",
     "TransactionRecord",
     "WalletRecord",
-    "_find_api_keys",
-    "_session_record",
     "all_wallets",
     "api_keys",
     "apply_balance_change",

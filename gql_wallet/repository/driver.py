@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import namedtuple
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,7 @@ from sqlalchemy import (
     Select,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.selectable import TextualSelect
 
 from gql_wallet.db import DriverConnection, OnDemandConnection, checked_out
@@ -141,3 +142,25 @@ class DriverWrite:
         if form is None:
             form = self._form = _driver_form(self.statement, self._row, conn.dialect)
         return _driver_rows(form, driver.execute(form.sql, _driver_arguments(form, parameters)))
+
+
+def keyed_reads(
+    alone: DriverRead, grouped: DriverRead, key: str
+) -> tuple[
+    Callable[[DriverConnection, Any], Awaitable[Any]],
+    Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]],
+]:
+    """The two forms of a point read by `key` (for `Database.run_grouped`): one row (or None)
+    alone, and the rows of several requests' keys in one statement (`grouped` binds `<key>s`),
+    answered in the requests' order."""
+
+    async def read_alone(conn: DriverConnection, value: Any) -> Any:
+        rows = await alone.fetchall(conn, {key: value})
+        return rows[0] if rows else None
+
+    async def read_grouped(conn: AsyncConnection, values: list[Any]) -> list[Any]:
+        rows = await grouped.fetchall(conn, {f"{key}s": sorted(set(values))})
+        found = {getattr(row, key): row for row in rows}
+        return [found.get(value) for value in values]
+
+    return read_alone, read_grouped

@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gql_wallet.db import Database, DriverConnection
-from gql_wallet.repository.driver import DriverRead
+from gql_wallet.repository.driver import DriverRead, keyed_reads
 from gql_wallet.repository.records import _insert, api_keys, organizations, utc
 
 
@@ -125,15 +125,7 @@ _FIND_API_KEYS = DriverRead(
 )
 
 
-async def _find_api_key_alone(conn: DriverConnection, public_id: str) -> Any:
-    rows = await _FIND_API_KEY.fetchall(conn, {"public_id": public_id})
-    return rows[0] if rows else None
-
-
-async def _find_api_keys(conn: AsyncConnection, public_ids: list[str]) -> list[Any]:
-    rows = await _FIND_API_KEYS.fetchall(conn, {"public_ids": sorted(set(public_ids))})
-    found = {row.public_id: row for row in rows}
-    return [found.get(public_id) for public_id in public_ids]
+_find_api_key_alone, _find_api_keys = keyed_reads(_FIND_API_KEY, _FIND_API_KEYS, "public_id")
 
 
 async def find_api_key(

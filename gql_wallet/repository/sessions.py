@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gql_wallet.db import Database, DriverConnection
-from gql_wallet.repository.driver import DriverRead
+from gql_wallet.repository.driver import DriverRead, keyed_reads
 from gql_wallet.repository.keys import CustomerSessionRecord
 from gql_wallet.repository.records import api_keys, customer_sessions, utc
 
@@ -88,15 +88,7 @@ _FIND_SESSIONS = DriverRead(
 )
 
 
-async def _find_session_alone(conn: DriverConnection, public_id: str) -> Any:
-    rows = await _FIND_SESSION.fetchall(conn, {"public_id": public_id})
-    return rows[0] if rows else None
-
-
-async def _find_sessions(conn: AsyncConnection, public_ids: list[str]) -> list[Any]:
-    rows = await _FIND_SESSIONS.fetchall(conn, {"public_ids": sorted(set(public_ids))})
-    found = {row.public_id: row for row in rows}
-    return [found.get(public_id) for public_id in public_ids]
+_find_session_alone, _find_sessions = keyed_reads(_FIND_SESSION, _FIND_SESSIONS, "public_id")
 
 
 async def find_customer_session(
