@@ -22,65 +22,116 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from graphql import (
     FieldNode,
+    GraphQLEnumType,
+    GraphQLObjectType,
     NamedTypeNode,
     NonNullTypeNode,
     OperationDefinitionNode,
     VariableNode,
+    build_schema,
+    get_named_type,
+    is_leaf_type,
+    is_non_null_type,
 )
+from strawberry.types.base import StrawberryOptional, get_object_definition
 
 from gql_wallet import auth, ledger
 from gql_wallet.db import DriverConnection
 from gql_wallet.graphql.context import Context
-from gql_wallet.graphql.mutations import write_parts
-from gql_wallet.graphql.types import serialize_datetime, serialize_safe_int
+from gql_wallet.graphql.mutations import BalanceChangeInput, balance_change, write_parts
+from gql_wallet.graphql.schema import schema
+from gql_wallet.graphql.types import (
+    CustomerWallet,
+    SafeInt,
+    WalletTransaction,
+    WalletUserError,
+    serialize_datetime,
+    serialize_safe_int,
+)
 
 # The payload's objects, serialised as the schema's scalars and enums serialise them (the
 # objects are the ones the general path's resolver returns: CustomerWallet, WalletTransaction,
-# WalletUserError).
+# WalletUserError). Their fields are read off the types themselves, not listed again here.
 Leaves = dict[str, Callable[[Any], Any]]
-WALLET_LEAVES: Leaves = {
-    "id": lambda wallet: str(wallet.id),
-    "createdAt": lambda wallet: serialize_datetime(wallet.created_at),
-    "modifiedAt": lambda wallet: serialize_datetime(wallet.modified_at),
-    "customerId": lambda wallet: wallet.customer_id,
-    "balance": lambda wallet: serialize_safe_int(wallet.balance),
-    "currency": lambda wallet: wallet.currency,
-    "__typename": lambda _wallet: "CustomerWallet",
+_SERIALISE: dict[str, Callable[[Any], Any]] = {
+    "ID": str,
+    "SafeInt": serialize_safe_int,
+    "DateTime": serialize_datetime,
 }
-_TRANSACTION_LEAVES: Leaves = {
-    "id": lambda entry: str(entry.id),
-    "createdAt": lambda entry: serialize_datetime(entry.created_at),
-    "type": lambda entry: entry.type.name,
-    "amount": lambda entry: serialize_safe_int(entry.amount),
-    "balanceAfter": lambda entry: serialize_safe_int(entry.balance_after),
-    "description": lambda entry: entry.description,
-    "reference": lambda entry: entry.reference,
-    "idempotencyKey": lambda entry: entry.idempotency_key,
-    "__typename": lambda _entry: "WalletTransaction",
-}
-_USER_ERROR_LEAVES: Leaves = {
-    "code": lambda error: error.code.name,
-    "field": lambda error: error.field,
-    "message": lambda error: error.message,
-    "__typename": lambda _error: "WalletUserError",
-}
+
+
+def _leaf(python_name: str, graphql_type: Any) -> Callable[[Any], Any]:
+    named = get_named_type(graphql_type)
+    if isinstance(named, GraphQLEnumType):
+        return lambda value: getattr(value, python_name).name
+    serialise = _SERIALISE.get(named.name)
+    if serialise is None:  # String, and lists of them: JSON as they are
+        return attrgetter(python_name)
+    if is_non_null_type(graphql_type):
+        return lambda value: serialise(getattr(value, python_name))
+    return lambda value: None if (v := getattr(value, python_name)) is None else serialise(v)
+
+
+# The schema as clients see it (its SDL), for the fields' GraphQL types.
+_SDL = build_schema(schema.as_str())
+
+
+def _leaves(strawberry_type: Any) -> Leaves:
+    """Every plain (resolver-less) scalar or enum field of a Strawberry object type, by its
+    GraphQL name, with `__typename`."""
+    definition = get_object_definition(strawberry_type, strict=True)
+    graphql_type = _SDL.get_type(definition.name)
+    assert isinstance(graphql_type, GraphQLObjectType)
+    python_names = {
+        schema.config.name_converter.get_graphql_name(field): field.python_name
+        for field in definition.fields
+        if field.base_resolver is None
+    }
+    leaves: Leaves = {
+        name: _leaf(python_names[name], field.type)
+        for name, field in graphql_type.fields.items()
+        if name in python_names and is_leaf_type(get_named_type(field.type))
+    }
+    leaves["__typename"] = lambda _value: definition.name
+    return leaves
+
+
+WALLET_LEAVES = _leaves(CustomerWallet)
 _OBJECTS: dict[str, Leaves] = {
     "wallet": WALLET_LEAVES,
-    "transaction": _TRANSACTION_LEAVES,
-    "userErrors": _USER_ERROR_LEAVES,
+    "transaction": _leaves(WalletTransaction),
+    "userErrors": _leaves(WalletUserError),
 }
 _WRITES = {
     # root field: (input type, payload type, the ledger call)
     "topUpWallet": ("TopUpWalletInput", "TopUpWalletPayload", ledger.top_up),
     "chargeWallet": ("ChargeWalletInput", "ChargeWalletPayload", ledger.charge),
 }
-_REQUIRED = ("customerId", "currency", "amount", "idempotencyKey")
-_OPTIONAL = ("description", "reference")
-_INPUT_FIELDS = frozenset(_REQUIRED + _OPTIONAL)
+
+
+def _input_fields() -> tuple[tuple[str, str, type, bool], ...]:
+    """(GraphQL name, Python name, JSON type, required) of each field of the input type both
+    writes share, read off the type itself."""
+    kinds: dict[Any, type] = {SafeInt: int, str: str}
+    fields = []
+    for field in get_object_definition(BalanceChangeInput, strict=True).fields:
+        field_type = field.type
+        optional = isinstance(field_type, StrawberryOptional)
+        kind = kinds[
+            field_type.of_type if isinstance(field_type, StrawberryOptional) else field_type
+        ]
+        name = schema.config.name_converter.get_graphql_name(field)
+        fields.append((name, field.python_name, kind, not optional))
+    return tuple(fields)
+
+
+_INPUT = _input_fields()
+_INPUT_NAMES = frozenset(name for name, *_ in _INPUT)
 
 # A selection of the payload: (response key, field name, the leaves below it or None).
 Selection = tuple[str, str, tuple[tuple[str, Callable[[Any], Any]], ...] | None]
@@ -131,25 +182,18 @@ def _object(value: Any, leaves: tuple[tuple[str, Callable[[Any], Any]], ...]) ->
 
 def _coerced(value: Any) -> ledger.BalanceChange | None:
     """The input as the general path coerces it, or None where that path has an error to say."""
-    if not isinstance(value, dict) or not _INPUT_FIELDS.issuperset(value):
+    if not isinstance(value, dict) or not _INPUT_NAMES.issuperset(value):
         return None
-    amount = value.get("amount")
-    if isinstance(amount, bool) or not isinstance(amount, int):
-        return None
-    for name in ("customerId", "currency", "idempotencyKey"):
-        if not isinstance(value.get(name), str):
+    arguments: dict[str, Any] = {}
+    for name, python_name, kind, required in _INPUT:
+        item = value.get(name)
+        if item is None and not required:
+            arguments[python_name] = None
+        elif isinstance(item, bool) or not isinstance(item, kind):
             return None
-    for name in _OPTIONAL:
-        if not isinstance(value.get(name), str | None):
-            return None
-    return ledger.BalanceChange(
-        customer_id=value["customerId"],
-        currency=value["currency"],
-        amount=amount,
-        idempotency_key=value["idempotencyKey"],
-        description=value.get("description"),
-        reference=value.get("reference"),
-    )
+        else:
+            arguments[python_name] = item
+    return balance_change(BalanceChangeInput(**arguments))
 
 
 def compile_write_plan(operation: OperationDefinitionNode) -> WritePlan | None:

@@ -170,7 +170,7 @@ def _user_errors(errors: tuple[UserError, ...]) -> list[WalletUserError]:
     ]
 
 
-def _change(data: BalanceChangeInput) -> ledger.BalanceChange:
+def balance_change(data: BalanceChangeInput) -> ledger.BalanceChange:
     return ledger.BalanceChange(
         customer_id=data.customer_id,
         currency=data.currency,
@@ -310,7 +310,7 @@ class Mutation:
         input: Annotated[TopUpWalletInput, strawberry.argument(description="The top-up.")],
     ) -> TopUpWalletPayload:
         result = await ledger.top_up(
-            info.context.database, info.context.principal.organization_id, _change(input)
+            info.context.database, info.context.principal.organization_id, balance_change(input)
         )
         wallet, transaction, errors = write_parts(info.context, result)
         return TopUpWalletPayload(wallet=wallet, transaction=transaction, user_errors=errors)
@@ -326,7 +326,7 @@ class Mutation:
         input: Annotated[ChargeWalletInput, strawberry.argument(description="The charge.")],
     ) -> ChargeWalletPayload:
         result = await ledger.charge(
-            info.context.database, info.context.principal.organization_id, _change(input)
+            info.context.database, info.context.principal.organization_id, balance_change(input)
         )
         wallet, transaction, errors = write_parts(info.context, result)
         return ChargeWalletPayload(wallet=wallet, transaction=transaction, user_errors=errors)
