@@ -93,17 +93,6 @@ class Settings(BaseSettings):
         description="Most objects one operation may ask for: each connection multiplies what it "
         "contains by its page size (`first`).",
     )
-    precompiled_lookups: bool = Field(
-        default=True,
-        description="Answer repeated customerWallets lookups of plain scalar fields by a "
-        "precompiled plan instead of the general GraphQL executor (same answers, less CPU).",
-    )
-    precompiled_writes: bool = Field(
-        default=True,
-        description="Answer repeated topUpWallet and chargeWallet mutations whose payload "
-        "selects plain scalar fields by a precompiled plan instead of the general GraphQL "
-        "executor (same writes, same answers, less CPU).",
-    )
     http_single_write: bool = Field(
         default=False,
         description="Serve HTTP with gql_wallet's variant of uvicorn's httptools protocol, "

@@ -32,12 +32,11 @@ from tests.conftest import (
     Env,
     LiveServer,
     app_env,
-    changed,
     fresh_database,
     start_server,
     stop_server,
 )
-from tests.test_compiled import PLANS_OFF, PLANS_ON, served
+from tests.served import served
 from tests.wsclient import connect
 
 SCHEMA = build_schema((Path(__file__).parents[1] / "schema.graphql").read_text())
@@ -225,7 +224,7 @@ async def test_unstorable_text_is_refused_alike_in_every_query_and_mutation(
             answers[kind] = []
             for site in sites:
                 query, variables = document(site, bad)
-                for _ in range(2):  # the second time, a precompiled plan may answer
+                for _ in range(2):  # the second time, from the parser and validation caches
                     response = await post(env.api, query, variables)
                     assert response.status_code == 200, (site, response.text)
                     assert_refused(site, response.json())
@@ -330,21 +329,6 @@ async def test_an_invalid_customer_id_is_refused_in_every_read(env: Env) -> None
     assert await session(CUSTOMER_WALLET, {"c": "cus_2", "cur": "usd"}) == {"customerWallet": None}
 
 
-async def test_a_planned_lookup_refuses_a_bad_customer_id_like_the_general_path(env: Env) -> None:
-    async with (
-        served(changed(env.settings, PLANS_ON)) as planned,
-        served(changed(env.settings, PLANS_OFF)) as general,
-    ):
-        assert await planned.post(CUSTOMER_WALLETS, {"c": "cus_1"}) == (
-            200,
-            {"data": {"customerWallets": []}},
-        )
-        for customer in [*BAD_IDS, "a\u0000b"]:
-            expected = await general.post(CUSTOMER_WALLETS, {"c": customer})
-            assert expected[1]["errors"][0]["extensions"]["code"] == "INVALID_CUSTOMER_ID"
-            assert await planned.post(CUSTOMER_WALLETS, {"c": customer}) == expected
-
-
 @pytest.fixture
 def server(sqlite_url: str, tmp_path: Path) -> Iterator[LiveServer]:
     live = start_server(sqlite_url, 1, tmp_path / "server.log")
@@ -377,11 +361,8 @@ async def test_a_subscription_refuses_an_invalid_currency_or_customer_id(
 
 
 async def test_a_replayed_wallet_not_found_charge_still_has_no_wallet(env: Env) -> None:
-    async with (
-        served(changed(env.settings, PLANS_ON)) as planned,
-        served(changed(env.settings, PLANS_OFF)) as general,
-    ):
-        for app, key in ((general, "charge-general"), (planned, "charge-planned")):
+    async with served(env.settings) as app:
+        for key in ("charge-1", "charge-2"):
             variables = {
                 "input": {
                     "customerId": f"cus_{key}",
@@ -402,10 +383,9 @@ async def test_a_replayed_wallet_not_found_charge_still_has_no_wallet(env: Env) 
                 {"input": {**variables["input"], "amount": 50, "idempotencyKey": f"{key}-top-up"}},
             )
             before = await env.counts()
-            for _ in range(2):  # the second replay may be answered by a plan
+            for _ in range(2):
                 assert await app.post(CHARGE, variables) == (200, first)
             assert await env.counts() == before
-        assert planned.endpoint.plans.hits >= 1
 
 
 async def test_a_refused_websocket_origin_names_the_setting(

@@ -659,7 +659,7 @@ async def test_lone_surrogates_are_typed_errors_and_write_nothing(
             "variables": {"c": "cus\ud800"},
         }
     )
-    for _ in range(2):  # the second one through the precompiled plan
+    for _ in range(2):  # the second one from the parser's and validator's caches
         response = await env.api.client.post(
             "/graphql",
             content=lookup.encode(),

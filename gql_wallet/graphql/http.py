@@ -27,10 +27,8 @@ from strawberry.types.graphql import OperationType
 
 from gql_wallet import repository as repo
 from gql_wallet.auth import Authenticator, bearer_token
-from gql_wallet.db import Database, OnDemandConnection
+from gql_wallet.db import Database
 from gql_wallet.feed import LedgerFeed
-from gql_wallet.graphql.compiled import Plan, Plans
-from gql_wallet.graphql.compiled_writes import WritePlan
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.errors import (
     FORBIDDEN,
@@ -181,7 +179,6 @@ class GraphQLEndpoint:
         self.authenticator = authenticator
         self.feed = feed
         self.rate_limiter = RateLimiter(settings)
-        self.plans = Plans(settings.precompiled_lookups, writes=settings.precompiled_writes)
         self.ide_html = graphiql_html() if settings.graphiql_enabled else None
 
     async def handle(self, request: Request) -> Response:
@@ -237,35 +234,24 @@ class GraphQLEndpoint:
         return HTMLResponse(self.ide_html, headers=GRAPHIQL_HEADERS)
 
     async def _handle(self, request: Request, media_type: str) -> Response:
-        # The body is read first, so that no database connection waits on a slow client while
-        # one connection serves both the API key lookup and a plan (taken only if one of them
-        # needs it: on SQLite their reads run on the event loop's thread, on PostgreSQL they go
-        # in group reads and group commits on connections of their own). Its errors are
-        # still answered only after authentication and rate limits, as the order of checks
-        # has always been.
+        # The body is read first, so that no database connection waits on a slow client. Its
+        # errors are still answered only after authentication and rate limits, as the order of
+        # checks has always been.
         try:
             params, rejected = await self._params(request), None
         except BadRequest as error:
             params, rejected = None, error
-        async with OnDemandConnection(self.database) as conn:
-            answer = await self._authorized(request, media_type, params, rejected, conn)
+        answer = await self._authorized(request, media_type, params, rejected)
         if isinstance(answer, Response):
             return answer
-        # The general executor: its resolvers take connections of their own.
         return await self._execute(request, media_type, *answer)
 
     async def _authorized(
-        self,
-        request: Request,
-        media_type: str,
-        params: Any,
-        rejected: BadRequest | None,
-        conn: OnDemandConnection,
+        self, request: Request, media_type: str, params: Any, rejected: BadRequest | None
     ) -> Response | tuple[Context, str, dict[str, Any] | None, str | None]:
-        """The response of a request that is refused or answered by a plan, else what the
-        general path needs to answer it."""
+        """The response of a request that is refused, else what execution needs to answer it."""
         principal = await self.authenticator.authenticate(
-            bearer_token(request.headers.get("authorization")), repo.now_utc(), conn
+            bearer_token(request.headers.get("authorization")), repo.now_utc()
         )
         info = current_request()
         if principal is None:
@@ -299,21 +285,7 @@ class GraphQLEndpoint:
         context = Context(
             database=self.database, principal=principal, settings=self.settings, feed=self.feed
         )
-        plan = self.plans.get(query, operation_name)
-        # A plan answers on the request's connection; never a write for GET (a 405 says why).
-        if plan is not None and not (isinstance(plan, WritePlan) and request.method == "GET"):
-            planned = await plan.run(variables, context, conn)
-            if planned is not None:
-                return self._planned(plan, planned, media_type)
         return context, query, variables, operation_name
-
-    def _planned(self, plan: Plan | WritePlan, payload: Any, media_type: str) -> Response:
-        info = current_request()
-        self.plans.hits += 1
-        info.operation = plan.label
-        if info.outcome == "-":  # a write's userErrors set it to user_error
-            info.outcome = "ok"
-        return _json_response(payload, 200, None, media_type)
 
     async def _execute(
         self,
@@ -355,10 +327,8 @@ class GraphQLEndpoint:
         payload = _result_payload(result)
         if "errors" in payload:
             info.outcome = _outcome_of(result.errors or [])
-        else:
-            self.plans.answered(query, operation_name)
-            if info.outcome == "-":
-                info.outcome = "ok"
+        elif info.outcome == "-":
+            info.outcome = "ok"
         # graphql-response+json: a result without `data` is a request error, hence a 400.
         # application/json keeps 200 for it: older clients read errors only from a 200.
         status = 400 if media_type == GRAPHQL_RESPONSE_MEDIA_TYPE and "data" not in payload else 200

@@ -184,8 +184,7 @@ def balance_change(data: BalanceChangeInput) -> ledger.BalanceChange:
 def write_parts(
     context: Context, result: ledger.WriteResult
 ) -> tuple[CustomerWallet | None, WalletTransaction | None, list[WalletUserError]]:
-    """A write's payload parts, after its metrics and its wake-up of this process's subscribers
-    (shared with the precompiled write plans, gql_wallet/graphql/compiled_writes.py)."""
+    """A write's payload parts, after its metrics and its wake-up of this process's subscribers."""
     if result.transaction is not None and not result.replayed:
         metrics.LEDGER_WRITES.labels(result.transaction.type).inc()
     if result.transaction is not None and result.wallet is not None:
