@@ -18,6 +18,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from gql_wallet.graphql.errors import CodedMaskErrors, ErrorCodes, should_mask_error
+from gql_wallet.graphql.execution import WalletExecutor
 from gql_wallet.graphql.limits import CostLimiter, validation_rules
 from gql_wallet.graphql.mutations import Mutation
 from gql_wallet.graphql.queries import Query
@@ -96,6 +97,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
             disable_field_suggestions=True,
         ),
         extensions=extensions,
+        execution_context_class=WalletExecutor,
     )
 
 

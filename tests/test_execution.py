@@ -1,0 +1,244 @@
+"""The executor (gql_wallet/graphql/execution.py) answers exactly like Strawberry's own: the same
+documents, run by both on the same data, get identical results, errors included; plain scalar
+fields are really read directly; and an extension that resolves fields still sees every one."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, ClassVar
+
+import pytest
+import strawberry
+from strawberry.extensions import SchemaExtension
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+from gql_wallet.graphql import execution
+from gql_wallet.graphql.execution import WalletExecutor, plain_leaf
+from gql_wallet.graphql.schema import build_schema
+from tests.conftest import Env
+from tests.served import served
+
+STOCK = StrawberryGraphQLCoreExecutionContext
+
+WALLET_LEAVES = ["id", "createdAt", "modifiedAt", "customerId", "balance", "currency"]
+ENTRY_LEAVES = [
+    "id",
+    "createdAt",
+    "type",
+    "amount",
+    "balanceAfter",
+    "description",
+    "reference",
+    "idempotencyKey",
+]
+
+
+@pytest.fixture
+def direct_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many fields the executor read directly, counted as it goes."""
+    count = [0]
+    read = execution._read
+
+    def counted(source: Any, leaf: Any) -> Any:
+        count[0] += 1
+        return read(source, leaf)
+
+    monkeypatch.setattr(execution, "_read", counted)
+    return count
+
+
+def _selection(rng: random.Random, leaves: list[str]) -> str:
+    fields = []
+    for _ in range(rng.randint(1, 5)):
+        name = rng.choice([*leaves, "__typename"])
+        alias = rng.choice([None, None, "a", "b", name])
+        fields.append(f"{alias}: {name}" if alias else name)
+    if rng.random() < 0.3:
+        fields.append(
+            f"... on {'CustomerWallet' if leaves is WALLET_LEAVES else 'WalletTransaction'}"
+            f" {{ {rng.choice(leaves)} }}"
+        )
+    if rng.random() < 0.3:
+        fields.append(f"{rng.choice(leaves)} @include(if: $flag)")
+    return " ".join(fields)
+
+
+def generated_documents(count: int) -> list[str]:
+    rng = random.Random(16)
+    documents = []
+    for _ in range(count):
+        wallet = _selection(rng, WALLET_LEAVES)
+        if rng.random() < 0.6:
+            first = rng.choice([1, 3, 10, 0, 1000])  # 0 and 1000 are refused with an error
+            entry = _selection(rng, ENTRY_LEAVES)
+            if rng.random() < 0.3:
+                entry += f" wallet {{ {_selection(rng, WALLET_LEAVES)} }}"
+            wallet += (
+                f" transactions(first: {first}) {{ edges {{ cursor node {{ {entry} }} }} "
+                "pageInfo { hasNextPage endCursor startCursor hasPreviousPage } }"
+            )
+        root = rng.choice(
+            [
+                f'customerWallet(customerId: "cus_1", currency: "usd") {{ {wallet} }}',
+                f'customerWallets(customerId: "cus_{rng.randint(1, 3)}") {{ {wallet} }}',
+                f"wallets(first: {rng.choice([2, 5, 101])}) {{ edges {{ cursor node {{ {wallet} }} }}"
+                " pageInfo { hasNextPage } }",
+            ]
+        )
+        documents.append(f"query Q($flag: Boolean!) {{ {root} }}")
+    return documents
+
+
+async def _seed(env: Env) -> None:
+    for i in range(1, 4):
+        await env.api.top_up(f"cus_{i}", 1000 * i, f"seed-{i}")
+    await env.api.top_up("cus_1", 5, "t-1", currency="eur")
+    for j in range(4):
+        await env.api.charge("cus_1", 7, f"c-{j}", description=f"usage {j}")
+        await env.api.top_up("cus_1", 11, f"u-{j}", reference=f"inv_{j}")
+
+
+async def test_generated_documents_answer_alike_with_both_executors(
+    env: Env, direct_reads: list[int]
+) -> None:
+    await _seed(env)
+    async with served(env.settings) as app:
+        schema = app.endpoint.schema
+        assert schema.execution_context_class is WalletExecutor
+        for query in generated_documents(150):
+            for flag in (True, False):
+                schema.execution_context_class = STOCK
+                before = direct_reads[0]
+                expected = await app.post(query, {"flag": flag})
+                assert direct_reads[0] == before
+                schema.execution_context_class = WalletExecutor
+                assert await app.post(query, {"flag": flag}) == expected, query
+    assert direct_reads[0] > 1000
+
+
+async def test_a_write_payload_answers_alike_with_both_executors(env: Env) -> None:
+    await env.api.top_up("cus_1", 100, "seed")
+    query = (
+        "mutation($input: ChargeWalletInput!) { chargeWallet(input: $input) { "
+        "wallet { id balance currency modifiedAt } transaction { id type amount balanceAfter "
+        "description reference idempotencyKey createdAt wallet { balance } } "
+        "userErrors { code field message } } }"
+    )
+    async with served(env.settings) as app:
+        schema = app.endpoint.schema
+        for amount, key in ((7, "a"), (10**6, "b"), (-1, "c")):
+            variables = {"input": {"customerId": "cus_1", "currency": "usd", "amount": amount}}
+            variables["input"]["idempotencyKey"] = key
+            schema.execution_context_class = WalletExecutor
+            first = await app.post(query, variables)  # written once; then replayed by both
+            schema.execution_context_class = STOCK
+            assert await app.post(query, variables) == first
+            schema.execution_context_class = WalletExecutor
+            assert await app.post(query, variables) == first
+
+
+# --- the rare cases, on a schema made for them ----------------------------------------------
+
+
+@strawberry.type
+class Thing:
+    name: str
+    nickname: str | None
+    count: int
+    maybe_count: int | None
+    fragile: str | None = None
+
+    @strawberry.field
+    def computed(self) -> str:
+        return self.name.upper()
+
+
+@strawberry.type
+class Holder:
+    thing: Thing
+    things: list[Thing]
+
+
+def _things() -> list[Thing]:
+    things = [
+        Thing(name="a", nickname=None, count=1, maybe_count=None, fragile="f"),
+        Thing(name=None, nickname="n", count=2, maybe_count=3),  # type: ignore[arg-type]
+        Thing(name="c", nickname="m", count="x", maybe_count="y"),  # type: ignore[arg-type]
+        Thing(name="d", nickname=None, count=2**40, maybe_count=2**40),
+    ]
+    del things[3].fragile  # reading it raises AttributeError
+    return things
+
+
+@strawberry.type
+class ToyQuery:
+    @strawberry.field
+    def holder(self) -> Holder:
+        things = _things()
+        return Holder(thing=things[0], things=things)
+
+    @strawberry.field
+    def nullable_holder(self) -> Holder | None:
+        things = _things()
+        return Holder(thing=things[1], things=things)
+
+
+def _toy(executor: type, extensions: tuple[Any, ...] = ()) -> strawberry.Schema:
+    return strawberry.Schema(
+        query=ToyQuery, execution_context_class=executor, extensions=list(extensions)
+    )
+
+
+TOY_DOCUMENTS = [
+    "{ holder { thing { name nickname count maybeCount computed } } }",
+    "{ holder { things { name } } }",  # a null in a non-null field: the error propagates
+    "{ holder { things { nickname count } } }",  # "x" is no Int, 2**40 is out of its range
+    "{ holder { things { maybeCount a: maybeCount nickname } } }",
+    "{ nullableHolder { things { name count } } }",
+    "{ nullableHolder { thing { name nickname } } holder { thing { count } } }",
+    "{ holder { things { __typename computed nickname } } }",
+    "{ holder { things { fragile name } } }",
+    "{ nullableHolder { things { fragile } } }",
+]
+
+
+@pytest.mark.parametrize("document", TOY_DOCUMENTS)
+async def test_errors_and_nulls_are_graphql_cores_own(document: str) -> None:
+    expected = await _toy(STOCK).execute(document)
+    got = await _toy(WalletExecutor).execute(document)
+    assert got.data == expected.data
+    assert [e.formatted for e in got.errors or []] == [e.formatted for e in expected.errors or []]
+
+
+def test_only_strawberrys_basic_scalar_fields_are_read_directly() -> None:
+    schema = build_schema()._schema
+    wallet = schema.type_map["CustomerWallet"].fields  # type: ignore[union-attr]
+    assert plain_leaf(wallet["balance"]) is not None
+    assert plain_leaf(wallet["createdAt"]) is not None
+    assert plain_leaf(wallet["transactions"]) is None  # a resolver with arguments
+    edge = schema.type_map["WalletTransactionEdge"].fields  # type: ignore[union-attr]
+    assert plain_leaf(edge["cursor"]) is not None
+    assert plain_leaf(edge["node"]) is None  # an object
+    toy = _toy(WalletExecutor)._schema.type_map["Thing"].fields  # type: ignore[union-attr]
+    assert plain_leaf(toy["computed"]) is None
+
+
+class Recorder(SchemaExtension):
+    seen: ClassVar[list[str]] = []
+
+    def resolve(self, _next: Any, root: Any, info: Any, *args: Any, **kwargs: Any) -> Any:
+        Recorder.seen.append(f"{info.parent_type.name}.{info.field_name}")
+        return _next(root, info, *args, **kwargs)
+
+
+async def test_an_extension_that_resolves_fields_sees_every_one(direct_reads: list[int]) -> None:
+    document = "{ holder { thing { name nickname count computed } } }"
+    seen = {}
+    for executor in (STOCK, WalletExecutor):
+        Recorder.seen = []
+        result = await _toy(executor, (Recorder,)).execute(document)
+        assert result.errors is None
+        seen[executor] = list(Recorder.seen)
+    assert seen[WalletExecutor] == seen[STOCK]
+    assert "Thing.nickname" in seen[STOCK]
+    assert direct_reads[0] == 0
