@@ -13,7 +13,7 @@ from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from gql_wallet.graphql import execution
-from gql_wallet.graphql.execution import WalletExecutor, plain_leaf
+from gql_wallet.graphql.execution import WalletExecutor, plain_field
 from gql_wallet.graphql.schema import build_schema
 from tests.conftest import Env
 from tests.served import served
@@ -213,14 +213,14 @@ async def test_errors_and_nulls_are_graphql_cores_own(document: str) -> None:
 def test_only_strawberrys_basic_scalar_fields_are_read_directly() -> None:
     schema = build_schema()._schema
     wallet = schema.type_map["CustomerWallet"].fields  # type: ignore[union-attr]
-    assert plain_leaf(wallet["balance"]) is not None
-    assert plain_leaf(wallet["createdAt"]) is not None
-    assert plain_leaf(wallet["transactions"]) is None  # a resolver with arguments
+    assert plain_field(wallet["balance"]) is not None
+    assert plain_field(wallet["createdAt"]) is not None
+    assert plain_field(wallet["transactions"]) is None  # a resolver with arguments
     edge = schema.type_map["WalletTransactionEdge"].fields  # type: ignore[union-attr]
-    assert plain_leaf(edge["cursor"]) is not None
-    assert plain_leaf(edge["node"]) is None  # an object
+    assert plain_field(edge["cursor"]) is not None
+    assert plain_field(edge["node"]) is not None  # an object read as an attribute
     toy = _toy(WalletExecutor)._schema.type_map["Thing"].fields  # type: ignore[union-attr]
-    assert plain_leaf(toy["computed"]) is None
+    assert plain_field(toy["computed"]) is None
 
 
 class Recorder(SchemaExtension):

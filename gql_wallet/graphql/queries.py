@@ -10,7 +10,7 @@ import strawberry
 from strawberry.types import Info
 
 from gql_wallet import repository as repo
-from gql_wallet.db import DriverConnection
+from gql_wallet.db import OnDemandConnection
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.errors import refuse
 from gql_wallet.graphql.types import (
@@ -24,7 +24,6 @@ from gql_wallet.graphql.types import (
     page_size,
 )
 from gql_wallet.money import ARGUMENT, check_currency, check_text, normalize_currency
-from gql_wallet.repository import WalletRecord
 
 CustomerIdArg = Annotated[
     str, strawberry.argument(description="The organization's own ID for the customer.")
@@ -39,19 +38,6 @@ def currency_argument(currency: str) -> str:
     return code
 
 
-async def customer_wallet_records(
-    context: Context, customer_id: str, conn: DriverConnection | None = None
-) -> list[WalletRecord]:
-    """customerWallets' answer; also run by its precompiled plan (graphql/compiled.py), which
-    passes the request's connection (a `db.OnDemandConnection`)."""
-    visible, customer = context.customer_scope(customer_id)
-    if not visible:
-        return []
-    assert customer is not None  # a customer was named, so the scope names one
-    organization_id = context.principal.organization_id
-    return await repo.list_customer_wallets(context.database, conn, organization_id, customer)
-
-
 @strawberry.type(description="Read wallets and their ledgers.")
 class Query:
     @strawberry.field(
@@ -61,7 +47,13 @@ class Query:
     async def customer_wallets(
         self, info: Info[Context, None], customer_id: CustomerIdArg
     ) -> list[CustomerWallet]:
-        records = await customer_wallet_records(info.context, customer_id)
+        visible, customer = info.context.customer_scope(customer_id)
+        if not visible:
+            return []
+        assert customer is not None  # a customer was named, so the scope names one
+        records = await repo.list_customer_wallets(
+            info.context.database, None, info.context.principal.organization_id, customer
+        )
         return [CustomerWallet.from_record(r) for r in records]
 
     @strawberry.field(description="A customer's wallet in one currency; null if there is none.")
@@ -77,9 +69,9 @@ class Query:
         code = currency_argument(currency)
         if not visible:
             return None
-        async with info.context.database.read_connection() as conn:
-            record = await conn.run_sync(
-                repo.get_wallet_by_owner, info.context.principal.organization_id, customer_id, code
+        async with OnDemandConnection(info.context.database) as conn:
+            record = await repo.find_wallet_by_owner(
+                conn, info.context.principal.organization_id, customer_id, code
             )
         return CustomerWallet.from_record(record) if record else None
 
@@ -124,7 +116,7 @@ class Query:
         code = None if currency is None else currency_argument(currency)
         if not visible:
             return CustomerWalletConnection(edges=[], page_info=page_info([], False))
-        async with info.context.database.read_connection() as conn:
+        async with OnDemandConnection(info.context.database) as conn:
             records = await repo.list_wallets(
                 conn,
                 info.context.principal.organization_id,

@@ -13,6 +13,7 @@ from graphql import GraphQLError, IntValueNode, ValueNode
 from strawberry.types import Info
 
 from gql_wallet import repository as repo
+from gql_wallet.db import OnDemandConnection
 from gql_wallet.errors import ErrorCode
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.errors import RequestError
@@ -239,7 +240,7 @@ class CustomerWallet:
     ) -> WalletTransactionConnection:
         size = page_size(first)
         before_seq = decode_cursor("tx", after)
-        async with info.context.database.read_connection() as conn:
+        async with OnDemandConnection(info.context.database) as conn:
             rows = await repo.list_transactions(
                 conn, self.seq, before_seq=before_seq, limit=size + 1
             )

@@ -67,6 +67,7 @@ from gql_wallet.repository.sessions import (
 )
 from gql_wallet.repository.wallet_queries import (
     change_balance,
+    find_wallet_by_owner,
     get_wallet_by_id,
     get_wallet_by_owner,
     get_wallets_by_seq,
@@ -97,6 +98,7 @@ __all__ = [
     "entries_after",
     "find_api_key",
     "find_customer_session",
+    "find_wallet_by_owner",
     "get_idempotency_record",
     "get_or_create_organization",
     "get_transaction_by_seq",

@@ -23,6 +23,8 @@ from gql_wallet.db import DriverConnection, OnDemandConnection, checked_out
 class _DriverForm:
     sql: str
     binds: tuple[tuple[str, Callable[[Any], Any] | None], ...]  # (name, bind processor)
+    # Values the statement itself binds (SQLite's OFFSET 0 after a bound LIMIT).
+    constants: dict[str, Any]
     results: tuple[Callable[[Any], Any] | None, ...]  # a result processor per column
     row: Any  # a namedtuple of the selected columns' names, read like SQLAlchemy's Row
 
@@ -39,10 +41,17 @@ def _driver_form(statement: Any, row: Any, dialect: Dialect) -> _DriverForm:
         column.type.dialect_impl(dialect).result_processor(dialect, None)
         for column in statement.exported_columns
     )
-    return _DriverForm(compiled.string, binds, results, row)
+    constants = {
+        name: compiled.binds[name].value
+        for name in compiled.positiontup or ()
+        if not compiled.binds[name].required and compiled.binds[name].value is not None
+    }
+    return _DriverForm(compiled.string, binds, constants, results, row)
 
 
 def _driver_arguments(form: _DriverForm, parameters: dict[str, Any]) -> list[Any]:
+    if form.constants:
+        parameters = {**form.constants, **parameters}
     return [
         parameters[name] if process is None else process(parameters[name])
         for name, process in form.binds

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     bindparam,
     select,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gql_wallet.repository.driver import DriverWrite
+from gql_wallet.db import DriverConnection
+from gql_wallet.repository.driver import DriverRead, DriverWrite
 from gql_wallet.repository.records import TransactionRecord, transactions
 
 
@@ -71,11 +72,28 @@ _TRANSACTION_BY_SEQ = select(*transactions.c).where(transactions.c.seq == bindpa
 
 
 async def list_transactions(
-    conn: AsyncConnection, wallet_seq: int, *, before_seq: int | None, limit: int
+    conn: DriverConnection, wallet_seq: int, *, before_seq: int | None, limit: int
 ) -> list[TransactionRecord]:
     """A wallet's ledger, newest first, keyset-paginated by `seq`."""
-    query = select(*transactions.c).where(transactions.c.wallet_seq == wallet_seq)
-    if before_seq is not None:
-        query = query.where(transactions.c.seq < before_seq)
-    query = query.order_by(transactions.c.seq.desc()).limit(limit)
-    return [TransactionRecord.from_row(row) for row in (await conn.execute(query)).all()]
+    if before_seq is None:
+        rows = await _ENTRIES.fetchall(conn, {"wallet_seq": wallet_seq, "limit": limit})
+    else:
+        rows = await _ENTRIES_BEFORE.fetchall(
+            conn, {"wallet_seq": wallet_seq, "before_seq": before_seq, "limit": limit}
+        )
+    return [TransactionRecord.from_row(row) for row in rows]
+
+
+def _entries(*conditions: Any) -> DriverRead:
+    # The (wallet_seq, seq) index, a page at most: a point read.
+    return DriverRead(
+        select(*transactions.c)
+        .where(transactions.c.wallet_seq == bindparam("wallet_seq"), *conditions)
+        .order_by(transactions.c.seq.desc())
+        .limit(bindparam("limit")),
+        point_read=True,
+    )
+
+
+_ENTRIES = _entries()
+_ENTRIES_BEFORE = _entries(transactions.c.seq < bindparam("before_seq"))

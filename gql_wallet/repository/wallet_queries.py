@@ -214,7 +214,7 @@ async def list_customer_wallets(
 
 
 async def list_wallets(
-    conn: AsyncConnection,
+    conn: DriverConnection,
     organization_id: uuid.UUID,
     *,
     customer_id: str | None = None,
@@ -223,14 +223,50 @@ async def list_wallets(
     limit: int | None = None,
 ) -> list[WalletRecord]:
     """The organization's wallets, oldest first, keyset-paginated by `seq`."""
-    query = select(*_WALLET_COLUMNS).where(wallets.c.organization_id == organization_id)
-    if customer_id is not None:
-        query = query.where(wallets.c.customer_id == customer_id)
-    if currency is not None:
-        query = query.where(wallets.c.currency == currency)
-    if after_seq is not None:
-        query = query.where(wallets.c.seq > after_seq)
-    query = query.order_by(wallets.c.seq)
+    given = {"customer_id": customer_id, "currency": currency, "after_seq": after_seq}
+    given = {name: value for name, value in given.items() if value is not None}
     if limit is not None:
-        query = query.limit(limit)
-    return [WalletRecord.from_row(row) for row in (await conn.execute(query)).all()]
+        given["limit"] = limit
+    shape = tuple(given)
+    statement = _WALLET_LISTS.get(shape)
+    if statement is None:
+        statement = _WALLET_LISTS[shape] = _wallet_list(shape)
+    rows = await statement.fetchall(conn, {"organization_id": organization_id, **given})
+    return [WalletRecord.from_row(row) for row in rows]
+
+
+def _wallet_list(shape: tuple[str, ...]) -> DriverRead:
+    query = select(*_WALLET_COLUMNS).where(
+        wallets.c.organization_id == bindparam("organization_id")
+    )
+    if "customer_id" in shape:
+        query = query.where(wallets.c.customer_id == bindparam("customer_id"))
+    if "currency" in shape:
+        query = query.where(wallets.c.currency == bindparam("currency"))
+    if "after_seq" in shape:
+        query = query.where(wallets.c.seq > bindparam("after_seq"))
+    query = query.order_by(wallets.c.seq)
+    if "limit" in shape:
+        query = query.limit(bindparam("limit"))
+    # A page on the (organization_id, seq) index is a point read; an unbounded list is not.
+    return DriverRead(query, point_read="limit" in shape)
+
+
+# One statement per combination of filters given, each built once.
+_WALLET_LISTS: dict[tuple[str, ...], DriverRead] = {}
+
+
+async def find_wallet_by_owner(
+    conn: DriverConnection, organization_id: uuid.UUID, customer_id: str, currency: str
+) -> WalletRecord | None:
+    """`get_wallet_by_owner` for a read outside a write transaction."""
+    parameters = {
+        "p_organization_id": organization_id,
+        "p_customer_id": customer_id,
+        "p_currency": currency,
+    }
+    rows = await _WALLET_BY_OWNER_READ.fetchall(conn, parameters)
+    return WalletRecord.from_row(rows[0]) if rows else None
+
+
+_WALLET_BY_OWNER_READ = DriverRead(_WALLET_BY_OWNER, point_read=True)
