@@ -18,13 +18,14 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from graphql import (
+    GraphQLEnumType,
     GraphQLField,
     GraphQLLeafType,
     GraphQLNonNull,
     GraphQLObjectType,
     GraphQLOutputType,
     GraphQLResolveInfo,
-    is_leaf_type,
+    GraphQLScalarType,
 )
 from graphql.execution.collect_fields import GroupedFieldSet
 from graphql.pyutils import AwaitableOrValue, Path, Undefined, gather_with_cancel
@@ -33,19 +34,15 @@ from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.types.field import StrawberryField
 
 
-class PlainLeaf(NamedTuple):
+class Plain(NamedTuple):
+    """A field read as an attribute: a scalar or enum (`leaf`, serialized by `coerce`), or an
+    object without an `is_type_of` check (executed at once)."""
+
     attribute: str
-    type: GraphQLLeafType
+    type: GraphQLLeafType | GraphQLObjectType
     non_null: bool
-
-
-class PlainObject(NamedTuple):
-    attribute: str
-    type: GraphQLObjectType
-    non_null: bool
-
-
-Plain = PlainLeaf | PlainObject
+    leaf: bool
+    coerce: Any
 
 
 def plain_field(field: GraphQLField) -> Plain | None:
@@ -66,14 +63,15 @@ def plain_field(field: GraphQLField) -> Plain | None:
     field_type = field.type
     non_null = isinstance(field_type, GraphQLNonNull)
     inner = field_type.of_type if isinstance(field_type, GraphQLNonNull) else field_type
-    if is_leaf_type(inner):
-        return PlainLeaf(definition.python_name, inner, non_null)
+    if isinstance(inner, GraphQLScalarType | GraphQLEnumType):
+        return Plain(definition.python_name, inner, non_null, True, inner.coerce_output_value)
     if isinstance(inner, GraphQLObjectType) and inner.is_type_of is None:
-        return PlainObject(definition.python_name, inner, non_null)
+        return Plain(definition.python_name, inner, non_null, False, None)
     return None
 
 
 _FieldPlans = dict[str, Plain | None]
+_Steps = list[tuple[str, Any, Plain | None]]
 
 
 class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
@@ -85,6 +83,7 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
         self.direct = manager is None or not manager.middlewares
         # Per object type, per field name: resolved on first sight, for this operation.
         self.field_plans: dict[GraphQLObjectType, _FieldPlans] = {}
+        self.field_steps: dict[int, tuple[GroupedFieldSet, _Steps]] = {}
 
     def _plans(self, parent_type: GraphQLObjectType) -> _FieldPlans:
         plans = self.field_plans.get(parent_type)
@@ -93,6 +92,22 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
                 name: plain_field(field) for name, field in parent_type.fields.items()
             }
         return plans
+
+    def _steps(self, parent_type: GraphQLObjectType, grouped_field_set: GroupedFieldSet) -> _Steps:
+        """What to do for each field of a grouped field set, decided once per operation (the
+        set is memoized by graphql-core's `collect_subfields`, so every item of a list shares
+        it; the set is kept alive with its steps so that its id is not reused)."""
+        cached = self.field_steps.get(id(grouped_field_set))
+        if cached is not None:
+            return cached[1]
+        plans = self._plans(parent_type)
+        steps: _Steps = []
+        for response_name, field_details_list in grouped_field_set.items():
+            node = field_details_list[0].node
+            plan = None if node.arguments else plans.get(node.name.value)
+            steps.append((response_name, field_details_list, plan))
+        self.field_steps[id(grouped_field_set)] = (grouped_field_set, steps)
+        return steps
 
     def execute_fields(
         self,
@@ -107,18 +122,30 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
                 parent_type, source_value, path, grouped_field_set, position_context
             )
         # graphql-core's loop (Executor.execute_fields), with the direct reads.
-        plans = self._plans(parent_type)
         results: dict[str, Any] = {}
         is_awaitable = self.is_awaitable
         awaitable_fields: list[str] = []
         try:
-            for response_name, field_details_list in grouped_field_set.items():
-                node = field_details_list[0].node
-                plan = plans.get(node.name.value)
+            for response_name, field_details_list, plan in self._steps(
+                parent_type, grouped_field_set
+            ):
                 result: Any = Undefined
-                if plan is not None and not node.arguments:
-                    if isinstance(plan, PlainLeaf):
-                        result = _read(source_value, plan)
+                if plan is not None:
+                    if plan.leaf:
+                        # The field's serialized value; graphql-core answers an error or a
+                        # null in a non-null field, and raises and locates it the same way.
+                        try:
+                            value = getattr(source_value, plan.attribute)
+                            if value is None:
+                                if not plan.non_null:
+                                    results[response_name] = None
+                                    continue
+                            else:
+                                result = plan.coerce(value)
+                                if result is None:
+                                    result = Undefined
+                        except Exception:
+                            result = Undefined
                     else:
                         result = self._object(
                             plan, source_value, field_details_list, path, response_name,
@@ -132,9 +159,11 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
                     )  # fmt: skip
                     if result is Undefined:
                         continue
-                results[response_name] = result
-                if is_awaitable(result):
+                    if is_awaitable(result):
+                        awaitable_fields.append(response_name)
+                elif not plan.leaf and is_awaitable(result):  # type: ignore[union-attr]
                     awaitable_fields.append(response_name)
+                results[response_name] = result
         except Exception:
             if awaitable_fields:
                 self.settle_in_background([results[field] for field in awaitable_fields])
@@ -155,7 +184,7 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
 
     def _object(
         self,
-        plan: PlainObject,
+        plan: Plain,
         source: Any,
         field_details_list: Any,
         path: Path | None,
@@ -172,14 +201,15 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
             return Undefined if plan.non_null else None
         if self.is_awaitable(value) or isinstance(value, Exception):
             return Undefined
-        grouped_field_set, defer_usages, _ = self.collect_subfields(plan.type, field_details_list)
+        object_type: GraphQLObjectType = plan.type  # type: ignore[assignment]
+        grouped_field_set, defer_usages, _ = self.collect_subfields(object_type, field_details_list)
         if defer_usages:
             return Undefined
         field_path = Path(path, response_name, parent_type.name)
-        return_type = GraphQLNonNull(plan.type) if plan.non_null else plan.type
+        return_type = GraphQLNonNull(object_type) if plan.non_null else object_type
         try:
             completed = self.execute_fields(
-                plan.type, value, field_path, grouped_field_set, position_context
+                object_type, value, field_path, grouped_field_set, position_context
             )
         except Exception as error:
             self.handle_field_error(error, return_type, field_details_list, field_path)
@@ -225,16 +255,3 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
         return super().complete_value(
             return_type, field_details_list, info, path, result, position_context
         )
-
-
-def _read(source: Any, leaf: PlainLeaf) -> Any:
-    """The field's serialized value, or Undefined where graphql-core must answer (an error, a
-    null in a non-null field)."""
-    try:
-        value = getattr(source, leaf.attribute)
-        if value is None:
-            return Undefined if leaf.non_null else None
-        coerced = leaf.type.coerce_output_value(value)
-    except Exception:  # graphql-core raises and locates it the same way
-        return Undefined
-    return Undefined if coerced is None or coerced is Undefined else coerced
