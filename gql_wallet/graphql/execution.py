@@ -15,7 +15,8 @@ executor is graphql-core's for every field, so that the extension sees each one.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
+from weakref import WeakKeyDictionary
 
 from graphql import (
     GraphQLEnumType,
@@ -81,9 +82,10 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
         super().__init__(*args, **kwargs)
         manager = self.middleware_manager
         self.direct = manager is None or not manager.middlewares
-        # Per object type, per field name: resolved on first sight, for this operation.
-        self.field_plans: dict[GraphQLObjectType, _FieldPlans] = {}
         self.field_steps: dict[int, tuple[GroupedFieldSet, _Steps]] = {}
+
+    # Per object type of a schema, per field name: decided on first sight, for every operation.
+    field_plans: ClassVar[WeakKeyDictionary[GraphQLObjectType, _FieldPlans]] = WeakKeyDictionary()
 
     def _plans(self, parent_type: GraphQLObjectType) -> _FieldPlans:
         plans = self.field_plans.get(parent_type)
