@@ -1,8 +1,8 @@
 """Top-level errors and their stable `extensions.code`: every error a client can get has one.
 
 The codes are decided here and nowhere else: GraphQL's own errors (syntax, validation, variable
-coercion, masked server faults) get theirs from the `ErrorCodes` and `CodedMaskErrors`
-extensions, which run for HTTP and WebSocket alike; errors this server raises itself (limits,
+coercion, masked server faults) get theirs from the `ErrorPolicy` extension, which runs for
+HTTP and WebSocket alike; errors this server raises itself (limits,
 request errors, permissions) carry theirs from the start; HTTP refusals take theirs from
 `HTTP_ERROR_CODES` by status.
 """
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from graphql import GraphQLError, GraphQLSyntaxError
-from strawberry.extensions import MaskErrors, SchemaExtension
+from strawberry.extensions import SchemaExtension
 from strawberry.types.execution import StreamExecutionResult
 
 from gql_wallet.errors import UserError
@@ -102,17 +103,23 @@ def _code_after_validation(error: GraphQLError) -> str:
     return BAD_USER_INPUT
 
 
-class CodedMaskErrors(MaskErrors):
-    """MaskErrors whose masked errors say what they are: INTERNAL_SERVER_ERROR."""
-
-    def anonymise_error(self, error: GraphQLError) -> GraphQLError:
-        masked = super().anonymise_error(error)
-        _with_code(masked, INTERNAL_SERVER_ERROR)
-        return masked
+MASKED_MESSAGE = "Internal server error."
 
 
-class ErrorCodes(SchemaExtension):
-    """Gives every error of a result that has no code yet its code."""
+def masked(error: GraphQLError) -> GraphQLError:
+    """What the client sees of an unexpected exception: where, not what (the log has it)."""
+    return GraphQLError(
+        message=MASKED_MESSAGE,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        extensions={"code": INTERNAL_SERVER_ERROR},
+    )
+
+
+class ErrorPolicy(SchemaExtension):
+    """Masks the errors of unexpected exceptions and gives every error of a result its code."""
 
     def on_validate(self) -> Iterator[None]:
         yield
@@ -125,13 +132,21 @@ class ErrorCodes(SchemaExtension):
             # Raised in an extension (ParserCache parses there): the result's only error.
             _with_code(error, _code_after_validation(error))
             raise
-        result = self.execution_context.result
-        self._code(getattr(result, "errors", None) or ())
+        self._finish(self.execution_context.result)
 
     def on_stream_result(self, result: StreamExecutionResult) -> Iterator[None]:
         # WebSocket operations: each result reaches the client before the operation ends.
-        self._code(getattr(result, "errors", None) or ())
+        self._finish(result)
         yield
+
+    @classmethod
+    def _finish(cls, result: Any) -> None:
+        # Masking and coding an error twice changes nothing (a stream's last result is seen
+        # by on_stream_result and again when the operation ends).
+        errors = getattr(result, "errors", None)
+        if errors:
+            result.errors = [masked(e) if should_mask_error(e) else e for e in errors]
+            cls._code(result.errors)
 
     @staticmethod
     def _code(errors: Iterable[GraphQLError], code: str | None = None) -> None:

@@ -34,6 +34,7 @@ from gql_wallet.graphql.errors import (
     FORBIDDEN,
     HTTP_ERROR_CODES,
     INTERNAL_SERVER_ERROR,
+    MASKED_MESSAGE,
     RATE_LIMITED,
     SUBSCRIPTION_OVER_HTTP,
     UNAUTHENTICATED,
@@ -221,7 +222,7 @@ class GraphQLEndpoint:
             info.outcome = "error"
             logger.exception("unhandled error serving %s %s", request.method, request.url.path)
             response = _json_response(
-                _error_payload("Internal server error.", INTERNAL_SERVER_ERROR),
+                _error_payload(MASKED_MESSAGE, INTERNAL_SERVER_ERROR),
                 500,
                 None,
                 media_type,

@@ -17,7 +17,7 @@ from strawberry.extensions import (
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
-from gql_wallet.graphql.errors import CodedMaskErrors, ErrorCodes, should_mask_error
+from gql_wallet.graphql.errors import ErrorPolicy, should_mask_error
 from gql_wallet.graphql.execution import WalletExecutor
 from gql_wallet.graphql.limits import CostLimiter, validation_rules
 from gql_wallet.graphql.mutations import Mutation
@@ -32,7 +32,7 @@ class WalletSchema(strawberry.Schema):
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
-        # Called before MaskErrors rewrites them: the full detail stays in the server's log.
+        # Called before ErrorPolicy masks them: the full detail stays in the server's log.
         for error in errors:
             if should_mask_error(error):
                 logger.error(
@@ -75,11 +75,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         rules = validation_rules(settings)
         max_tokens, max_cost = settings.max_tokens, settings.max_cost
         extensions = [
-            # Before MaskErrors: it codes the errors once they are masked.
-            ErrorCodes,
-            lambda: CodedMaskErrors(
-                should_mask_error=should_mask_error, error_message="Internal server error."
-            ),
+            ErrorPolicy,
             lambda: MaxTokensLimiter(max_token_count=max_tokens),
             lambda: ParserCache(maxsize=1024),
             lambda: AddValidationRules(rules),
