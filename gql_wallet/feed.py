@@ -18,7 +18,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import asyncpg
@@ -159,7 +159,7 @@ class Watcher:
                 self.cursors[wallet_seq] = entries[-1].seq
                 for entry in entries:
                     change = WalletChange(
-                        replace(wallet, balance=entry.balance_after, modified_at=entry.created_at),
+                        wallet._replace(balance=entry.balance_after, modified_at=entry.created_at),
                         entry,
                     )
                     for subscriber in list(self.subscribers):

@@ -12,9 +12,11 @@ import strawberry
 from graphql.execution import Executor
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+from strawberry.types.base import StrawberryObjectDefinition
 
 from gql_wallet.graphql.execution import WalletExecutor, plain_field
 from gql_wallet.graphql.schema import build_schema
+from gql_wallet.repository import TransactionRecord, WalletRecord
 from tests.conftest import Env
 from tests.served import served
 
@@ -249,3 +251,15 @@ async def test_an_extension_that_resolves_fields_sees_every_one(resolved: list[i
     assert seen[WalletExecutor] == seen[STOCK]
     assert "Thing.nickname" in seen[STOCK]
     assert counts[WalletExecutor] == counts[STOCK] == 6
+
+
+@pytest.mark.parametrize(
+    ("type_name", "record"),
+    [("CustomerWallet", WalletRecord), ("WalletTransaction", TransactionRecord)],
+)
+def test_the_api_types_read_their_records_attributes(type_name: str, record: type) -> None:
+    # Resolvers hand the repository's records to these types as they are (from_record).
+    definition = build_schema().get_type_by_name(type_name)
+    assert isinstance(definition, StrawberryObjectDefinition)
+    plain = [f.python_name for f in definition.fields if f.base_resolver is None]
+    assert plain and set(plain) <= set(record._fields), set(plain) - set(record._fields)

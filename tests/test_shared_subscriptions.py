@@ -301,8 +301,9 @@ async def test_a_slow_member_overflows_alone(database_url: str) -> None:
 async def test_an_unexpected_error_in_a_shared_execution_is_masked(database_url: str) -> None:
     def pointing_nowhere(change: WalletChange) -> object:
         update = wallet_update(change)
-        assert update.transaction is not None
-        update.transaction.wallet_seq = -1  # its wallet cannot be loaded
+        record: Any = update.transaction  # a TransactionRecord (WalletTransaction.from_record)
+        assert record is not None
+        update.transaction = record._replace(wallet_seq=-1)  # its wallet cannot be loaded
         return update
 
     query = """subscription($c: String!) { walletUpdated(customerId: $c) {

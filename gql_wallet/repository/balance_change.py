@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
@@ -129,10 +129,10 @@ _BALANCE_CHANGES = DriverRead(_balance_changes_call())
 
 # A write's wallet and ledger entry, read from its outcome row's w_ and t_ columns in the
 # records' field order, one attrgetter call each.
-_OUTCOME_WALLET = attrgetter(*(f"w_{field.name}" for field in fields(WalletRecord)))
+_OUTCOME_WALLET = attrgetter(*(f"w_{name}" for name in WalletRecord._fields))
 
 
-_OUTCOME_ENTRY = attrgetter(*(f"t_{field.name}" for field in fields(TransactionRecord)))
+_OUTCOME_ENTRY = attrgetter(*(f"t_{name}" for name in TransactionRecord._fields))
 
 
 def _outcome(row: Any) -> BalanceChangeOutcome:

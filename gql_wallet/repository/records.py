@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Row,
@@ -48,8 +48,10 @@ def utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-@dataclass(frozen=True)
-class WalletRecord:
+class WalletRecord(NamedTuple):
+    """A wallets row. Also the source of the GraphQL `CustomerWallet`, whose fields read these
+    attributes as they are (no copy per row: tests/test_execution.py checks the names)."""
+
     seq: int
     id: uuid.UUID
     organization_id: uuid.UUID
@@ -62,19 +64,20 @@ class WalletRecord:
     @classmethod
     def from_row(cls, row: Row[Any, Any, Any, Any, Any, Any, Any, Any]) -> WalletRecord:
         return cls(
-            seq=row.seq,
-            id=row.id,
-            organization_id=row.organization_id,
-            customer_id=row.customer_id,
-            currency=row.currency,
-            balance=row.balance,
-            created_at=utc(row.created_at),
-            modified_at=utc(row.modified_at),
+            row.seq,
+            row.id,
+            row.organization_id,
+            row.customer_id,
+            row.currency,
+            row.balance,
+            utc(row.created_at),
+            utc(row.modified_at),
         )
 
 
-@dataclass(frozen=True)
-class TransactionRecord:
+class TransactionRecord(NamedTuple):
+    """A wallet_transactions row; also the source of the GraphQL `WalletTransaction`."""
+
     seq: int
     id: uuid.UUID
     wallet_seq: int
@@ -89,16 +92,16 @@ class TransactionRecord:
     @classmethod
     def from_row(cls, row: Row[Any]) -> TransactionRecord:
         return cls(
-            seq=row.seq,
-            id=row.id,
-            wallet_seq=row.wallet_seq,
-            type=row.type,
-            amount=row.amount,
-            balance_after=row.balance_after,
-            description=row.description,
-            reference=row.reference,
-            idempotency_key=row.idempotency_key,
-            created_at=utc(row.created_at),
+            row.seq,
+            row.id,
+            row.wallet_seq,
+            row.type,
+            row.amount,
+            row.balance_after,
+            row.description,
+            row.reference,
+            row.idempotency_key,
+            utc(row.created_at),
         )
 
 
