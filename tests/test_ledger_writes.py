@@ -482,9 +482,7 @@ async def test_a_writes_records_are_what_sqlalchemy_reads_back(env: Env) -> None
             entry, wallet = await conn.run_sync(read_back)
         assert done.transaction == entry and done.wallet == wallet
         for ours, theirs in ((done.transaction, entry), (done.wallet, wallet)):
-            assert [type(v) for v in vars(ours).values()] == [
-                type(v) for v in vars(theirs).values()
-            ]
+            assert [type(v) for v in ours] == [type(v) for v in theirs]
         assert isinstance(entry.id, uuid.UUID) and entry.created_at.tzinfo is not None
     assert (done.wallet.balance, done.transaction.amount) == (180, -70)
 

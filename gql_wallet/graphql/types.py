@@ -62,6 +62,8 @@ SAFE_INT_SCALAR = strawberry.scalar(
 
 
 def serialize_datetime(value: Any) -> str:
+    if type(value) is datetime and value.tzinfo is UTC:  # every value the records hold
+        return value.isoformat()
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise GraphQLError(f"DateTime cannot represent {value!r}.")
     return value.astimezone(UTC).isoformat()
