@@ -1,20 +1,25 @@
-"""create_app(settings): the Starlette application. Its lifespan builds and holds the one Database."""
+"""create_app(settings): the Starlette application. Its lifespan builds the one Database and
+everything that holds it (`Serving`), and closes them."""
 
 from __future__ import annotations
 
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
+import strawberry
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from gql_wallet.auth import Authenticator
-from gql_wallet.db import create_database
+from gql_wallet.db import Database, create_database
 from gql_wallet.feed import LedgerFeed
 from gql_wallet.graphql.fanout import SharedSubscriptions
 from gql_wallet.graphql.graphiql import ASSETS_URL
@@ -47,30 +52,77 @@ def _freeze_startup_heap() -> None:
         gc.set_threshold(GC_YOUNG_THRESHOLD, *older)
 
 
+@dataclass
+class Serving:
+    """What the lifespan builds around the one Database and holds while the app serves."""
+
+    database: Database
+    feed: LedgerFeed
+    shared: SharedSubscriptions
+    endpoint: GraphQLEndpoint
+    subscriptions: SubscriptionEndpoint
+    readiness: Readiness
+
+    @classmethod
+    def build(cls, settings: Settings, schema: strawberry.Schema) -> Serving:
+        database = create_database(settings)
+        authenticator = Authenticator(database, settings.token_secret_bytes)
+        feed = LedgerFeed(database, settings)
+        shared = SharedSubscriptions(schema, database, settings, feed)
+        view = SubscriptionView(schema, database, settings, authenticator, feed, shared)
+        return cls(
+            database=database,
+            feed=feed,
+            shared=shared,
+            endpoint=GraphQLEndpoint(schema, database, settings, authenticator, feed),
+            subscriptions=SubscriptionEndpoint(view, settings.subscription_max_connections),
+            readiness=Readiness(database),
+        )
+
+    async def close(self) -> None:
+        await self.shared.stop()
+        await self.feed.stop()
+        await self.database.dispose()
+
+
+def serving(app: Starlette) -> Serving:
+    """The running app's services (set by its lifespan; `app.state.serving`)."""
+    running: Serving = app.state.serving
+    return running
+
+
+async def _graphql(request: Request) -> Response:
+    return await serving(request.app).endpoint.handle(request)
+
+
+class _Subscriptions:
+    """WebSocket /graphql, as an ASGI app (Starlette hands a function a WebSocket instead)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await serving(scope["app"]).subscriptions(scope, receive, send)
+
+
+async def _ready(request: Request) -> Response:
+    return await serving(request.app).readiness.check(request)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or from_environment()
-    database = create_database(settings)
     schema = build_schema(settings)
-    authenticator = Authenticator(database, settings.token_secret_bytes)
-    feed = LedgerFeed(database, settings)
-    endpoint = GraphQLEndpoint(schema, database, settings, authenticator, feed)
-    shared = SharedSubscriptions(schema, database, settings, feed)
-    subscriptions = SubscriptionEndpoint(
-        SubscriptionView(schema, database, settings, authenticator, feed, shared),
-        settings.subscription_max_connections,
-    )
 
     @asynccontextmanager
-    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        if settings.migrate_on_start:
-            await upgrade_to_head(database)
-        _freeze_startup_heap()
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # The Database is built here, in the event loop that serves, and closed here.
+        running = Serving.build(settings, schema)
         try:
+            if settings.migrate_on_start:
+                await upgrade_to_head(running.database)
+            app.state.serving = running
+            app.state.database = running.database
+            _freeze_startup_heap()
             yield
         finally:
-            await shared.stop()
-            await feed.stop()
-            await database.dispose()
+            await running.close()
 
     async def root(_request: object) -> Response:
         return RedirectResponse("/graphql")
@@ -79,13 +131,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes: list[BaseRoute] = [
         Route(
             "/graphql",
-            endpoint.handle,
+            _graphql,
             methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
         ),
-        WebSocketRoute("/graphql", subscriptions),
+        WebSocketRoute("/graphql", _Subscriptions()),
         Route("/", root, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", Readiness(database).check, methods=["GET"]),
+        Route("/readyz", _ready, methods=["GET"]),
         Route("/metrics", MetricsEndpoint(settings).serve, methods=["GET"]),
     ]
     if settings.graphiql_enabled:
@@ -110,7 +162,4 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ),
         ],
     )
-    app.state.database = database
-    app.state.feed = feed
-    app.state.subscriptions = subscriptions
     return app

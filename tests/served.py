@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from starlette.routing import Route
 
-from gql_wallet.app import create_app
+from gql_wallet.app import create_app, serving
 from gql_wallet.auth import create_api_key
 from gql_wallet.graphql.http import GraphQLEndpoint
 from gql_wallet.settings import Settings
@@ -37,9 +36,8 @@ class Served:
 @asynccontextmanager
 async def served(settings: Settings) -> AsyncIterator[Served]:
     app = create_app(settings)
-    route = next(r for r in app.routes if isinstance(r, Route) and r.path == "/graphql")
     async with app.router.lifespan_context(app):
         key = await create_api_key(app.state.database, settings.token_secret_bytes, "org-a")
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield Served(client, route.endpoint.__self__, key)  # type: ignore[attr-defined]
+            yield Served(client, serving(app).endpoint, key)

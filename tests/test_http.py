@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import httpx
 import orjson
 import pytest
 
 from gql_wallet import repository
-from gql_wallet.app import create_app
+from gql_wallet.app import create_app, serving
+from gql_wallet.db import Database
 from gql_wallet.graphql.http import (
     GRAPHQL_RESPONSE_MEDIA_TYPE,
     JSON_MEDIA_TYPE,
     negotiate_media_type,
 )
+from gql_wallet.settings import Settings
 from tests.conftest import Env
 
 QUERY = '{ customerWallets(customerId: "cus_1") { balance } }'
@@ -408,3 +411,26 @@ async def test_a_client_that_leaves_mid_body_is_no_server_error(
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     assert orjson.loads(body)["errors"][0]["extensions"] == {"code": "BAD_REQUEST"}
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_the_lifespan_builds_the_database_and_closes_it(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disposed: list[Database] = []
+    dispose = Database.dispose
+
+    async def recorded(self: Database) -> None:
+        disposed.append(self)
+        await dispose(self)
+
+    monkeypatch.setattr(Database, "dispose", recorded)
+    app = create_app(settings)
+    assert not hasattr(app.state, "serving")  # nothing is opened before the app serves
+    async with app.router.lifespan_context(app):
+        running = serving(app)
+        assert app.state.database is running.database is running.endpoint.database
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/readyz")).status_code == 200
+        assert disposed == []
+    assert disposed == [running.database]
