@@ -237,15 +237,15 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
         result: Any,
         position_context: Any,
     ) -> AwaitableOrValue[Any]:
-        # An object (a list's item, a resolver's result) that cannot be null: its fields,
-        # without graphql-core's four steps to reach them.
+        # An object that is there (a list's item, a resolver's result): its fields, without
+        # graphql-core's four steps to reach them.
         if (
             self.direct
-            and type(return_type) is GraphQLNonNull
             and result is not None
+            and result is not Undefined
             and not isinstance(result, Exception)
         ):
-            inner = return_type.of_type
+            inner = return_type.of_type if type(return_type) is GraphQLNonNull else return_type
             if type(inner) is GraphQLObjectType and inner.is_type_of is None:
                 grouped_field_set, defer_usages, _ = self.collect_subfields(
                     inner, field_details_list
