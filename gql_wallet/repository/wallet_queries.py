@@ -110,13 +110,16 @@ _CHANGE_BALANCE = DriverWrite(
 def get_wallet_by_owner(
     conn: Connection, organization_id: uuid.UUID, customer_id: str, currency: str
 ) -> WalletRecord | None:
-    params = {
+    row = conn.execute(_WALLET_BY_OWNER, _owner(organization_id, customer_id, currency)).first()
+    return WalletRecord.from_row(row) if row else None
+
+
+def _owner(organization_id: uuid.UUID, customer_id: str, currency: str) -> dict[str, Any]:
+    return {
         "p_organization_id": organization_id,
         "p_customer_id": customer_id,
         "p_currency": currency,
     }
-    row = conn.execute(_WALLET_BY_OWNER, params).first()
-    return WalletRecord.from_row(row) if row else None
 
 
 _WALLET_BY_OWNER = select(*_WALLET_COLUMNS).where(
@@ -260,12 +263,8 @@ async def find_wallet_by_owner(
     conn: DriverConnection, organization_id: uuid.UUID, customer_id: str, currency: str
 ) -> WalletRecord | None:
     """`get_wallet_by_owner` for a read outside a write transaction."""
-    parameters = {
-        "p_organization_id": organization_id,
-        "p_customer_id": customer_id,
-        "p_currency": currency,
-    }
-    rows = await _WALLET_BY_OWNER_READ.fetchall(conn, parameters)
+    owner = _owner(organization_id, customer_id, currency)
+    rows = await _WALLET_BY_OWNER_READ.fetchall(conn, owner)
     return WalletRecord.from_row(rows[0]) if rows else None
 
 
