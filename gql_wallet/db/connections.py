@@ -42,7 +42,7 @@ class OnDemandConnection:
     On SQLite the API key and `customerWallets` reads run on the event loop's thread
     (`reader`, the database's `SqliteReader`), and on PostgreSQL they and the writes go in
     group reads and group commits on the senders' own connections (`Database.run_grouped`), so
-    a planned request needs no pooled connection at all; checking one out and in anyway was
+    a lookup needs no pooled connection at all; checking one out and in anyway was
     about 4% of a SQLite lookup's CPU (bench/PROFILE.md). Whatever does need one (the reader's
     fallback, a replay) takes it here, at most once per request. Like any connection, it serves
     one statement at a time.
