@@ -22,6 +22,7 @@ import asyncpg
 import httpx
 import pytest
 from sqlalchemy import func, make_url, select
+from starlette.applications import Starlette
 
 from gql_wallet.app import create_app
 from gql_wallet.auth import SCOPES, create_api_key
@@ -71,6 +72,11 @@ class Api:
             headers={"Authorization": f"Bearer {self.key}"},
         )
 
+    async def answer(self, query: str, variables: dict[str, Any] | None = None) -> tuple[int, Any]:
+        """The status and the body of the answer, whatever they are."""
+        response = await self.post(query, variables)
+        return response.status_code, response.json()
+
     async def __call__(self, query: str, variables: dict[str, Any] | None = None) -> Any:
         response = await self.post(query, variables)
         assert response.status_code == 200, response.text
@@ -105,6 +111,7 @@ class Api:
 
 @dataclass
 class Env:
+    app: Starlette
     client: httpx.AsyncClient
     database: Database
     settings: Settings
@@ -270,6 +277,7 @@ async def app_env(settings: Settings) -> AsyncIterator[Env]:
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             secret = settings.token_secret_bytes
             yield Env(
+                app=app,
                 client=client,
                 database=database,
                 settings=settings,

@@ -14,11 +14,11 @@ from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.types.base import StrawberryObjectDefinition
 
+from gql_wallet.app import serving
 from gql_wallet.graphql.execution import WalletExecutor, plain_field
 from gql_wallet.graphql.schema import build_schema
 from gql_wallet.repository import TransactionRecord, WalletRecord
 from tests.conftest import Env
-from tests.served import served
 
 STOCK = StrawberryGraphQLCoreExecutionContext
 
@@ -104,20 +104,19 @@ async def test_generated_documents_answer_alike_with_both_executors(
     env: Env, resolved: list[int]
 ) -> None:
     await _seed(env)
-    async with served(env.settings) as app:
-        schema = app.endpoint.schema
-        assert schema.execution_context_class is WalletExecutor
-        by_stock = by_ours = 0
-        for query in generated_documents(150):
-            for flag in (True, False):
-                schema.execution_context_class = STOCK
-                before = resolved[0]
-                expected = await app.post(query, {"flag": flag})
-                by_stock += resolved[0] - before
-                schema.execution_context_class = WalletExecutor
-                before = resolved[0]
-                assert await app.post(query, {"flag": flag}) == expected, query
-                by_ours += resolved[0] - before
+    schema = serving(env.app).endpoint.schema
+    assert schema.execution_context_class is WalletExecutor
+    by_stock = by_ours = 0
+    for query in generated_documents(150):
+        for flag in (True, False):
+            schema.execution_context_class = STOCK
+            before = resolved[0]
+            expected = await env.api.answer(query, {"flag": flag})
+            by_stock += resolved[0] - before
+            schema.execution_context_class = WalletExecutor
+            before = resolved[0]
+            assert await env.api.answer(query, {"flag": flag}) == expected, query
+            by_ours += resolved[0] - before
     # Most fields are plain: graphql-core resolves only the others, and those in errors.
     assert by_ours * 3 < by_stock
 
@@ -130,17 +129,16 @@ async def test_a_write_payload_answers_alike_with_both_executors(env: Env) -> No
         "description reference idempotencyKey createdAt wallet { balance } } "
         "userErrors { code field message } } }"
     )
-    async with served(env.settings) as app:
-        schema = app.endpoint.schema
-        for amount, key in ((7, "a"), (10**6, "b"), (-1, "c")):
-            variables = {"input": {"customerId": "cus_1", "currency": "usd", "amount": amount}}
-            variables["input"]["idempotencyKey"] = key
-            schema.execution_context_class = WalletExecutor
-            first = await app.post(query, variables)  # written once; then replayed by both
-            schema.execution_context_class = STOCK
-            assert await app.post(query, variables) == first
-            schema.execution_context_class = WalletExecutor
-            assert await app.post(query, variables) == first
+    schema = serving(env.app).endpoint.schema
+    for amount, key in ((7, "a"), (10**6, "b"), (-1, "c")):
+        variables = {"input": {"customerId": "cus_1", "currency": "usd", "amount": amount}}
+        variables["input"]["idempotencyKey"] = key
+        schema.execution_context_class = WalletExecutor
+        first = await env.api.answer(query, variables)  # written once; then replayed by both
+        schema.execution_context_class = STOCK
+        assert await env.api.answer(query, variables) == first
+        schema.execution_context_class = WalletExecutor
+        assert await env.api.answer(query, variables) == first
 
 
 # --- the rare cases, on a schema made for them ----------------------------------------------

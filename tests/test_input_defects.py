@@ -36,7 +36,6 @@ from tests.conftest import (
     start_server,
     stop_server,
 )
-from tests.served import served
 from tests.wsclient import connect
 
 SCHEMA = build_schema((Path(__file__).parents[1] / "schema.graphql").read_text())
@@ -361,31 +360,30 @@ async def test_a_subscription_refuses_an_invalid_currency_or_customer_id(
 
 
 async def test_a_replayed_wallet_not_found_charge_still_has_no_wallet(env: Env) -> None:
-    async with served(env.settings) as app:
-        for key in ("charge-1", "charge-2"):
-            variables = {
-                "input": {
-                    "customerId": f"cus_{key}",
-                    "currency": "usd",
-                    "amount": 5,
-                    "idempotencyKey": key,
-                }
+    for key in ("charge-1", "charge-2"):
+        variables = {
+            "input": {
+                "customerId": f"cus_{key}",
+                "currency": "usd",
+                "amount": 5,
+                "idempotencyKey": key,
             }
-            status, first = await app.post(CHARGE, variables)
-            assert status == 200
-            assert first["data"]["chargeWallet"]["wallet"] is None
-            [error] = first["data"]["chargeWallet"]["userErrors"]
-            assert error["code"] == "WALLET_NOT_FOUND"
-            await app.post(
-                CHARGE.replace("Charge(", "TopUp(")
-                .replace("ChargeWalletInput", "TopUpWalletInput")
-                .replace("chargeWallet", "topUpWallet"),
-                {"input": {**variables["input"], "amount": 50, "idempotencyKey": f"{key}-top-up"}},
-            )
-            before = await env.counts()
-            for _ in range(2):
-                assert await app.post(CHARGE, variables) == (200, first)
-            assert await env.counts() == before
+        }
+        status, first = await env.api.answer(CHARGE, variables)
+        assert status == 200
+        assert first["data"]["chargeWallet"]["wallet"] is None
+        [error] = first["data"]["chargeWallet"]["userErrors"]
+        assert error["code"] == "WALLET_NOT_FOUND"
+        await env.api.answer(
+            CHARGE.replace("Charge(", "TopUp(")
+            .replace("ChargeWalletInput", "TopUpWalletInput")
+            .replace("chargeWallet", "topUpWallet"),
+            {"input": {**variables["input"], "amount": 50, "idempotencyKey": f"{key}-top-up"}},
+        )
+        before = await env.counts()
+        for _ in range(2):
+            assert await env.api.answer(CHARGE, variables) == (200, first)
+        assert await env.counts() == before
 
 
 async def test_a_refused_websocket_origin_names_the_setting(
