@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from gql_wallet import repository as repo
-from gql_wallet.db import Database, DriverConnection
+from gql_wallet.db import Database
 
 API_KEY_PREFIX = "gqlw_sk_"
 SESSION_PREFIX = "gqlw_cs_"
@@ -133,25 +133,19 @@ class Authenticator:
             functools.partial(token_hash, secret_key)
         )
 
-    async def authenticate(
-        self, token: str | None, now: datetime, conn: DriverConnection | None = None
-    ) -> Principal | None:
-        """`conn` (a `db.DriverConnection`, the request's own) serves the API key's or customer
-        session's lookup when given and the lookup needs a pooled connection at all (it does not
-        on SQLite's loop-thread reader or in a PostgreSQL group read); otherwise one is checked
-        out on demand."""
+    async def authenticate(self, token: str | None, now: datetime) -> Principal | None:
         parsed = self._parse(token) if token else None
         if parsed is None or token is None:
             return None
         prefix, public_id = parsed
         if prefix == API_KEY_PREFIX:
-            key = await repo.find_api_key(self.database, conn, public_id)
+            key = await repo.find_api_key(self.database, public_id)
             if key is None or key.revoked_at is not None:
                 return None
             stored = key.token_hash
             principal = Principal(key.organization_id, key.id, frozenset(key.scopes.split()))
         else:
-            session = await repo.find_customer_session(self.database, conn, public_id)
+            session = await repo.find_customer_session(self.database, public_id)
             if session is None or not session.active(now):
                 return None
             stored = session.token_hash

@@ -25,10 +25,7 @@ class TestSameValuesAsSqlAlchemy:
             ]
         async with env.database.read_connection() as conn:
             expected = await repo.list_wallets(conn, key.organization_id, customer_id="cus_1")
-        async with env.database.driver_connection() as conn:
-            found = await repo.list_customer_wallets(
-                env.database, conn, key.organization_id, "cus_1"
-            )
+        found = await repo.list_customer_wallets(env.database, key.organization_id, "cus_1")
         assert len(found) == 2 and found == expected
         assert [type(getattr(w, f)) for w in found for f in ("id", "created_at")] == [
             type(getattr(w, f)) for w in expected for f in ("id", "created_at")
@@ -38,9 +35,8 @@ class TestSameValuesAsSqlAlchemy:
         public_id = parse_token(env.api.key)[1]  # type: ignore[index]
         async with env.database.read_connection() as conn:
             (expected,) = [k for k in await repo.list_api_keys(conn) if k.public_id == public_id]
-        async with env.database.driver_connection() as conn:
-            assert await repo.find_api_key(env.database, conn, public_id) == expected
-            assert await repo.find_api_key(env.database, conn, "000000000000") is None
+        assert await repo.find_api_key(env.database, public_id) == expected
+        assert await repo.find_api_key(env.database, "000000000000") is None
 
     async def test_customer_session(self, env: Env) -> None:
         """The session read on the driver (a group read on PostgreSQL) gives what SQLAlchemy's
@@ -53,9 +49,8 @@ class TestSameValuesAsSqlAlchemy:
         async with env.database.read_connection() as conn:
             row = (await conn.execute(query)).one()
         expected = sessions._session_record(row, row.key_revoked_at)
-        async with env.database.driver_connection() as conn:
-            found = await repo.find_customer_session(env.database, conn, public_id)
-            assert await repo.find_customer_session(env.database, conn, "000000000000") is None
+        found = await repo.find_customer_session(env.database, public_id)
+        assert await repo.find_customer_session(env.database, "000000000000") is None
         assert found == expected and found is not None
         assert [type(v) for v in vars(found).values()] == [type(v) for v in vars(expected).values()]
         assert found.customer_id == "cus_1" and found.expires_at.tzinfo is not None

@@ -36,16 +36,16 @@ async def connect(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
 
 
 class OnDemandConnection:
-    """The request's pooled connection for `repository.DriverRead` statements, checked out the
-    first time a statement needs it, and given back when the `async with` block ends.
+    """A pooled connection for `repository.DriverRead` statements, checked out the first time a
+    statement needs it, and given back when the `async with` block ends.
 
-    On SQLite the API key and `customerWallets` reads run on the event loop's thread
-    (`reader`, the database's `SqliteReader`), and on PostgreSQL they and the writes go in
-    group reads and group commits on the senders' own connections (`Database.run_grouped`), so
-    a lookup needs no pooled connection at all; checking one out and in anyway was
-    about 4% of a SQLite lookup's CPU (bench/PROFILE.md). Whatever does need one (the reader's
-    fallback, a replay) takes it here, at most once per request. Like any connection, it serves
-    one statement at a time.
+    On SQLite the point reads (API keys, sessions, a customer's wallets, a page) run on the event
+    loop's thread (`reader`, the database's `SqliteReader`), and on PostgreSQL the keyed reads
+    and the writes go in group reads and group commits on the senders' own connections
+    (`Database.run_grouped`), so most reads need no pooled connection at all; checking one out
+    and in anyway was about 4% of a SQLite lookup's CPU (bench/PROFILE.md). Whatever does need
+    one (the reader's fallback, a PostgreSQL page) takes it here, once. Like any connection, it
+    serves one statement at a time.
     """
 
     def __init__(self, database: Database) -> None:

@@ -135,7 +135,6 @@ class Database:
         send_one: Callable[[DriverConnection, Any], Awaitable[_T]],
         item: Any,
         *,
-        conn: DriverConnection | None = None,
         observe: Callable[[int], None] | None = None,
         senders: int = 2,
     ) -> _T:
@@ -147,14 +146,14 @@ class Database:
         order; `send_one(conn, item)` sends one. Both run on a `driver_connection`-like
         connection (no SQLAlchemy transaction: the statement is its own transaction).
         `observe(size)` is told the size of each group sent; `senders` bounds the groups of this
-        line in flight at once. Without a group line (SQLite) each is sent alone, on `conn` or a
-        connection checked out on demand.
+        line in flight at once. Without a group line (SQLite) each is sent alone, on a connection
+        checked out on demand (none for a point read on SQLite's loop-thread reader).
         """
         groups = self.pg_groups
         if groups is not None:
             return await groups.run(send_group, send_one, item, observe, senders)
-        async with OnDemandConnection(self) as own:
-            return await send_one(conn or own, item)
+        async with OnDemandConnection(self) as conn:
+            return await send_one(conn, item)
 
     def sync_engines(self) -> list[Engine]:
         """Every engine whose connections run this database's statements: its own, and on

@@ -52,7 +52,7 @@ class Query:
             return []
         assert customer is not None  # a customer was named, so the scope names one
         records = await repo.list_customer_wallets(
-            info.context.database, None, info.context.principal.organization_id, customer
+            info.context.database, info.context.principal.organization_id, customer
         )
         return [CustomerWallet.from_record(r) for r in records]
 

@@ -18,7 +18,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gql_wallet.db import Database, DriverConnection
+from gql_wallet.db import Database
 from gql_wallet.repository.driver import DriverRead, keyed_reads
 from gql_wallet.repository.records import _insert, api_keys, organizations, utc
 
@@ -128,15 +128,13 @@ _FIND_API_KEYS = DriverRead(
 _find_api_key_alone, _find_api_keys = keyed_reads(_FIND_API_KEY, _FIND_API_KEYS, "public_id")
 
 
-async def find_api_key(
-    database: Database, conn: DriverConnection | None, public_id: str
-) -> ApiKeyRecord | None:
-    """The key with this public id; `conn` is a `db.DriverConnection` or None (one on demand).
+async def find_api_key(database: Database, public_id: str) -> ApiKeyRecord | None:
+    """The key with this public id.
 
     On PostgreSQL the read goes in a group read (`Database.run_grouped`) with the other requests'
     key reads waiting in this process: one statement (`public_id = ANY(...)`) for all of them,
-    each still read after its request arrived. On SQLite `conn` serves it alone."""
-    row = await database.run_grouped(_find_api_keys, _find_api_key_alone, public_id, conn=conn)
+    each still read after its request arrived. On SQLite it is read alone."""
+    row = await database.run_grouped(_find_api_keys, _find_api_key_alone, public_id)
     return None if row is None else _api_key_record(row)
 
 

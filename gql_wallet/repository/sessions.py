@@ -17,7 +17,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gql_wallet.db import Database, DriverConnection
+from gql_wallet.db import Database
 from gql_wallet.repository.driver import DriverRead, keyed_reads
 from gql_wallet.repository.keys import CustomerSessionRecord
 from gql_wallet.repository.records import api_keys, customer_sessions, utc
@@ -91,13 +91,11 @@ _FIND_SESSIONS = DriverRead(
 _find_session_alone, _find_sessions = keyed_reads(_FIND_SESSION, _FIND_SESSIONS, "public_id")
 
 
-async def find_customer_session(
-    database: Database, conn: DriverConnection | None, public_id: str
-) -> CustomerSessionRecord | None:
-    """The session with this public id, with its API key's revocation time; `conn` is a
-    `db.DriverConnection` or None (one on demand). Read as `find_api_key` reads a key: in a group read on PostgreSQL,
-    each still read after its request arrived; on SQLite alone, on the event loop's thread."""
-    row = await database.run_grouped(_find_sessions, _find_session_alone, public_id, conn=conn)
+async def find_customer_session(database: Database, public_id: str) -> CustomerSessionRecord | None:
+    """The session with this public id, with its API key's revocation time. Read as
+    `find_api_key` reads a key: in a group read on PostgreSQL, each still read after its request
+    arrived; on SQLite alone, on the event loop's thread."""
+    row = await database.run_grouped(_find_sessions, _find_session_alone, public_id)
     return None if row is None else _session_record(row, row.key_revoked_at)
 
 

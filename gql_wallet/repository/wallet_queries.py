@@ -206,13 +206,12 @@ async def _customers_wallets(
 
 
 async def list_customer_wallets(
-    database: Database, conn: DriverConnection | None, organization_id: uuid.UUID, customer_id: str
+    database: Database, organization_id: uuid.UUID, customer_id: str
 ) -> list[WalletRecord]:
-    """A customer's wallets, oldest first: `list_wallets` for the hot path, built once;
-    `conn` is a `db.DriverConnection` or None (one on demand). On PostgreSQL the read goes in a group read
-    with the other requests' (see `find_api_key`)."""
+    """A customer's wallets, oldest first: `list_wallets` for the hot path, built once. On
+    PostgreSQL the read goes in a group read with the other requests' (see `find_api_key`)."""
     owner = (organization_id, customer_id)
-    rows = await database.run_grouped(_customers_wallets, _customer_wallets_alone, owner, conn=conn)
+    rows = await database.run_grouped(_customers_wallets, _customer_wallets_alone, owner)
     return [WalletRecord.from_row(row) for row in rows]
 
 
