@@ -37,9 +37,10 @@ from strawberry.types.field import StrawberryField
 
 class Plain(NamedTuple):
     """A field read as an attribute: a scalar or enum (`leaf`, serialized by `coerce`), or an
-    object without an `is_type_of` check (executed at once)."""
+    object without an `is_type_of` check (`type`, executed at once)."""
 
     attribute: str
+    field_type: GraphQLOutputType  # as declared, non-null or not
     type: GraphQLLeafType | GraphQLObjectType
     non_null: bool
     leaf: bool
@@ -53,10 +54,10 @@ def plain_field(field: GraphQLField) -> Plain | None:
     resolve = field.resolve
     if (
         not isinstance(definition, StrawberryField)
-        or not definition.is_basic_field
         or definition.default_resolver is not getattr
         or field.args
-        # Strawberry's resolver for a basic field without exception handlers, and nothing else.
+        # Strawberry's resolver for a basic field (no resolver, no field extensions, no
+        # exception handlers), and nothing else.
         or resolve is None
         or not resolve.__qualname__.endswith("._get_basic_result")
     ):
@@ -64,10 +65,11 @@ def plain_field(field: GraphQLField) -> Plain | None:
     field_type = field.type
     non_null = isinstance(field_type, GraphQLNonNull)
     inner = field_type.of_type if isinstance(field_type, GraphQLNonNull) else field_type
+    name = definition.python_name
     if isinstance(inner, GraphQLScalarType | GraphQLEnumType):
-        return Plain(definition.python_name, inner, non_null, True, inner.coerce_output_value)
+        return Plain(name, field_type, inner, non_null, True, inner.coerce_output_value)
     if isinstance(inner, GraphQLObjectType) and inner.is_type_of is None:
-        return Plain(definition.python_name, inner, non_null, False, None)
+        return Plain(name, field_type, inner, non_null, False, None)
     return None
 
 
@@ -204,17 +206,13 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
         if self.is_awaitable(value) or isinstance(value, Exception):
             return Undefined
         object_type: GraphQLObjectType = plan.type  # type: ignore[assignment]
-        grouped_field_set, defer_usages, _ = self.collect_subfields(object_type, field_details_list)
-        if defer_usages:
-            return Undefined
         field_path = Path(path, response_name, parent_type.name)
-        return_type = GraphQLNonNull(object_type) if plan.non_null else object_type
         try:
-            completed = self.execute_fields(
-                object_type, value, field_path, grouped_field_set, position_context
+            completed = self._fields_of(
+                object_type, field_details_list, value, field_path, position_context
             )
         except Exception as error:
-            self.handle_field_error(error, return_type, field_details_list, field_path)
+            self.handle_field_error(error, plan.field_type, field_details_list, field_path)
             return None
         if not self.is_awaitable(completed):
             return completed
@@ -223,7 +221,7 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
             try:
                 return await completed
             except Exception as error:
-                self.handle_field_error(error, return_type, field_details_list, field_path)
+                self.handle_field_error(error, plan.field_type, field_details_list, field_path)
                 return None
 
         return await_completed()
@@ -247,13 +245,26 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
         ):
             inner = return_type.of_type if type(return_type) is GraphQLNonNull else return_type
             if type(inner) is GraphQLObjectType and inner.is_type_of is None:
-                grouped_field_set, defer_usages, _ = self.collect_subfields(
-                    inner, field_details_list
+                completed = self._fields_of(
+                    inner, field_details_list, result, path, position_context
                 )
-                if not defer_usages:
-                    return self.execute_fields(
-                        inner, result, path, grouped_field_set, position_context
-                    )
+                if completed is not Undefined:
+                    return completed
         return super().complete_value(
             return_type, field_details_list, info, path, result, position_context
         )
+
+    def _fields_of(
+        self,
+        object_type: GraphQLObjectType,
+        field_details_list: Any,
+        value: Any,
+        path: Path,
+        position_context: Any,
+    ) -> Any:
+        """An object's executed fields, or Undefined when part of it is deferred (graphql-core
+        answers that)."""
+        grouped_field_set, defer_usages, _ = self.collect_subfields(object_type, field_details_list)
+        if defer_usages:
+            return Undefined
+        return self.execute_fields(object_type, value, path, grouped_field_set, position_context)
