@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 from pydantic import ValidationError
 
+from gql_wallet.graphql import documents
 from gql_wallet.settings import Settings
 from tests.conftest import Env, app_env, changed, cli
 
@@ -16,6 +17,70 @@ NESTED = "{ wallets(first: 1) { edges { node { transactions(first: 1) { edges { 
 def refused(response_json: dict, fragment: str) -> None:
     assert "data" not in response_json or response_json["data"] is None, response_json
     assert any(fragment in e["message"] for e in response_json["errors"]), response_json
+
+
+class TestPreparedDocuments:
+    """Each query text is parsed and validated once; every request of it is still refused or
+    measured as if it came first (gql_wallet/graphql/documents.py)."""
+
+    async def test_a_query_text_is_parsed_and_validated_once(
+        self, env: Env, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        calls = {"parse": 0, "validate": 0}
+
+        def counted(name: str, real: Any) -> Any:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                calls[name] += 1
+                return real(*args, **kwargs)
+
+            return call
+
+        monkeypatch.setattr(documents, "parse", counted("parse", documents.parse))
+        monkeypatch.setattr(
+            documents, "validate_document", counted("validate", documents.validate_document)
+        )
+        query = "query Q($c: String!) { customerWallets(customerId: $c) { balance } }"
+        for customer in ("cus_a", "cus_b", "cus_c"):
+            assert (await env.api(query, {"c": customer}))["customerWallets"] == []
+        assert calls == {"parse": 1, "validate": 1}
+
+    async def test_an_invalid_document_is_refused_every_time_with_its_code(self, env: Env) -> None:
+        for _ in range(3):
+            response = (await env.api.post("{ wallets { nope } }")).json()
+            refused(response, "nope")
+            assert response["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+
+    async def test_a_syntax_error_is_refused_every_time_with_its_code(self, env: Env) -> None:
+        for _ in range(3):
+            response = (await env.api.post("{ wallets { ")).json()
+            assert response["errors"][0]["extensions"]["code"] == "GRAPHQL_PARSE_FAILED"
+
+    async def test_the_cost_of_one_document_follows_each_requests_variables(self, env: Env) -> None:
+        query = "query($a: Int) { wallets(first: $a) { edges { node { transactions(first: 100) { edges { node { id } } } } } } }"
+        assert "errors" not in (await env.api.post(query, {"a": 10})).json()
+        refused((await env.api.post(query, {"a": 100})).json(), "could return")
+        assert "errors" not in (await env.api.post(query, {"a": 10})).json()
+
+    async def test_operations_of_one_document_are_labelled_apart(
+        self, env: Env, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        labels: list[str] = []
+        label = documents.operation_label
+
+        def recorded(operation: Any) -> str:
+            labels.append(label(operation))
+            return labels[-1]
+
+        monkeypatch.setattr(documents, "operation_label", recorded)
+        query = 'query A { wallets { edges { cursor } } } query B { customerWallets(customerId: "x") { id } }'
+        for name in ("A", "B", "A"):
+            response = await env.api.client.post(
+                "/graphql",
+                json={"query": query, "operationName": name},
+                headers={"Authorization": f"Bearer {env.api.key}"},
+            )
+            assert "errors" not in response.json(), response.json()
+        assert labels == ["query wallets", "query customerWallets"]
 
 
 class TestDocumentLimits:

@@ -1,7 +1,7 @@
 """Limits on what one GraphQL document may ask for: depth, aliases, tokens, directives, cost.
 
-Validation rules are built once per schema (not per request) so that Strawberry's validation
-cache keeps hitting: its key includes the rule classes.
+The rules and the cost are applied by `documents.DocumentPolicy`, which validates each query
+text once.
 
 Every measure here memoises fragments, so it takes time linear in the document's size. This is
 why depth and aliases are not measured with Strawberry's QueryDepthLimiter and MaxAliasesLimiter
@@ -11,7 +11,6 @@ previous one twice keep a server process busy for hours (see tests/test_hardenin
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from graphql import (
@@ -28,14 +27,11 @@ from graphql import (
     ValidationContext,
     ValidationRule,
     VariableNode,
-    get_operation_ast,
 )
 from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
-from strawberry.extensions import SchemaExtension
 
 from gql_wallet.graphql.errors import (
     ALIAS_LIMIT_EXCEEDED,
-    COST_LIMIT_EXCEEDED,
     DEPTH_LIMIT_EXCEEDED,
     DIRECTIVE_LIMIT_EXCEEDED,
 )
@@ -215,27 +211,3 @@ class OperationCost:
         if isinstance(first, bool) or not isinstance(first, int):
             return MAX_PAGE_SIZE  # coercion refuses it later; assume the worst until then
         return max(1, min(first, MAX_PAGE_SIZE))
-
-
-class CostLimiter(SchemaExtension):
-    """Refuse, before executing anything, an operation that could return too many objects."""
-
-    def __init__(self, max_cost: int) -> None:
-        super().__init__()
-        self.max_cost = max_cost
-
-    def on_execute(self) -> Iterator[None]:
-        context = self.execution_context
-        document = context.graphql_document
-        operation = get_operation_ast(document, context.operation_name) if document else None
-        if document is not None and operation is not None:
-            fragments = fragments_of(document)
-            variables = context.variables if isinstance(context.variables, dict) else {}
-            cost = OperationCost(fragments, variables, operation).of(operation.selection_set)
-            if cost > self.max_cost:
-                raise GraphQLError(
-                    f"This operation could return {cost} objects; the limit is {self.max_cost}. "
-                    "Ask for smaller pages (first) or fewer nested connections.",
-                    extensions={"code": COST_LIMIT_EXCEEDED},
-                )
-        yield

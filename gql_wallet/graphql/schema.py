@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 
 import strawberry
-from graphql import FieldNode, GraphQLError, get_operation_ast
-from strawberry.extensions import (
-    AddValidationRules,
-    MaxTokensLimiter,
-    ParserCache,
-    SchemaExtension,
-    ValidationCache,
-)
+from graphql import GraphQLError
+from strawberry.extensions import SchemaExtension
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
+from gql_wallet.graphql.documents import DocumentPolicy, Documents
 from gql_wallet.graphql.errors import ErrorPolicy, should_mask_error
 from gql_wallet.graphql.execution import WalletExecutor
-from gql_wallet.graphql.limits import CostLimiter, validation_rules
+from gql_wallet.graphql.limits import validation_rules
 from gql_wallet.graphql.mutations import Mutation
 from gql_wallet.graphql.queries import Query
 from gql_wallet.graphql.subscriptions import Subscription
 from gql_wallet.graphql.types import DATETIME_SCALAR, SAFE_INT_SCALAR, SafeInt
-from gql_wallet.logs import current_request, logger, request_id
+from gql_wallet.logs import logger, request_id
 from gql_wallet.settings import Settings
 
 
@@ -43,46 +38,17 @@ class WalletSchema(strawberry.Schema):
                 )
 
 
-class OperationLabel(SchemaExtension):
-    """Names the request for its log line and metrics: the operation type and its root fields.
-
-    Root fields (not client-chosen operation names) keep the metrics' label values few.
-    """
-
-    def on_execute(self) -> Iterator[None]:
-        context = self.execution_context
-        document = context.graphql_document
-        operation = get_operation_ast(document, context.operation_name) if document else None
-        if operation is not None:
-            fields = sorted(
-                {
-                    s.name.value
-                    for s in operation.selection_set.selections
-                    if isinstance(s, FieldNode)
-                }
-            )
-            current_request().operation = f"{operation.operation.value} {','.join(fields) or '-'}"
-        yield
-
-
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     """The schema; with `settings`, also every limit and safeguard the server runs with."""
     extensions: list[Callable[[], SchemaExtension]] = []
     if settings is not None:
         # Factories, not instances: an extension instance holds one request's execution
-        # context, so a shared one would mask (or leak) another request's errors. The rule
-        # classes are built once, so that the validation cache (keyed by them) keeps hitting.
-        rules = validation_rules(settings)
-        max_tokens, max_cost = settings.max_tokens, settings.max_cost
-        extensions = [
-            ErrorPolicy,
-            lambda: MaxTokensLimiter(max_token_count=max_tokens),
-            lambda: ParserCache(maxsize=1024),
-            lambda: AddValidationRules(rules),
-            lambda: ValidationCache(maxsize=1024),
-            lambda: CostLimiter(max_cost),
-            OperationLabel,
-        ]
+        # context, so a shared one would mask (or leak) another request's errors. What requests
+        # share (prepared documents) is held by `documents`.
+        documents = Documents(
+            validation_rules(settings), settings.max_tokens, settings.max_cost, maxsize=1024
+        )
+        extensions = [ErrorPolicy, lambda: DocumentPolicy(documents)]
     return WalletSchema(
         query=Query,
         mutation=Mutation,
