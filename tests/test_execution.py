@@ -156,11 +156,19 @@ class Thing:
     def computed(self) -> str:
         return self.name.upper()
 
+    @strawberry.field
+    async def later(self) -> str:
+        if self.count == 2**40:
+            raise ValueError("not yet")
+        return self.name
+
 
 @strawberry.type
 class Holder:
     thing: Thing
     things: list[Thing]
+    loose_things: list[Thing | None]  # an item in error is null, not the list
+    maybe_things: list[Thing | None] | None  # holds a null
 
 
 def _things() -> list[Thing]:
@@ -179,12 +187,12 @@ class ToyQuery:
     @strawberry.field
     def holder(self) -> Holder:
         things = _things()
-        return Holder(thing=things[0], things=things)
+        return Holder(thing=things[0], things=things, loose_things=things, maybe_things=None)
 
     @strawberry.field
     def nullable_holder(self) -> Holder | None:
         things = _things()
-        return Holder(thing=things[1], things=things)
+        return Holder(thing=things[1], things=things, loose_things=[], maybe_things=[None, *things])
 
 
 def _toy(executor: type, extensions: tuple[Any, ...] = ()) -> strawberry.Schema:
@@ -203,6 +211,12 @@ TOY_DOCUMENTS = [
     "{ holder { things { __typename computed nickname } } }",
     "{ holder { things { fragile name } } }",
     "{ nullableHolder { things { fragile } } }",
+    "{ holder { looseThings { name count } } }",
+    "{ holder { looseThings { later nickname } maybeThings { name } } }",
+    "{ holder { things { later } } }",  # an awaited error propagates to the holder
+    "{ holder { things { maybeCount later } } thing { later } }",
+    "{ nullableHolder { maybeThings { nickname later } looseThings { name } } }",
+    "{ nullableHolder { a: things { nickname } b: looseThings { count } } }",
 ]
 
 

@@ -4,7 +4,8 @@ A page of 100 wallets has about 800 fields that only read an attribute. graphql-
 path, a resolve info and a resolver call for each, and reaches an object's fields in five
 nested steps; that was most of the CPU of a page. Here a field that Strawberry resolves with
 its basic resolver (an attribute of the source, no arguments, no field extensions) is read
-directly: a scalar or an enum is serialized at once, an object's fields are executed at once.
+directly: a scalar or an enum is serialized at once, an object's fields are executed at once,
+and so are the fields of each object of a list (its subfields collected once for the list).
 Errors, nulls of non-null fields and awaitables take graphql-core's own path (an error inside
 an object goes to graphql-core's `handle_field_error`), so the answers are the same
 (tests/test_execution.py runs generated documents through both executors).
@@ -22,6 +23,7 @@ from graphql import (
     GraphQLEnumType,
     GraphQLField,
     GraphQLLeafType,
+    GraphQLList,
     GraphQLNonNull,
     GraphQLObjectType,
     GraphQLOutputType,
@@ -36,8 +38,9 @@ from strawberry.types.field import StrawberryField
 
 
 class Plain(NamedTuple):
-    """A field read as an attribute: a scalar or enum (`leaf`, serialized by `coerce`), or an
-    object without an `is_type_of` check (`type`, executed at once)."""
+    """A field read as an attribute: a scalar or enum (`leaf`, serialized by `coerce`), an
+    object without an `is_type_of` check (`type`, executed at once), or a list of such objects
+    (`items`: the declared item type, non-null or not)."""
 
     attribute: str
     field_type: GraphQLOutputType  # as declared, non-null or not
@@ -45,11 +48,20 @@ class Plain(NamedTuple):
     non_null: bool
     leaf: bool
     coerce: Any
+    items: GraphQLOutputType | None = None
+
+
+def _plain_object(field_type: GraphQLOutputType) -> GraphQLObjectType | None:
+    inner = field_type.of_type if isinstance(field_type, GraphQLNonNull) else field_type
+    if isinstance(inner, GraphQLObjectType) and inner.is_type_of is None:
+        return inner
+    return None
 
 
 def plain_field(field: GraphQLField) -> Plain | None:
-    """How to read `field` directly, or None when graphql-core must resolve it: a scalar, enum
-    or object (without an `is_type_of` check) that Strawberry reads as an attribute."""
+    """How to read `field` directly, or None when graphql-core must resolve it: a scalar, enum,
+    object (without an `is_type_of` check) or list of such objects that Strawberry reads as an
+    attribute."""
     definition = (field.extensions or {}).get(GraphQLCoreConverter.DEFINITION_BACKREF)
     resolve = field.resolve
     if (
@@ -70,6 +82,10 @@ def plain_field(field: GraphQLField) -> Plain | None:
         return Plain(name, field_type, inner, non_null, True, inner.coerce_output_value)
     if isinstance(inner, GraphQLObjectType) and inner.is_type_of is None:
         return Plain(name, field_type, inner, non_null, False, None)
+    if isinstance(inner, GraphQLList):
+        item = _plain_object(inner.of_type)
+        if item is not None:
+            return Plain(name, field_type, item, non_null, False, None, inner.of_type)
     return None
 
 
@@ -151,7 +167,8 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
                         except Exception:
                             result = Undefined
                     else:
-                        result = self._object(
+                        complete = self._object if plan.items is None else self._list
+                        result = complete(
                             plan, source_value, field_details_list, path, response_name,
                             parent_type, position_context,
                         )  # fmt: skip
@@ -165,7 +182,7 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
                         continue
                     if is_awaitable(result):
                         awaitable_fields.append(response_name)
-                elif not plan.leaf and is_awaitable(result):  # type: ignore[union-attr]
+                elif not plan.leaf and result is not None and not isinstance(result, dict | list):  # type: ignore[union-attr]
                     awaitable_fields.append(response_name)
                 results[response_name] = result
         except Exception:
@@ -214,7 +231,7 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
         except Exception as error:
             self.handle_field_error(error, plan.field_type, field_details_list, field_path)
             return None
-        if not self.is_awaitable(completed):
+        if isinstance(completed, dict) or completed is Undefined:
             return completed
 
         async def await_completed() -> Any:
@@ -225,6 +242,87 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
                 return None
 
         return await_completed()
+
+    def _list(
+        self,
+        plan: Plain,
+        source: Any,
+        field_details_list: Any,
+        path: Path | None,
+        response_name: str,
+        parent_type: GraphQLObjectType,
+        position_context: Any,
+    ) -> Any:
+        """A plain list-of-objects field's completed value, or Undefined where graphql-core must
+        answer (anything but a list of objects that are there, or a list streamed or deferred).
+        Each item is completed as graphql-core's `complete_list_item_value` would, with the
+        subfields collected once for the whole list."""
+        try:
+            items = getattr(source, plan.attribute)
+        except Exception:
+            return Undefined
+        if items is None:
+            return Undefined if plan.non_null else None
+        if type(items) is not list:
+            return Undefined
+        is_awaitable = self.is_awaitable
+        for item in items:
+            if item is None or isinstance(item, Exception) or is_awaitable(item):
+                return Undefined
+        item_type: GraphQLObjectType = plan.type  # type: ignore[assignment]
+        field_path = Path(path, response_name, parent_type.name)
+        if self.get_stream_usage(field_details_list, field_path) is not None:
+            return Undefined
+        grouped_field_set, defer_usages, _ = self.collect_subfields(item_type, field_details_list)
+        if defer_usages:
+            return Undefined
+        declared = plan.items
+        handle_field_error = self.handle_field_error
+        execute_fields = self.execute_fields
+        completed: list[Any] = []
+        awaitable_indices: list[int] = []
+        try:
+            for index, item in enumerate(items):
+                item_path = Path(field_path, index, None)
+                try:
+                    fields = execute_fields(
+                        item_type, item, item_path, grouped_field_set, position_context
+                    )
+                except Exception as error:
+                    handle_field_error(error, declared, field_details_list, item_path)
+                    fields = None
+                if fields is not None and not isinstance(fields, dict):
+                    fields = self._awaited_item(fields, declared, field_details_list, item_path)
+                    awaitable_indices.append(index)
+                completed.append(fields)
+        except Exception as error:
+            if awaitable_indices:
+                self.settle_in_background([completed[i] for i in awaitable_indices])
+            handle_field_error(error, plan.field_type, field_details_list, field_path)
+            return None
+        if not awaitable_indices:
+            return completed
+
+        async def await_items() -> Any:
+            try:
+                awaited = await gather_with_cancel(*(completed[i] for i in awaitable_indices))
+            except Exception as error:
+                handle_field_error(error, plan.field_type, field_details_list, field_path)
+                return None
+            for index, value in zip(awaitable_indices, awaited, strict=True):
+                completed[index] = value
+            return completed
+
+        return await_items()
+
+    async def _awaited_item(
+        self, fields: Any, declared: Any, field_details_list: Any, item_path: Path
+    ) -> Any:
+        try:
+            return await fields
+        except Exception as error:
+            self.handle_field_error(error, declared, field_details_list, item_path)
+            return None
 
     def complete_value(
         self,
