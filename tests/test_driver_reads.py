@@ -3,13 +3,15 @@ SQLAlchemy's execute path, and a connection that failed a statement never goes b
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, select
 from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection
 
 from gql_wallet import repository as repo
 from gql_wallet.auth import parse_token
-from gql_wallet.repository import sessions
+from gql_wallet.repository import entries, sessions
 from tests.conftest import Env
 
 
@@ -54,6 +56,55 @@ class TestSameValuesAsSqlAlchemy:
         assert found == expected and found is not None
         assert [type(v) for v in vars(found).values()] == [type(v) for v in vars(expected).values()]
         assert found.customer_id == "cus_1" and found.expires_at.tzinfo is not None
+
+
+class TestLedgerPages:
+    """A wallet's ledger pages: alone (SQLite, or a request with nobody to group with) and
+    several requests' pages in one statement (PostgreSQL's group read), each page exactly what
+    SQLAlchemy's execute path reads for it."""
+
+    async def _expected(self, env: Env, wallet_seq: int, before: int | None, limit: int) -> list:
+        t = repo.transactions
+        query = select(*t.c).where(t.c.wallet_seq == wallet_seq)
+        if before is not None:
+            query = query.where(t.c.seq < before)
+        query = query.order_by(t.c.seq.desc()).limit(limit)
+        async with env.database.read_connection() as conn:
+            return [repo.TransactionRecord.from_row(row) for row in await conn.execute(query)]
+
+    async def test_pages_of_several_requests(self, env: Env) -> None:
+        for i in range(7):
+            await env.api.top_up("cus_1", 10 + i, f"a{i}", description=f"top-up {i}")
+        for i in range(3):
+            await env.api.top_up("cus_2", 20 + i, f"b{i}", reference=f"r{i}")
+        key = await repo.find_api_key(env.database, parse_token(env.api.key)[1])  # type: ignore[index]
+        assert key is not None
+        (one,) = await repo.list_customer_wallets(env.database, key.organization_id, "cus_1")
+        (two,) = await repo.list_customer_wallets(env.database, key.organization_id, "cus_2")
+        middle = (await self._expected(env, one.seq, None, 4))[-1].seq
+        asked = [
+            (one.seq, None, 3),
+            (one.seq, None, 3),  # the same page twice in one group
+            (two.seq, None, 10),
+            (one.seq, middle, 2),
+            (one.seq, middle, 100),
+            (two.seq, 1, 5),  # before the first entry: empty
+            (10**9, None, 5),  # no such wallet: empty
+        ]
+        found = await asyncio.gather(
+            *(
+                repo.list_transactions(env.database, seq, before_seq=before, limit=limit)
+                for seq, before, limit in asked
+            )
+        )
+        expected = [await self._expected(env, *page) for page in asked]
+        assert found == expected
+        assert [len(page) for page in found] == [3, 3, 3, 2, 3, 0, 0]
+        if env.database.pg_groups is not None:  # the grouped statement itself, all at once
+            pages = [(seq, before or entries._NEWEST, limit) for seq, before, limit in asked]
+            async with env.database.driver_connection() as conn:
+                rows = await entries._pages(conn, pages)
+            assert [[repo.TransactionRecord.from_row(r) for r in p] for p in rows] == expected
 
 
 async def test_a_failed_statement_invalidates_its_connection(env: Env) -> None:

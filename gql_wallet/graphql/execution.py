@@ -277,6 +277,7 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
         if defer_usages:
             return Undefined
         declared = plan.items
+        assert declared is not None  # a list's plan
         handle_field_error = self.handle_field_error
         execute_fields = self.execute_fields
         completed: list[Any] = []

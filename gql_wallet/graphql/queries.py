@@ -69,10 +69,9 @@ class Query:
         code = currency_argument(currency)
         if not visible:
             return None
-        async with OnDemandConnection(info.context.database) as conn:
-            record = await repo.find_wallet_by_owner(
-                conn, info.context.principal.organization_id, customer_id, code
-            )
+        record = await repo.find_wallet_by_owner(
+            info.context.database, info.context.principal.organization_id, customer_id, code
+        )
         return CustomerWallet.from_record(record) if record else None
 
     @strawberry.field(description="A wallet by its ID; null if there is none or it is not yours.")

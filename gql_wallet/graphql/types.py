@@ -13,7 +13,6 @@ from graphql import GraphQLError, IntValueNode, ValueNode
 from strawberry.types import Info
 
 from gql_wallet import repository as repo
-from gql_wallet.db import OnDemandConnection
 from gql_wallet.errors import ErrorCode
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.errors import RequestError
@@ -237,10 +236,9 @@ class CustomerWallet:
     ) -> WalletTransactionConnection:
         size = page_size(first)
         before_seq = decode_cursor("tx", after)
-        async with OnDemandConnection(info.context.database) as conn:
-            rows = await repo.list_transactions(
-                conn, self.seq, before_seq=before_seq, limit=size + 1
-            )
+        rows = await repo.list_transactions(
+            info.context.database, self.seq, before_seq=before_seq, limit=size + 1
+        )
         edges = [
             WalletTransactionEdge(
                 cursor=encode_cursor("tx", row.seq), node=WalletTransaction.from_record(row)

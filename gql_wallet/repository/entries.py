@@ -6,13 +6,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    bindparam,
-    select,
-)
+from sqlalchemy import ARRAY, BigInteger, Integer, bindparam, cast, func, select, true
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gql_wallet.db import DriverConnection
+from gql_wallet.db import Database, DriverConnection
 from gql_wallet.repository.driver import DriverRead, DriverWrite
 from gql_wallet.repository.records import TransactionRecord, transactions
 
@@ -72,28 +70,76 @@ _TRANSACTION_BY_SEQ = select(*transactions.c).where(transactions.c.seq == bindpa
 
 
 async def list_transactions(
-    conn: DriverConnection, wallet_seq: int, *, before_seq: int | None, limit: int
+    database: Database, wallet_seq: int, *, before_seq: int | None, limit: int
 ) -> list[TransactionRecord]:
-    """A wallet's ledger, newest first, keyset-paginated by `seq`."""
-    if before_seq is None:
-        rows = await _ENTRIES.fetchall(conn, {"wallet_seq": wallet_seq, "limit": limit})
-    else:
-        rows = await _ENTRIES_BEFORE.fetchall(
-            conn, {"wallet_seq": wallet_seq, "before_seq": before_seq, "limit": limit}
-        )
+    """A wallet's ledger, newest first, keyset-paginated by `seq`. On PostgreSQL the read goes in
+    a group read with the other requests' pages (see `find_api_key`)."""
+    page = (wallet_seq, _NEWEST if before_seq is None else before_seq, limit)
+    rows = await database.run_grouped(_pages, _page_alone, page)
     return [TransactionRecord.from_row(row) for row in rows]
 
 
-def _entries(*conditions: Any) -> DriverRead:
-    # The (wallet_seq, seq) index, a page at most: a point read.
-    return DriverRead(
-        select(*transactions.c)
-        .where(transactions.c.wallet_seq == bindparam("wallet_seq"), *conditions)
-        .order_by(transactions.c.seq.desc())
-        .limit(bindparam("limit")),
-        point_read=True,
+# Above every seq: the first page is the page before it.
+_NEWEST = 2**63 - 1
+
+# The (wallet_seq, seq) index, a page at most: a point read.
+_PAGE = DriverRead(
+    select(*transactions.c)
+    .where(
+        transactions.c.wallet_seq == bindparam("wallet_seq"),
+        transactions.c.seq < bindparam("before_seq"),
+    )
+    .order_by(transactions.c.seq.desc())
+    .limit(bindparam("limit")),
+    point_read=True,
+)
+
+# PostgreSQL: the pages that the requests waiting in a process ask for, in one statement; `i`
+# numbers them. Each is `_PAGE`, on the same index.
+_ASKED = (
+    func.unnest(
+        cast(bindparam("wallet_seqs"), ARRAY(BigInteger())),
+        cast(bindparam("before_seqs"), ARRAY(BigInteger())),
+        cast(bindparam("limits"), ARRAY(Integer())),
+    )
+    .table_valued("wallet_seq", "before_seq", "size", with_ordinality="i")
+    .render_derived(name="q")
+)
+_EACH_PAGE = (
+    select(*transactions.c)
+    .where(
+        transactions.c.wallet_seq == _ASKED.c.wallet_seq,
+        transactions.c.seq < _ASKED.c.before_seq,
+    )
+    .order_by(transactions.c.seq.desc())
+    .limit(_ASKED.c.size)
+    .lateral("page")
+)
+_PAGES = DriverRead(
+    select(_ASKED.c.i, *_EACH_PAGE.c)
+    .select_from(_ASKED.join(_EACH_PAGE, true()))
+    .order_by(_ASKED.c.i, _EACH_PAGE.c.seq.desc())
+)
+
+
+async def _page_alone(conn: DriverConnection, page: tuple[int, int, int]) -> list[Any]:
+    wallet_seq, before_seq, limit = page
+    return await _PAGE.fetchall(
+        conn, {"wallet_seq": wallet_seq, "before_seq": before_seq, "limit": limit}
     )
 
 
-_ENTRIES = _entries()
-_ENTRIES_BEFORE = _entries(transactions.c.seq < bindparam("before_seq"))
+async def _pages(conn: AsyncConnection, pages: list[tuple[int, int, int]]) -> list[list[Any]]:
+    asked = list(dict.fromkeys(pages))  # each page once, in order
+    rows = await _PAGES.fetchall(
+        conn,
+        {
+            "wallet_seqs": [wallet_seq for wallet_seq, _, _ in asked],
+            "before_seqs": [before_seq for _, before_seq, _ in asked],
+            "limits": [limit for _, _, limit in asked],
+        },
+    )
+    found: dict[tuple[int, int, int], list[Any]] = {page: [] for page in asked}
+    for row in rows:  # newest first within each page
+        found[asked[row.i - 1]].append(row)
+    return [found[page] for page in pages]

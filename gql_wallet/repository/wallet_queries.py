@@ -259,12 +259,9 @@ _WALLET_LISTS: dict[tuple[str, ...], DriverRead] = {}
 
 
 async def find_wallet_by_owner(
-    conn: DriverConnection, organization_id: uuid.UUID, customer_id: str, currency: str
+    database: Database, organization_id: uuid.UUID, customer_id: str, currency: str
 ) -> WalletRecord | None:
-    """`get_wallet_by_owner` for a read outside a write transaction."""
-    owner = _owner(organization_id, customer_id, currency)
-    rows = await _WALLET_BY_OWNER_READ.fetchall(conn, owner)
-    return WalletRecord.from_row(rows[0]) if rows else None
-
-
-_WALLET_BY_OWNER_READ = DriverRead(_WALLET_BY_OWNER, point_read=True)
+    """`get_wallet_by_owner` for a read outside a write transaction: from the customer's
+    wallets (a few), so that it shares their group read with `list_customer_wallets`."""
+    wallets_of_customer = await list_customer_wallets(database, organization_id, customer_id)
+    return next((w for w in wallets_of_customer if w.currency == currency), None)
