@@ -129,7 +129,7 @@ class ErrorPolicy(SchemaExtension):
         try:
             yield
         except GraphQLError as error:
-            # Raised in an extension (ParserCache parses there): the result's only error.
+            # Raised in an extension (DocumentPolicy parses there): the result's only error.
             _with_code(error, _code_after_validation(error))
             raise
         self._finish(self.execution_context.result)
