@@ -16,6 +16,7 @@ executor is graphql-core's for every field, so that the extension sees each one.
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any, ClassVar, NamedTuple
 from weakref import WeakKeyDictionary
 
@@ -90,7 +91,43 @@ def plain_field(field: GraphQLField) -> Plain | None:
 
 
 _FieldPlans = dict[str, Plain | None]
-_Steps = list[tuple[str, Any, Plain | None]]
+
+
+class Leaves(NamedTuple):
+    """A selection of plain scalars and enums only (a wallet, a ledger entry): all read in one
+    call, then serialized in one loop."""
+
+    names: tuple[str, ...]
+    read: Any  # operator.attrgetter of every attribute: a tuple of values
+    coercers: tuple[Any, ...]
+    non_null: tuple[bool, ...]
+
+
+class Steps(NamedTuple):
+    """What to do for each field of a grouped field set: (response name, field details, plan)."""
+
+    fields: list[tuple[str, Any, Plain | None]]
+    leaves: Leaves | None
+
+
+def _leaves(fields: list[tuple[str, Any, Plain | None]]) -> Leaves | None:
+    plans = [plan for _, _, plan in fields]
+    if not plans or any(plan is None or not plan.leaf for plan in plans):
+        return None
+    attributes = [plan.attribute for plan in plans if plan is not None]
+    read: Any = attrgetter(*attributes)
+    if len(attributes) == 1:  # attrgetter of one attribute answers its value, not a tuple
+        one = read
+
+        def read(source: Any) -> tuple[Any]:
+            return (one(source),)
+
+    return Leaves(
+        tuple(name for name, _, _ in fields),
+        read,
+        tuple(plan.coerce for plan in plans if plan is not None),
+        tuple(plan.non_null for plan in plans if plan is not None),
+    )
 
 
 class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
@@ -100,7 +137,10 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
         super().__init__(*args, **kwargs)
         manager = self.middleware_manager
         self.direct = manager is None or not manager.middlewares
-        self.field_steps: dict[int, tuple[GroupedFieldSet, _Steps]] = {}
+        self.field_steps: dict[int, tuple[GroupedFieldSet, Steps]] = {}
+        # A plain object field's (or list's) subfields, by its field details list: collected
+        # once per operation, kept alive with the list so that its id is not reused.
+        self.sub_steps: dict[int, tuple[Any, GraphQLObjectType, Steps | None]] = {}
 
     # Per object type of a schema, per field name: decided on first sight, for every operation.
     field_plans: ClassVar[WeakKeyDictionary[GraphQLObjectType, _FieldPlans]] = WeakKeyDictionary()
@@ -113,7 +153,7 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
             }
         return plans
 
-    def _steps(self, parent_type: GraphQLObjectType, grouped_field_set: GroupedFieldSet) -> _Steps:
+    def _steps(self, parent_type: GraphQLObjectType, grouped_field_set: GroupedFieldSet) -> Steps:
         """What to do for each field of a grouped field set, decided once per operation (the
         set is memoized by graphql-core's `collect_subfields`, so every item of a list shares
         it; the set is kept alive with its steps so that its id is not reused)."""
@@ -121,12 +161,24 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
         if cached is not None:
             return cached[1]
         plans = self._plans(parent_type)
-        steps: _Steps = []
+        fields = []
         for response_name, field_details_list in grouped_field_set.items():
             node = field_details_list[0].node
             plan = None if node.arguments else plans.get(node.name.value)
-            steps.append((response_name, field_details_list, plan))
+            fields.append((response_name, field_details_list, plan))
+        steps = Steps(fields, _leaves(fields))
         self.field_steps[id(grouped_field_set)] = (grouped_field_set, steps)
+        return steps
+
+    def _sub_steps(self, object_type: GraphQLObjectType, field_details_list: Any) -> Steps | None:
+        """The steps of an object's subfields, or None where part of them is deferred (then
+        graphql-core answers)."""
+        cached = self.sub_steps.get(id(field_details_list))
+        if cached is not None and cached[1] is object_type:
+            return cached[2]
+        grouped_field_set, defer_usages, _ = self.collect_subfields(object_type, field_details_list)
+        steps = None if defer_usages else self._steps(object_type, grouped_field_set)
+        self.sub_steps[id(field_details_list)] = (field_details_list, object_type, steps)
         return steps
 
     def execute_fields(
@@ -141,14 +193,30 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
             return super().execute_fields(
                 parent_type, source_value, path, grouped_field_set, position_context
             )
+        return self._execute(
+            parent_type, self._steps(parent_type, grouped_field_set), source_value, path,
+            position_context,
+        )  # fmt: skip
+
+    def _execute(
+        self,
+        parent_type: GraphQLObjectType,
+        steps: Steps,
+        source_value: Any,
+        path: Path | None,
+        position_context: Any,
+    ) -> AwaitableOrValue[dict[str, Any]]:
+        leaves = steps.leaves
+        if leaves is not None:
+            read = _read_leaves(leaves, source_value)
+            if read is not None:
+                return read
         # graphql-core's loop (Executor.execute_fields), with the direct reads.
         results: dict[str, Any] = {}
         is_awaitable = self.is_awaitable
         awaitable_fields: list[str] = []
         try:
-            for response_name, field_details_list, plan in self._steps(
-                parent_type, grouped_field_set
-            ):
+            for response_name, field_details_list, plan in steps.fields:
                 result: Any = Undefined
                 if plan is not None:
                     if plan.leaf:
@@ -220,18 +288,22 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
             return Undefined
         if value is None:
             return Undefined if plan.non_null else None
-        if self.is_awaitable(value) or isinstance(value, Exception):
+        # A tuple (a record) is neither awaitable nor an exception.
+        if not isinstance(value, tuple) and (
+            self.is_awaitable(value) or isinstance(value, Exception)
+        ):
             return Undefined
         object_type: GraphQLObjectType = plan.type  # type: ignore[assignment]
+        steps = self._sub_steps(object_type, field_details_list)
+        if steps is None:
+            return Undefined
         field_path = Path(path, response_name, parent_type.name)
         try:
-            completed = self._fields_of(
-                object_type, field_details_list, value, field_path, position_context
-            )
+            completed = self._execute(object_type, steps, value, field_path, position_context)
         except Exception as error:
             self.handle_field_error(error, plan.field_type, field_details_list, field_path)
             return None
-        if isinstance(completed, dict) or completed is Undefined:
+        if isinstance(completed, dict):
             return completed
 
         async def await_completed() -> Any:
@@ -273,22 +345,20 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
         field_path = Path(path, response_name, parent_type.name)
         if self.get_stream_usage(field_details_list, field_path) is not None:
             return Undefined
-        grouped_field_set, defer_usages, _ = self.collect_subfields(item_type, field_details_list)
-        if defer_usages:
+        steps = self._sub_steps(item_type, field_details_list)
+        if steps is None:
             return Undefined
         declared = plan.items
         assert declared is not None  # a list's plan
         handle_field_error = self.handle_field_error
-        execute_fields = self.execute_fields
+        execute = self._execute
         completed: list[Any] = []
         awaitable_indices: list[int] = []
         try:
             for index, item in enumerate(items):
                 item_path = Path(field_path, index, None)
                 try:
-                    fields = execute_fields(
-                        item_type, item, item_path, grouped_field_set, position_context
-                    )
+                    fields = execute(item_type, steps, item, item_path, position_context)
                 except Exception as error:
                     handle_field_error(error, declared, field_details_list, item_path)
                     fields = None
@@ -363,7 +433,31 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
     ) -> Any:
         """An object's executed fields, or Undefined when part of it is deferred (graphql-core
         answers that)."""
-        grouped_field_set, defer_usages, _ = self.collect_subfields(object_type, field_details_list)
-        if defer_usages:
+        steps = self._sub_steps(object_type, field_details_list)
+        if steps is None:
             return Undefined
-        return self.execute_fields(object_type, value, path, grouped_field_set, position_context)
+        return self._execute(object_type, steps, value, path, position_context)
+
+
+def _read_leaves(leaves: Leaves, source: Any) -> dict[str, Any] | None:
+    """The serialized values of an all-leaf selection, or None at the first value that is not
+    plainly there (an error, a null in a non-null field): the field-by-field loop, which reads
+    them again, then answers as graphql-core does."""
+    try:
+        values = leaves.read(source)
+        results: dict[str, Any] = {}
+        for name, coerce, non_null, value in zip(
+            leaves.names, leaves.coercers, leaves.non_null, values, strict=True
+        ):
+            if value is None:
+                if non_null:
+                    return None
+                results[name] = None
+            else:
+                result = coerce(value)
+                if result is None:
+                    return None
+                results[name] = result
+        return results
+    except Exception:
+        return None

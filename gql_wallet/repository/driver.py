@@ -60,6 +60,8 @@ def _driver_arguments(form: _DriverForm, parameters: dict[str, Any]) -> list[Any
 
 def _driver_rows(form: _DriverForm, rows: Any) -> list[Any]:
     results, make = form.results, form.row._make
+    if not any(results):  # asyncpg's values are already the Python ones
+        return [make(row) for row in rows]
     return [
         make(
             value if process is None else process(value)
