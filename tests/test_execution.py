@@ -9,13 +9,14 @@ from typing import Any, ClassVar
 
 import pytest
 import strawberry
+from graphql import FragmentDefinitionNode, OperationDefinitionNode, parse
 from graphql.execution import Executor
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.types.base import StrawberryObjectDefinition
 
 from gql_wallet.app import serving
-from gql_wallet.graphql.execution import WalletExecutor, plain_field
+from gql_wallet.graphql.execution import WalletExecutor, _varies, plain_field
 from gql_wallet.graphql.schema import build_schema
 from gql_wallet.repository import TransactionRecord, WalletRecord
 from tests.conftest import Env
@@ -119,6 +120,67 @@ async def test_generated_documents_answer_alike_with_both_executors(
             by_ours += resolved[0] - before
     # Most fields are plain: graphql-core resolves only the others, and those in errors.
     assert by_ours * 3 < by_stock
+
+
+async def test_an_operation_collects_its_subfields_once_for_every_request(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The subfield steps of an operation are shared by its requests, unless a directive reads
+    a variable: then each request collects its own, and each answers its own variables."""
+    await _seed(env)
+    collected = [0]
+    collect = Executor.collect_subfields
+
+    def counted(self: Executor, *args: Any) -> Any:
+        collected[0] += 1
+        return collect(self, *args)
+
+    monkeypatch.setattr(Executor, "collect_subfields", counted)
+    page = (
+        'query($c: String!) { customerWallet(customerId: $c, currency: "usd") { balance '
+        "transactions(first: 3) { edges { cursor node { amount } } pageInfo { hasNextPage } } } }"
+    )
+    answers = []
+    for customer in ("cus_1", "cus_2", "cus_1"):
+        before = collected[0]
+        answers.append(await env.api(page, {"c": customer}))
+        if customer == "cus_1" and answers[:-1]:
+            assert collected[0] == before  # the third request: nothing collected again
+    assert answers[0] == answers[2] != answers[1]
+    assert len(answers[0]["customerWallet"]["transactions"]["edges"]) == 3
+    flagged = (
+        'query($c: String!, $f: Boolean!) { customerWallet(customerId: $c, currency: "usd") { '
+        "balance transactions(first: 2) { edges { node { amount @include(if: $f) id } } } } }"
+    )
+    shown = await env.api(flagged, {"c": "cus_1", "f": True})
+    hidden = await env.api(flagged, {"c": "cus_1", "f": False})
+    before = collected[0]
+    assert await env.api(flagged, {"c": "cus_1", "f": True}) == shown
+    assert collected[0] > before  # collected per request: its fields follow $f
+    shown_nodes = [e["node"] for e in shown["customerWallet"]["transactions"]["edges"]]
+    hidden_nodes = [e["node"] for e in hidden["customerWallet"]["transactions"]["edges"]]
+    assert all("amount" in n for n in shown_nodes)
+    assert not any("amount" in n for n in hidden_nodes)
+
+
+@pytest.mark.parametrize(
+    ("document", "varies"),
+    [
+        ("{ a { b } }", False),
+        ("{ a @include(if: true) { b @skip(if: false) } }", False),
+        ("query($f: Boolean!) { a { b @include(if: $f) } }", True),
+        ("query($f: Boolean!) { ...F } fragment F on Query { a @skip(if: $f) { b } }", True),
+        ("query($f: Boolean!) { a { ... @include(if: $f) { b } } }", True),
+        ("query($f: Boolean!) { ...F @include(if: $f) } fragment F on Query { a }", True),
+    ],
+)
+def test_which_operations_select_by_their_variables(document: str, varies: bool) -> None:
+    parsed = parse(document)
+    operation = next(d for d in parsed.definitions if isinstance(d, OperationDefinitionNode))
+    fragments = {
+        d.name.value: d for d in parsed.definitions if isinstance(d, FragmentDefinitionNode)
+    }
+    assert _varies(operation, fragments) is varies
 
 
 async def test_a_write_payload_answers_alike_with_both_executors(env: Env) -> None:

@@ -6,6 +6,8 @@ nested steps; that was most of the CPU of a page. Here a field that Strawberry r
 its basic resolver (an attribute of the source, no arguments, no field extensions) is read
 directly: a scalar or an enum is serialized at once, an object's fields are executed at once,
 and so are the fields of each object of a list (its subfields collected once for the list).
+What to do for each field is decided once per operation and shared by every request of it
+(the document is one object per query text), unless a directive reads a variable.
 Errors, nulls of non-null fields and awaitables take graphql-core's own path (an error inside
 an object goes to graphql-core's `handle_field_error`), so the answers are the same
 (tests/test_execution.py runs generated documents through both executors).
@@ -21,6 +23,7 @@ from typing import Any, ClassVar, NamedTuple
 from weakref import WeakKeyDictionary
 
 from graphql import (
+    FragmentDefinitionNode,
     GraphQLEnumType,
     GraphQLField,
     GraphQLLeafType,
@@ -30,6 +33,10 @@ from graphql import (
     GraphQLOutputType,
     GraphQLResolveInfo,
     GraphQLScalarType,
+    ListValueNode,
+    ObjectValueNode,
+    OperationDefinitionNode,
+    VariableNode,
 )
 from graphql.execution.collect_fields import GroupedFieldSet
 from graphql.pyutils import AwaitableOrValue, Path, Undefined, gather_with_cancel
@@ -110,6 +117,10 @@ class Steps(NamedTuple):
     leaves: Leaves | None
 
 
+# An operation's subfield steps by (object type, the ids of the selecting field nodes).
+_Shared = dict[tuple[Any, ...], Steps | None]
+
+
 def _leaves(fields: list[tuple[str, Any, Plain | None]]) -> Leaves | None:
     plans = [plan for _, _, plan in fields]
     if not plans or any(plan is None or not plan.leaf for plan in plans):
@@ -138,12 +149,30 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
         manager = self.middleware_manager
         self.direct = manager is None or not manager.middlewares
         self.field_steps: dict[int, tuple[GroupedFieldSet, Steps]] = {}
+        self.shared = self._shared_steps(self.operation, self.fragment_definitions)
         # A plain object field's (or list's) subfields, by its field details list: collected
         # once per operation, kept alive with the list so that its id is not reused.
         self.sub_steps: dict[int, tuple[Any, GraphQLObjectType, Steps | None]] = {}
 
     # Per object type of a schema, per field name: decided on first sight, for every operation.
     field_plans: ClassVar[WeakKeyDictionary[GraphQLObjectType, _FieldPlans]] = WeakKeyDictionary()
+    # Per operation (by id, kept alive with it): the steps of its objects' subfields, shared by
+    # every request of it, or None where they depend on the request's variables.
+    operations: ClassVar[dict[int, tuple[OperationDefinitionNode, _Shared | None]]] = {}
+    most_operations: ClassVar[int] = 1024
+
+    @classmethod
+    def _shared_steps(
+        cls, operation: OperationDefinitionNode, fragments: dict[str, FragmentDefinitionNode]
+    ) -> _Shared | None:
+        known = cls.operations.get(id(operation))
+        if known is not None and known[0] is operation:
+            return known[1]
+        shared: _Shared | None = None if _varies(operation, fragments) else {}
+        if len(cls.operations) >= cls.most_operations:
+            cls.operations.clear()
+        cls.operations[id(operation)] = (operation, shared)
+        return shared
 
     def _plans(self, parent_type: GraphQLObjectType) -> _FieldPlans:
         plans = self.field_plans.get(parent_type)
@@ -176,10 +205,25 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
         cached = self.sub_steps.get(id(field_details_list))
         if cached is not None and cached[1] is object_type:
             return cached[2]
-        grouped_field_set, defer_usages, _ = self.collect_subfields(object_type, field_details_list)
-        steps = None if defer_usages else self._steps(object_type, grouped_field_set)
+        shared = self.shared
+        if shared is None:
+            steps = self._collected_steps(object_type, field_details_list)
+        else:
+            # The document is the same object for every request of its text (documents.py),
+            # so its nodes identify the selection; they live as long as the operation.
+            key = (object_type, *(id(details.node) for details in field_details_list))
+            if key in shared:
+                steps = shared[key]
+            else:
+                steps = shared[key] = self._collected_steps(object_type, field_details_list)
         self.sub_steps[id(field_details_list)] = (field_details_list, object_type, steps)
         return steps
+
+    def _collected_steps(
+        self, object_type: GraphQLObjectType, field_details_list: Any
+    ) -> Steps | None:
+        grouped_field_set, defer_usages, _ = self.collect_subfields(object_type, field_details_list)
+        return None if defer_usages else self._steps(object_type, grouped_field_set)
 
     def execute_fields(
         self,
@@ -437,6 +481,35 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
         if steps is None:
             return Undefined
         return self._execute(object_type, steps, value, path, position_context)
+
+
+def _varies(
+    operation: OperationDefinitionNode, fragments: dict[str, FragmentDefinitionNode]
+) -> bool:
+    """Whether the fields an operation selects can differ from one request to the next: a
+    directive with a variable argument (`@include(if: $flag)`), or a fragment with variables."""
+    if any(fragment.variable_definitions for fragment in fragments.values()):
+        return True
+    nodes: list[Any] = [operation, *fragments.values()]
+    while nodes:
+        node = nodes.pop()
+        for directive in getattr(node, "directives", None) or ():
+            if any(_has_variable(argument.value) for argument in directive.arguments or ()):
+                return True
+        selection_set = getattr(node, "selection_set", None)
+        if selection_set is not None:
+            nodes.extend(selection_set.selections)
+    return False
+
+
+def _has_variable(value: Any) -> bool:
+    if isinstance(value, VariableNode):
+        return True
+    if isinstance(value, ListValueNode):
+        return any(_has_variable(item) for item in value.values)
+    if isinstance(value, ObjectValueNode):
+        return any(_has_variable(field.value) for field in value.fields)
+    return False
 
 
 def _read_leaves(leaves: Leaves, source: Any) -> dict[str, Any] | None:
