@@ -61,6 +61,37 @@ class TestPreparedDocuments:
         refused((await env.api.post(query, {"a": 100})).json(), "could return")
         assert "errors" not in (await env.api.post(query, {"a": 10})).json()
 
+    async def test_a_cost_is_remembered_only_for_the_values_it_depends_on(
+        self, env: Env, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        measured = [0]
+        cost = documents.OperationCost
+
+        class Counted(cost):  # type: ignore[misc, valid-type]
+            def __init__(self, *args: Any) -> None:
+                measured[0] += 1
+                super().__init__(*args)
+
+        monkeypatch.setattr(documents, "OperationCost", Counted)
+        query = (
+            "query($a: Int, $b: Int = 5) { wallets(first: $a) { edges { node { "
+            "transactions(first: $b) { edges { node { id } } } } } } }"
+        )
+        # 100 wallets x (1 + 100 entries): over the limit whichever way $a is 100.
+        cases = [
+            ({"a": 10}, True),
+            ({"a": 10, "b": 100}, True),  # 10 x 101
+            ({"a": 100, "b": 100}, False),
+            ({"b": 100}, True),  # $a absent: 20 wallets
+            ({"a": None, "b": 100}, False),  # $a null: assumed the most, 100
+            ({"a": True, "b": 100}, False),  # not an Int: the most until coercion refuses it
+        ]
+        for variables, passes in cases * 2:
+            response = (await env.api.post(query, variables)).json()
+            costly = any("could return" in e["message"] for e in response.get("errors", []))
+            assert costly is not passes, (variables, response)
+        assert measured[0] == len(cases)  # the second round measured nothing again
+
     async def test_operations_of_one_document_are_labelled_apart(
         self, env: Env, monkeypatch: pytest.MonkeyPatch
     ) -> None:

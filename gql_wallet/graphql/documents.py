@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from graphql import (
     DocumentNode,
@@ -42,6 +43,14 @@ class Prepared:
     operations: dict[str | None, tuple[OperationDefinitionNode, str] | None] = field(
         default_factory=dict
     )
+    # Per operation: the variables its cost depends on, and its cost by their values.
+    costs: dict[str | None, tuple[tuple[str, ...], dict[tuple[Any, ...], int]]] = field(
+        default_factory=dict
+    )
+
+
+# Costs kept per operation: a page size is a variable with at most 100 useful values.
+_MOST_COSTS = 128
 
 
 def operation_label(operation: OperationDefinitionNode) -> str:
@@ -80,6 +89,38 @@ class Documents:
                 None if operation is None else (operation, operation_label(operation))
             )
         return prepared.operations[name]
+
+    def cost(
+        self,
+        prepared: Prepared,
+        name: str | None,
+        operation: OperationDefinitionNode,
+        variables: dict[str, Any],
+    ) -> int:
+        """The operation's cost (limits.OperationCost) with these variables, measured once per
+        set of values of the variables it depends on."""
+        known = prepared.costs.get(name)
+        key: tuple[Any, ...] | None = None
+        if known is not None:
+            names, by_values = known
+            key = _values(variables, names)
+            if key in by_values:
+                return by_values[key]
+        measure = OperationCost(prepared.fragments, variables, operation)
+        cost = measure.of(operation.selection_set)
+        names = tuple(sorted(measure.read))
+        if known is None:
+            known = prepared.costs[name] = (names, {})
+            key = _values(variables, names)
+        if key is not None and len(known[1]) < _MOST_COSTS:
+            known[1][key] = cost
+        return cost
+
+
+def _values(variables: dict[str, Any], names: tuple[str, ...]) -> tuple[str, ...]:
+    """A key for the values of `names` (repr: any JSON value, 1 apart from true, an absent
+    variable apart from null)."""
+    return tuple(repr(variables[name]) if name in variables else "" for name in names)
 
 
 class DocumentPolicy(SchemaExtension):
@@ -122,9 +163,7 @@ class DocumentPolicy(SchemaExtension):
             operation, label = found
             current_request().operation = label
             variables = context.variables if isinstance(context.variables, dict) else {}
-            cost = OperationCost(prepared.fragments, variables, operation).of(
-                operation.selection_set
-            )
+            cost = self.documents.cost(prepared, context.operation_name, operation, variables)
             if cost > self.documents.max_cost:
                 raise GraphQLError(
                     f"This operation could return {cost} objects; the limit is "

@@ -171,6 +171,8 @@ class OperationCost:
         } | variables
         self.fragment_costs: dict[str, int] = {}
         self.visiting: set[str] = set()
+        # The variables the cost depends on (which ones is a property of the document).
+        self.read: set[str] = set()
 
     def of(self, selection_set: SelectionSetNode) -> int:
         total = 0
@@ -207,6 +209,7 @@ class OperationCost:
             if isinstance(argument.value, IntValueNode):
                 first = int(argument.value.value)
             elif isinstance(argument.value, VariableNode):
+                self.read.add(argument.value.name.value)
                 first = self.variables.get(argument.value.name.value, DEFAULT_PAGE_SIZE)
         if isinstance(first, bool) or not isinstance(first, int):
             return MAX_PAGE_SIZE  # coercion refuses it later; assume the worst until then
