@@ -18,6 +18,7 @@ executor is graphql-core's for every field, so that the extension sees each one.
 
 from __future__ import annotations
 
+from functools import partial
 from operator import attrgetter
 from typing import Any, ClassVar, NamedTuple
 from weakref import WeakKeyDictionary
@@ -101,8 +102,9 @@ _FieldPlans = dict[str, Plain | None]
 
 
 class Leaves(NamedTuple):
-    """A selection of plain scalars and enums only (a wallet, a ledger entry): all read in one
-    call, then serialized in one loop."""
+    """A selection of plain scalars, enums and records that select only such fields (a wallet,
+    a ledger entry, a page's edge and its node): all read in one call, then serialized (a
+    record: its own leaves read) in one loop."""
 
     names: tuple[str, ...]
     read: Any  # operator.attrgetter of every attribute: a tuple of values
@@ -121,11 +123,11 @@ class Steps(NamedTuple):
 _Shared = dict[tuple[Any, ...], Steps | None]
 
 
-def _leaves(fields: list[tuple[str, Any, Plain | None]]) -> Leaves | None:
-    plans = [plan for _, _, plan in fields]
-    if not plans or any(plan is None or not plan.leaf for plan in plans):
+def _leaves(fields: list[tuple[str, Any, Plain | None]], coercers: list[Any]) -> Leaves | None:
+    """The one-call form of a selection whose every field has a coercer (see `Steps.leaves`)."""
+    attributes = [plan.attribute for _, _, plan in fields if plan is not None]
+    if not attributes or len(attributes) != len(fields):
         return None
-    attributes = [plan.attribute for plan in plans if plan is not None]
     read: Any = attrgetter(*attributes)
     if len(attributes) == 1:  # attrgetter of one attribute answers its value, not a tuple
         one = read
@@ -136,8 +138,8 @@ def _leaves(fields: list[tuple[str, Any, Plain | None]]) -> Leaves | None:
     return Leaves(
         tuple(name for name, _, _ in fields),
         read,
-        tuple(plan.coerce for plan in plans if plan is not None),
-        tuple(plan.non_null for plan in plans if plan is not None),
+        tuple(coercers),
+        tuple(plan.non_null for _, _, plan in fields if plan is not None),
     )
 
 
@@ -195,9 +197,23 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
             node = field_details_list[0].node
             plan = None if node.arguments else plans.get(node.name.value)
             fields.append((response_name, field_details_list, plan))
-        steps = Steps(fields, _leaves(fields))
+        steps = Steps(fields, self._leaves(fields))
         self.field_steps[id(grouped_field_set)] = (grouped_field_set, steps)
         return steps
+
+    def _leaves(self, fields: list[tuple[str, Any, Plain | None]]) -> Leaves | None:
+        coercers = []
+        for _, field_details_list, plan in fields:
+            if plan is None or plan.items is not None:
+                return None
+            if plan.leaf:
+                coercers.append(plan.coerce)
+                continue
+            sub = self._sub_steps(plan.type, field_details_list)  # type: ignore[arg-type]
+            if sub is None or sub.leaves is None:
+                return None
+            coercers.append(partial(_read_record, sub.leaves))
+        return _leaves(fields, coercers)
 
     def _sub_steps(self, object_type: GraphQLObjectType, field_details_list: Any) -> Steps | None:
         """The steps of an object's subfields, or None where part of them is deferred (then
@@ -510,6 +526,11 @@ def _has_variable(value: Any) -> bool:
     if isinstance(value, ObjectValueNode):
         return any(_has_variable(field.value) for field in value.fields)
     return False
+
+
+def _read_record(leaves: Leaves, value: Any) -> dict[str, Any] | None:
+    """A record's (a named tuple's) leaves; anything else takes the field-by-field loop."""
+    return _read_leaves(leaves, value) if isinstance(value, tuple) else None
 
 
 def _read_leaves(leaves: Leaves, source: Any) -> dict[str, Any] | None:
