@@ -4,6 +4,7 @@ SQLAlchemy's execute path, and a connection that failed a statement never goes b
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, select
@@ -12,6 +13,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection
 from gql_wallet import repository as repo
 from gql_wallet.auth import parse_token
 from gql_wallet.repository import entries, sessions
+from gql_wallet.repository.driver import DriverRead
 from tests.conftest import Env
 
 
@@ -56,6 +58,25 @@ class TestSameValuesAsSqlAlchemy:
         assert found == expected and found is not None
         assert [type(v) for v in vars(found).values()] == [type(v) for v in vars(expected).values()]
         assert found.customer_id == "cus_1" and found.expires_at.tzinfo is not None
+
+
+async def test_a_page_of_wallets_is_made_of_records_in_utc(env: Env) -> None:
+    await env.api.top_up("cus_1", 100, "k1")
+    key = await repo.find_api_key(env.database, parse_token(env.api.key)[1])  # type: ignore[index]
+    assert key is not None
+    async with env.database.driver_connection() as conn:
+        (wallet,) = await repo.list_wallets(conn, key.organization_id, limit=5)
+    assert type(wallet) is repo.WalletRecord
+    assert wallet.created_at.tzinfo is UTC and wallet.modified_at.tzinfo is UTC
+    assert (await repo.list_customer_wallets(env.database, key.organization_id, "cus_1")) == [
+        wallet
+    ]
+
+
+def test_a_record_must_name_exactly_the_selected_columns() -> None:
+    wallets = repo.wallets
+    with pytest.raises(ValueError, match="WalletRecord has the fields"):
+        DriverRead(select(wallets.c.seq, wallets.c.id), record=repo.WalletRecord)
 
 
 class TestLedgerPages:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    DateTime,
     Dialect,
     Select,
 )
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.selectable import TextualSelect
 
 from gql_wallet.db import DriverConnection, OnDemandConnection, checked_out
+from gql_wallet.repository.records import utc
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,7 @@ def _driver_form(statement: Any, row: Any, dialect: Dialect) -> _DriverForm:
         for name in compiled.positiontup or ()
     )
     results = tuple(
-        column.type.dialect_impl(dialect).result_processor(dialect, None)
-        for column in statement.exported_columns
+        _result_processor(column.type, dialect) for column in statement.exported_columns
     )
     constants = {
         name: compiled.binds[name].value
@@ -47,6 +48,20 @@ def _driver_form(statement: Any, row: Any, dialect: Dialect) -> _DriverForm:
         if not compiled.binds[name].required and compiled.binds[name].value is not None
     }
     return _DriverForm(compiled.string, binds, constants, results, row)
+
+
+def _result_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    process: Callable[[Any], Any] | None = type_.dialect_impl(dialect).result_processor(
+        dialect, None
+    )
+    if process is None or not (isinstance(type_, DateTime) and type_.timezone):
+        return process  # asyncpg's timestamps with time zone are in UTC already
+
+    def in_utc(value: Any) -> Any:
+        value = process(value)
+        return value if value is None else utc(value)
+
+    return in_utc
 
 
 def _driver_arguments(form: _DriverForm, parameters: dict[str, Any]) -> list[Any]:
@@ -78,7 +93,8 @@ class DriverRead:
     path cost more CPU than the query, and through aiosqlite it made four hops to the
     connection's thread per statement (cursor, execute, fetchall, cursor close) where one does.
     SQLAlchemy still compiles the statement (once per dialect) and its type processors convert
-    every value both ways, so the values are exactly those `conn.execute` returns.
+    every value both ways, so the values are exactly those `conn.execute` returns, but that a
+    timestamp with time zone is always in UTC (SQLite's come back without their offset).
 
     Run it only on a connection from `Database.driver_connection` or a `db.OnDemandConnection`:
     no SQLAlchemy transaction is open on it, so the statement is its own implicit transaction,
@@ -86,12 +102,21 @@ class DriverRead:
     no pooled connection at all (its database's `SqliteReader`).
     """
 
-    def __init__(self, statement: Select[Any] | TextualSelect, *, point_read: bool = False) -> None:
+    def __init__(
+        self,
+        statement: Select[Any] | TextualSelect,
+        *,
+        point_read: bool = False,
+        record: Any = None,
+    ) -> None:
         self.statement = statement
         # An indexed SELECT of a few rows, which on SQLite runs on the event loop's thread.
         self.point_read = point_read
-        names = [column.name for column in statement.selected_columns]
-        self._row = namedtuple("DriverRow", names)  # type: ignore[misc]
+        names = tuple(column.name for column in statement.selected_columns)
+        # `record`: a named tuple of exactly the selected columns, made from each row at once.
+        if record is not None and record._fields != names:
+            raise ValueError(f"{record.__name__} has the fields {record._fields}, not {names}")
+        self._row = record or namedtuple("DriverRow", names)
         self._forms: dict[str, _DriverForm] = {}
 
     def _form(self, dialect: Dialect) -> _DriverForm:

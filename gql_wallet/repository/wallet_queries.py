@@ -233,8 +233,10 @@ async def list_wallets(
     statement = _WALLET_LISTS.get(shape)
     if statement is None:
         statement = _WALLET_LISTS[shape] = _wallet_list(shape)
-    rows = await statement.fetchall(conn, {"organization_id": organization_id, **given})
-    return [WalletRecord.from_row(row) for row in rows]
+    records: list[WalletRecord] = await statement.fetchall(
+        conn, {"organization_id": organization_id, **given}
+    )
+    return records
 
 
 def _wallet_list(shape: tuple[str, ...]) -> DriverRead:
@@ -251,7 +253,7 @@ def _wallet_list(shape: tuple[str, ...]) -> DriverRead:
     if "limit" in shape:
         query = query.limit(bindparam("limit"))
     # A page on the (organization_id, seq) index is a point read; an unbounded list is not.
-    return DriverRead(query, point_read="limit" in shape)
+    return DriverRead(query, point_read="limit" in shape, record=WalletRecord)
 
 
 # One statement per combination of filters given, each built once.
