@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from functools import partial
 from operator import attrgetter
+from types import GeneratorType
 from typing import Any, ClassVar, NamedTuple
 from weakref import WeakKeyDictionary
 
@@ -398,9 +399,15 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
         if type(items) is not list:
             return Undefined
         is_awaitable = self.is_awaitable
+        checked: set[type] = set()  # an item of a type seen is plain too: a type decides both
         for item in items:
+            kind = type(item)
+            if kind in checked:
+                continue
             if item is None or isinstance(item, Exception) or is_awaitable(item):
                 return Undefined
+            if not hasattr(kind, "__await__") and kind is not GeneratorType:
+                checked.add(kind)
         item_type: GraphQLObjectType = plan.type  # type: ignore[assignment]
         field_path = Path(path, response_name, parent_type.name)
         if self.get_stream_usage(field_details_list, field_path) is not None:
@@ -412,10 +419,17 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
         assert declared is not None  # a list's plan
         handle_field_error = self.handle_field_error
         execute = self._execute
+        leaves = steps.leaves
         completed: list[Any] = []
         awaitable_indices: list[int] = []
         try:
             for index, item in enumerate(items):
+                if leaves is not None:  # no path needed unless the loop must answer
+                    read = _read_leaves(leaves, item)
+                    if read is not None:
+                        completed.append(read)
+                        continue
+                fields: Any
                 item_path = Path(field_path, index, None)
                 try:
                     fields = execute(item_type, steps, item, item_path, position_context)
