@@ -12,7 +12,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection
 
 from gql_wallet import repository as repo
 from gql_wallet.auth import parse_token
-from gql_wallet.repository import entries, sessions
+from gql_wallet.repository import entries, sessions, wallet_queries
 from gql_wallet.repository.driver import DriverRead
 from tests.conftest import Env
 
@@ -105,7 +105,7 @@ class TestLedgerPages:
         middle = (await self._expected(env, one.seq, None, 4))[-1].seq
         asked = [
             (one.seq, None, 3),
-            (one.seq, None, 3),  # the same page twice in one group
+            (one.seq, None, 3),  # the same page twice in one group: read twice
             (two.seq, None, 10),
             (one.seq, middle, 2),
             (one.seq, middle, 100),
@@ -126,6 +126,55 @@ class TestLedgerPages:
             async with env.database.driver_connection() as conn:
                 rows = await entries._pages(conn, pages)
             assert [[repo.TransactionRecord.from_row(r) for r in p] for p in rows] == expected
+
+
+async def test_pages_of_wallets_of_several_requests(env: Env) -> None:
+    """Pages of an organization's wallets: alone, and several requests' pages in one statement
+    (PostgreSQL's group read, the same page asked twice read twice), each exactly
+    `list_wallets`' page; a filtered page is read alone on both databases."""
+    other = await env.new_key("other_org")
+    for i in range(5):
+        await env.api.top_up(f"cus_{i}", 10 + i, f"a{i}")
+    await other.top_up("cus_x", 7, "x1")
+    organization = (
+        await repo.find_api_key(env.database, parse_token(env.api.key)[1])
+    ).organization_id  # type: ignore[index, union-attr]
+    elsewhere = (await repo.find_api_key(env.database, parse_token(other.key)[1])).organization_id  # type: ignore[index, union-attr]
+    async with env.database.driver_connection() as conn:
+        every = await repo.list_wallets(conn, organization)
+    second = every[1].seq
+    asked = [
+        (organization, None, 3, None),
+        (organization, None, 3, None),
+        (organization, second, 2, None),
+        (organization, second, 100, None),
+        (elsewhere, None, 10, None),
+        (organization, every[-1].seq, 5, None),  # after the last: empty
+        (organization, None, 10, "cus_3"),  # filtered: alone
+    ]
+    found = await asyncio.gather(
+        *(
+            repo.page_of_wallets(
+                env.database, org, customer_id=customer, currency=None, after_seq=after, limit=n
+            )
+            for org, after, n, customer in asked
+        )
+    )
+    expected = []
+    async with env.database.driver_connection() as conn:
+        for org, after, n, customer in asked:
+            expected.append(
+                await repo.list_wallets(conn, org, customer_id=customer, after_seq=after, limit=n)
+            )
+    assert found == expected
+    assert [len(page) for page in found] == [3, 3, 2, 3, 1, 0, 1]
+    assert all(type(w) is repo.WalletRecord for page in found for w in page)
+    if env.database.pg_groups is not None:  # the grouped statement itself, all at once
+        pages = [(org, after or 0, n) for org, after, n, customer in asked if customer is None]
+        async with env.database.driver_connection() as conn:
+            rows = await wallet_queries._organizations_pages(conn, pages)
+        assert rows == expected[:-1]
+        assert rows[0] is not rows[1] and rows[0][0] is not rows[1][0]  # read for each
 
 
 async def test_a_failed_statement_invalidates_its_connection(env: Env) -> None:

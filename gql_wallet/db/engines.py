@@ -31,8 +31,9 @@ SINGLE = "gql_wallet_single_statement"
 _POOL_RECYCLE_SECONDS = 1800
 # The senders' pool of PostgreSQL group commit: one connection per sender of every line
 # (`Database.run_grouped`'s `senders`: 1 for balance changes, 2 each for the reads of API keys,
-# customer sessions, customers' wallets and ledger pages), so that no line waits for another's.
-GROUP_CONNECTIONS = 9
+# customer sessions, customers' wallets, ledger pages and pages of wallets), so that no line
+# waits for another's.
+GROUP_CONNECTIONS = 11
 
 
 def async_url(database_url: str) -> URL:

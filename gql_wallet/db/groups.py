@@ -53,8 +53,8 @@ class _Line:
 class PgGroupCommit:
     """PostgreSQL group commit for writes that are one statement each (a top-up or a charge is
     one call of `gql_wallet_balance_change`), and group reads of one row set by key (the API
-    keys, customer sessions, customers' wallets and ledger pages of the requests waiting), on
-    the same lines.
+    keys, customer sessions, customers' wallets, ledger pages and pages of wallets of the
+    requests waiting), on the same lines.
 
     The writes waiting in a process go to the server together, as one statement that runs each
     write's function call in turn, in one transaction: one round trip and one commit (one WAL

@@ -10,7 +10,6 @@ import strawberry
 from strawberry.types import Info
 
 from gql_wallet import repository as repo
-from gql_wallet.db import OnDemandConnection
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.errors import refuse
 from gql_wallet.graphql.types import (
@@ -115,15 +114,14 @@ class Query:
         code = None if currency is None else currency_argument(currency)
         if not visible:
             return CustomerWalletConnection(edges=[], page_info=page_info([], False))
-        async with OnDemandConnection(info.context.database) as conn:
-            records = await repo.list_wallets(
-                conn,
-                info.context.principal.organization_id,
-                customer_id=customer,
-                currency=code,
-                after_seq=after_seq,
-                limit=size + 1,
-            )
+        records = await repo.page_of_wallets(
+            info.context.database,
+            info.context.principal.organization_id,
+            customer_id=customer,
+            currency=code,
+            after_seq=after_seq,
+            limit=size + 1,
+        )
         edges = [
             CustomerWalletEdge(cursor=encode_cursor("w", r.seq), node=CustomerWallet.from_record(r))
             for r in records[:size]

@@ -74,6 +74,7 @@ from gql_wallet.repository.wallet_queries import (
     insert_wallet_if_missing,
     list_customer_wallets,
     list_wallets,
+    page_of_wallets,
 )
 
 __all__ = [
@@ -118,6 +119,7 @@ __all__ = [
     "list_wallets",
     "now_utc",
     "organizations",
+    "page_of_wallets",
     "record_outcome",
     "revoke_api_key",
     "revoke_customer_session",

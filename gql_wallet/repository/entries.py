@@ -130,16 +130,16 @@ async def _page_alone(conn: DriverConnection, page: tuple[int, int, int]) -> lis
 
 
 async def _pages(conn: AsyncConnection, pages: list[tuple[int, int, int]]) -> list[list[Any]]:
-    asked = list(dict.fromkeys(pages))  # each page once, in order
+    # Each request's page is read for it (see wallet_queries._organizations_pages).
     rows = await _PAGES.fetchall(
         conn,
         {
-            "wallet_seqs": [wallet_seq for wallet_seq, _, _ in asked],
-            "before_seqs": [before_seq for _, before_seq, _ in asked],
-            "limits": [limit for _, _, limit in asked],
+            "wallet_seqs": [wallet_seq for wallet_seq, _, _ in pages],
+            "before_seqs": [before_seq for _, before_seq, _ in pages],
+            "limits": [limit for _, _, limit in pages],
         },
     )
-    found: dict[tuple[int, int, int], list[Any]] = {page: [] for page in asked}
+    found: list[list[Any]] = [[] for _ in pages]
     for row in rows:  # newest first within each page
-        found[asked[row.i - 1]].append(row)
-    return [found[page] for page in pages]
+        found[row.i - 1].append(row)
+    return found

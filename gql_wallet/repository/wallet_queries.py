@@ -8,18 +8,24 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
+    BigInteger,
     Integer,
+    Uuid,
     bindparam,
+    cast,
     column,
+    func,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gql_wallet.db import Database, DriverConnection
+from gql_wallet.db import Database, DriverConnection, OnDemandConnection
 from gql_wallet.repository.driver import DriverRead, DriverWrite
 from gql_wallet.repository.records import _WALLET_COLUMNS, WalletRecord, wallets
 
@@ -258,6 +264,89 @@ def _wallet_list(shape: tuple[str, ...]) -> DriverRead:
 
 # One statement per combination of filters given, each built once.
 _WALLET_LISTS: dict[tuple[str, ...], DriverRead] = {}
+
+
+async def page_of_wallets(
+    database: Database,
+    organization_id: uuid.UUID,
+    *,
+    customer_id: str | None,
+    currency: str | None,
+    after_seq: int | None,
+    limit: int,
+) -> list[WalletRecord]:
+    """`list_wallets` for a page read outside a transaction. On PostgreSQL a page of the
+    organization's wallets without filters goes in a group read with the other requests' pages
+    (see `find_api_key`)."""
+    if customer_id is None and currency is None:
+        page = (organization_id, after_seq or 0, limit)
+        records: list[WalletRecord] = await database.run_grouped(
+            _organizations_pages, _organization_page_alone, page
+        )
+        return records
+    async with OnDemandConnection(database) as conn:
+        return await list_wallets(
+            conn,
+            organization_id,
+            customer_id=customer_id,
+            currency=currency,
+            after_seq=after_seq,
+            limit=limit,
+        )
+
+
+async def _organization_page_alone(
+    conn: DriverConnection, page: tuple[uuid.UUID, int, int]
+) -> list[WalletRecord]:
+    organization_id, after_seq, limit = page
+    return await list_wallets(conn, organization_id, after_seq=after_seq, limit=limit)
+
+
+# PostgreSQL: the pages of wallets that the requests waiting in a process ask for, in one
+# statement; `i` numbers them. Each is `list_wallets`' page, on the same index.
+_ASKED_PAGES = (
+    func.unnest(
+        cast(bindparam("organization_ids"), ARRAY(Uuid())),
+        cast(bindparam("after_seqs"), ARRAY(BigInteger())),
+        cast(bindparam("limits"), ARRAY(Integer())),
+    )
+    .table_valued("organization_id", "after_seq", "size", with_ordinality="i")
+    .render_derived(name="q")
+)
+_EACH_PAGE = (
+    select(*_WALLET_COLUMNS)
+    .where(
+        wallets.c.organization_id == _ASKED_PAGES.c.organization_id,
+        wallets.c.seq > _ASKED_PAGES.c.after_seq,
+    )
+    .order_by(wallets.c.seq)
+    .limit(_ASKED_PAGES.c.size)
+    .lateral("page")
+)
+_ORGANIZATIONS_PAGES = DriverRead(
+    select(_ASKED_PAGES.c.i, *_EACH_PAGE.c)
+    .select_from(_ASKED_PAGES.join(_EACH_PAGE, true()))
+    .order_by(_ASKED_PAGES.c.i, _EACH_PAGE.c.seq)
+)
+
+
+async def _organizations_pages(
+    conn: AsyncConnection, pages: list[tuple[uuid.UUID, int, int]]
+) -> list[list[WalletRecord]]:
+    # Each request's page is read for it, the same page asked twice included: a group saves
+    # round trips, it does not merge requests.
+    rows = await _ORGANIZATIONS_PAGES.fetchall(
+        conn,
+        {
+            "organization_ids": [organization_id for organization_id, _, _ in pages],
+            "after_seqs": [after_seq for _, after_seq, _ in pages],
+            "limits": [limit for _, _, limit in pages],
+        },
+    )
+    found: list[list[WalletRecord]] = [[] for _ in pages]
+    for row in rows:  # in seq order within each page
+        found[row.i - 1].append(WalletRecord._make(row[1:]))
+    return found
 
 
 async def find_wallet_by_owner(
