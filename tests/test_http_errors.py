@@ -333,7 +333,7 @@ class TestOutcomes:
         async def broken(*_args: object, **_kwargs: object) -> None:
             raise RuntimeError("the database went away")
 
-        monkeypatch.setattr(repository, "list_wallets", broken)
+        monkeypatch.setattr(repository, "page_of_wallets", broken)
         deltas = await self.outcome_deltas(env, "{ wallets { edges { cursor } } }")
         assert deltas == {"ok": 0, "error": 1, "invalid": 0, "forbidden": 0}
 
@@ -420,7 +420,7 @@ class TestEveryWebSocketErrorHasACode:
         async def broken(*_args: object, **_kwargs: object) -> None:
             raise RuntimeError("the database went away")
 
-        monkeypatch.setattr(repository, "list_wallets", broken)
+        monkeypatch.setattr(repository, "page_of_wallets", broken)
         (message,) = self.operation(ws_app, {"query": "{ wallets { edges { cursor } } }"})
         error = message["payload"]["errors"][0]
         assert error["message"] == "Internal server error."
