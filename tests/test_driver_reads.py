@@ -124,7 +124,7 @@ class TestLedgerPages:
         if env.database.pg_groups is not None:  # the grouped statement itself, all at once
             pages = [(seq, before or entries._NEWEST, limit) for seq, before, limit in asked]
             async with env.database.driver_connection() as conn:
-                rows = await entries._pages(conn, pages)
+                rows = await entries._PAGES(conn, pages)
             assert [[repo.TransactionRecord.from_row(r) for r in p] for p in rows] == expected
 
 

@@ -343,12 +343,9 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
         position_context: Any,
     ) -> Any:
         """A plain object field's completed value, or Undefined where graphql-core must answer."""
-        try:
-            value = getattr(source, plan.attribute)
-        except Exception:
-            return Undefined
-        if value is None:
-            return Undefined if plan.non_null else None
+        value = _attribute(plan, source)
+        if value is None or value is Undefined:
+            return value
         # A tuple (a record) is neither awaitable nor an exception.
         if not isinstance(value, tuple) and (
             self.is_awaitable(value) or isinstance(value, Exception)
@@ -390,14 +387,9 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
         answer (anything but a list of objects that are there, or a list streamed or deferred).
         Each item is completed as graphql-core's `complete_list_item_value` would, with the
         subfields collected once for the whole list."""
-        try:
-            items = getattr(source, plan.attribute)
-        except Exception:
-            return Undefined
-        if items is None:
-            return Undefined if plan.non_null else None
+        items = _attribute(plan, source)
         if type(items) is not list:
-            return Undefined
+            return items if items is None or items is Undefined else Undefined
         is_awaitable = self.is_awaitable
         checked: set[type] = set()  # an item of a type seen is plain too: a type decides both
         for item in items:
@@ -511,6 +503,18 @@ class WalletExecutor(StrawberryGraphQLCoreExecutionContext):
         if steps is None:
             return Undefined
         return self._execute(object_type, steps, value, path, position_context)
+
+
+def _attribute(plan: Plain, source: Any) -> Any:
+    """A plain field's value: None for a null in a nullable field, Undefined where graphql-core
+    must answer (reading it raised, or a null in a non-null field)."""
+    try:
+        value = getattr(source, plan.attribute)
+    except Exception:
+        return Undefined
+    if value is None and plan.non_null:
+        return Undefined
+    return value
 
 
 def _varies(

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import sqlite3
 from collections import namedtuple
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     DateTime,
     Dialect,
     Select,
+    bindparam,
+    cast,
+    func,
+    select,
+    true,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.selectable import TextualSelect
+from sqlalchemy.types import TypeEngine
 
 from gql_wallet.db import DriverConnection, OnDemandConnection, checked_out
 from gql_wallet.repository.records import utc
@@ -178,6 +185,43 @@ class DriverWrite:
         if form is None:
             form = self._form = _driver_form(self.statement, self._row, conn.dialect)
         return _driver_rows(form, driver.execute(form.sql, _driver_arguments(form, parameters)))
+
+
+class GroupedPages:
+    """Several requests' keyset pages in one statement, for `Database.run_grouped`: `page(*values)`
+    builds one request's page (its conditions, order and LIMIT); here its values come from one
+    array per parameter (bound as `<name>s`), joined LATERAL, so each page runs on its index as
+    it would alone. `order(page)` orders the rows of a page as `page` does. Each request's page is
+    read for it, the same page asked twice included: a group saves round trips, it does not
+    merge requests."""
+
+    def __init__(
+        self,
+        page: Callable[..., Select[Any]],
+        parameters: Sequence[tuple[str, TypeEngine[Any]]],
+        order: Callable[[Any], Any],
+    ) -> None:
+        self.names = tuple(name for name, _ in parameters)
+        asked = (
+            func.unnest(*(cast(bindparam(f"{name}s"), ARRAY(kind)) for name, kind in parameters))
+            .table_valued(*self.names, with_ordinality="i")
+            .render_derived(name="q")
+        )
+        each = page(*(asked.c[name] for name in self.names)).lateral("page")
+        self.read = DriverRead(
+            select(asked.c.i, *each.c)
+            .select_from(asked.join(each, true()))
+            .order_by(asked.c.i, order(each.c))
+        )
+
+    async def __call__(
+        self, conn: AsyncConnection, pages: list[tuple[Any, ...]]
+    ) -> list[list[Any]]:
+        arrays = {f"{name}s": [page[k] for page in pages] for k, name in enumerate(self.names)}
+        found: list[list[Any]] = [[] for _ in pages]
+        for row in await self.read.fetchall(conn, arrays):
+            found[row.i - 1].append(row)
+        return found
 
 
 def keyed_reads(

@@ -6,12 +6,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, BigInteger, Integer, bindparam, cast, func, select, true
+from sqlalchemy import BigInteger, Integer, Select, bindparam, select
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gql_wallet.db import Database, DriverConnection
-from gql_wallet.repository.driver import DriverRead, DriverWrite
+from gql_wallet.repository.driver import DriverRead, DriverWrite, GroupedPages
 from gql_wallet.repository.records import TransactionRecord, transactions
 
 
@@ -75,50 +74,32 @@ async def list_transactions(
     """A wallet's ledger, newest first, keyset-paginated by `seq`. On PostgreSQL the read goes in
     a group read with the other requests' pages (see `find_api_key`)."""
     page = (wallet_seq, _NEWEST if before_seq is None else before_seq, limit)
-    rows = await database.run_grouped(_pages, _page_alone, page)
+    rows = await database.run_grouped(_PAGES, _page_alone, page)
     return [TransactionRecord.from_row(row) for row in rows]
 
 
 # Above every seq: the first page is the page before it.
 _NEWEST = 2**63 - 1
 
-# The (wallet_seq, seq) index, a page at most: a point read.
-_PAGE = DriverRead(
-    select(*transactions.c)
-    .where(
-        transactions.c.wallet_seq == bindparam("wallet_seq"),
-        transactions.c.seq < bindparam("before_seq"),
-    )
-    .order_by(transactions.c.seq.desc())
-    .limit(bindparam("limit")),
-    point_read=True,
-)
 
-# PostgreSQL: the pages that the requests waiting in a process ask for, in one statement; `i`
-# numbers them. Each is `_PAGE`, on the same index.
-_ASKED = (
-    func.unnest(
-        cast(bindparam("wallet_seqs"), ARRAY(BigInteger())),
-        cast(bindparam("before_seqs"), ARRAY(BigInteger())),
-        cast(bindparam("limits"), ARRAY(Integer())),
+def _page(wallet_seq: Any, before_seq: Any, limit: Any) -> Select[Any]:
+    # The (wallet_seq, seq) index, a page at most.
+    return (
+        select(*transactions.c)
+        .where(transactions.c.wallet_seq == wallet_seq, transactions.c.seq < before_seq)
+        .order_by(transactions.c.seq.desc())
+        .limit(limit)
     )
-    .table_valued("wallet_seq", "before_seq", "size", with_ordinality="i")
-    .render_derived(name="q")
+
+
+_PAGE = DriverRead(
+    _page(bindparam("wallet_seq"), bindparam("before_seq"), bindparam("limit")), point_read=True
 )
-_EACH_PAGE = (
-    select(*transactions.c)
-    .where(
-        transactions.c.wallet_seq == _ASKED.c.wallet_seq,
-        transactions.c.seq < _ASKED.c.before_seq,
-    )
-    .order_by(transactions.c.seq.desc())
-    .limit(_ASKED.c.size)
-    .lateral("page")
-)
-_PAGES = DriverRead(
-    select(_ASKED.c.i, *_EACH_PAGE.c)
-    .select_from(_ASKED.join(_EACH_PAGE, true()))
-    .order_by(_ASKED.c.i, _EACH_PAGE.c.seq.desc())
+# PostgreSQL: the pages that the requests waiting in a process ask for.
+_PAGES = GroupedPages(
+    _page,
+    (("wallet_seq", BigInteger()), ("before_seq", BigInteger()), ("limit", Integer())),
+    lambda page: page.seq.desc(),
 )
 
 
@@ -127,19 +108,3 @@ async def _page_alone(conn: DriverConnection, page: tuple[int, int, int]) -> lis
     return await _PAGE.fetchall(
         conn, {"wallet_seq": wallet_seq, "before_seq": before_seq, "limit": limit}
     )
-
-
-async def _pages(conn: AsyncConnection, pages: list[tuple[int, int, int]]) -> list[list[Any]]:
-    # Each request's page is read for it (see wallet_queries._organizations_pages).
-    rows = await _PAGES.fetchall(
-        conn,
-        {
-            "wallet_seqs": [wallet_seq for wallet_seq, _, _ in pages],
-            "before_seqs": [before_seq for _, before_seq, _ in pages],
-            "limits": [limit for _, _, limit in pages],
-        },
-    )
-    found: list[list[Any]] = [[] for _ in pages]
-    for row in rows:  # newest first within each page
-        found[row.i - 1].append(row)
-    return found

@@ -8,17 +8,14 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
     BigInteger,
     Integer,
+    Select,
     Uuid,
     bindparam,
-    cast,
     column,
-    func,
     select,
     text,
-    true,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -26,7 +23,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gql_wallet.db import Database, DriverConnection, OnDemandConnection
-from gql_wallet.repository.driver import DriverRead, DriverWrite
+from gql_wallet.repository.driver import DriverRead, DriverWrite, GroupedPages
 from gql_wallet.repository.records import _WALLET_COLUMNS, WalletRecord, wallets
 
 
@@ -245,19 +242,29 @@ async def list_wallets(
     return records
 
 
-def _wallet_list(shape: tuple[str, ...]) -> DriverRead:
-    query = select(*_WALLET_COLUMNS).where(
-        wallets.c.organization_id == bindparam("organization_id")
-    )
-    if "customer_id" in shape:
-        query = query.where(wallets.c.customer_id == bindparam("customer_id"))
-    if "currency" in shape:
-        query = query.where(wallets.c.currency == bindparam("currency"))
-    if "after_seq" in shape:
-        query = query.where(wallets.c.seq > bindparam("after_seq"))
+def _wallets_query(
+    organization_id: Any,
+    *,
+    customer_id: Any = None,
+    currency: Any = None,
+    after_seq: Any = None,
+    limit: Any = None,
+) -> Select[Any]:
+    query = select(*_WALLET_COLUMNS).where(wallets.c.organization_id == organization_id)
+    if customer_id is not None:
+        query = query.where(wallets.c.customer_id == customer_id)
+    if currency is not None:
+        query = query.where(wallets.c.currency == currency)
+    if after_seq is not None:
+        query = query.where(wallets.c.seq > after_seq)
     query = query.order_by(wallets.c.seq)
-    if "limit" in shape:
-        query = query.limit(bindparam("limit"))
+    return query if limit is None else query.limit(limit)
+
+
+def _wallet_list(shape: tuple[str, ...]) -> DriverRead:
+    query = _wallets_query(
+        bindparam("organization_id"), **{name: bindparam(name) for name in shape}
+    )
     # A page on the (organization_id, seq) index is a point read; an unbounded list is not.
     return DriverRead(query, point_read="limit" in shape, record=WalletRecord)
 
@@ -302,51 +309,21 @@ async def _organization_page_alone(
     return await list_wallets(conn, organization_id, after_seq=after_seq, limit=limit)
 
 
-# PostgreSQL: the pages of wallets that the requests waiting in a process ask for, in one
-# statement; `i` numbers them. Each is `list_wallets`' page, on the same index.
-_ASKED_PAGES = (
-    func.unnest(
-        cast(bindparam("organization_ids"), ARRAY(Uuid())),
-        cast(bindparam("after_seqs"), ARRAY(BigInteger())),
-        cast(bindparam("limits"), ARRAY(Integer())),
-    )
-    .table_valued("organization_id", "after_seq", "size", with_ordinality="i")
-    .render_derived(name="q")
-)
-_EACH_PAGE = (
-    select(*_WALLET_COLUMNS)
-    .where(
-        wallets.c.organization_id == _ASKED_PAGES.c.organization_id,
-        wallets.c.seq > _ASKED_PAGES.c.after_seq,
-    )
-    .order_by(wallets.c.seq)
-    .limit(_ASKED_PAGES.c.size)
-    .lateral("page")
-)
-_ORGANIZATIONS_PAGES = DriverRead(
-    select(_ASKED_PAGES.c.i, *_EACH_PAGE.c)
-    .select_from(_ASKED_PAGES.join(_EACH_PAGE, true()))
-    .order_by(_ASKED_PAGES.c.i, _EACH_PAGE.c.seq)
+# PostgreSQL: the pages of wallets without filters that the requests waiting in a process ask for.
+_ORGANIZATIONS_PAGES = GroupedPages(
+    lambda organization_id, after_seq, limit: _wallets_query(
+        organization_id, after_seq=after_seq, limit=limit
+    ),
+    (("organization_id", Uuid()), ("after_seq", BigInteger()), ("limit", Integer())),
+    lambda page: page.seq,
 )
 
 
 async def _organizations_pages(
     conn: AsyncConnection, pages: list[tuple[uuid.UUID, int, int]]
 ) -> list[list[WalletRecord]]:
-    # Each request's page is read for it, the same page asked twice included: a group saves
-    # round trips, it does not merge requests.
-    rows = await _ORGANIZATIONS_PAGES.fetchall(
-        conn,
-        {
-            "organization_ids": [organization_id for organization_id, _, _ in pages],
-            "after_seqs": [after_seq for _, after_seq, _ in pages],
-            "limits": [limit for _, _, limit in pages],
-        },
-    )
-    found: list[list[WalletRecord]] = [[] for _ in pages]
-    for row in rows:  # in seq order within each page
-        found[row.i - 1].append(WalletRecord._make(row[1:]))
-    return found
+    found = await _ORGANIZATIONS_PAGES(conn, pages)
+    return [[WalletRecord._make(row[1:]) for row in page] for page in found]
 
 
 async def find_wallet_by_owner(
