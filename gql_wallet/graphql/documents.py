@@ -40,9 +40,7 @@ class Prepared:
     document: DocumentNode
     fragments: dict[str, FragmentDefinitionNode]
     errors: list[GraphQLError] | None = None  # None until validated
-    operations: dict[str | None, tuple[OperationDefinitionNode, str] | None] = field(
-        default_factory=dict
-    )
+    operations: dict[str | None, tuple[OperationDefinitionNode, str]] = field(default_factory=dict)
     # Per operation: the variables its cost depends on, and its cost by their values.
     costs: dict[str | None, tuple[tuple[str, ...], dict[tuple[Any, ...], int]]] = field(
         default_factory=dict
@@ -82,13 +80,15 @@ class Documents:
     def operation(
         self, prepared: Prepared, name: str | None
     ) -> tuple[OperationDefinitionNode, str] | None:
-        """The operation `name` selects in the document, with its label."""
-        if name not in prepared.operations:
+        """The operation `name` selects in the document, with its label. Only names that select
+        one are kept, so that a client's made-up operation names take no memory."""
+        found = prepared.operations.get(name)
+        if found is None:
             operation = get_operation_ast(prepared.document, name)
-            prepared.operations[name] = (
-                None if operation is None else (operation, operation_label(operation))
-            )
-        return prepared.operations[name]
+            if operation is None:
+                return None
+            found = prepared.operations[name] = (operation, operation_label(operation))
+        return found
 
     def cost(
         self,
