@@ -34,7 +34,9 @@ class _DriverForm:
     binds: tuple[tuple[str, Callable[[Any], Any] | None], ...]  # (name, bind processor)
     # Values the statement itself binds (SQLite's OFFSET 0 after a bound LIMIT).
     constants: dict[str, Any]
-    results: tuple[Callable[[Any], Any] | None, ...]  # a result processor per column
+    # A result processor per column; None when no column has one (asyncpg's values are already
+    # the Python ones), so that each row is made in one step.
+    results: tuple[Callable[[Any], Any] | None, ...] | None
     row: Any  # a namedtuple of the selected columns' names, read like SQLAlchemy's Row
 
 
@@ -54,7 +56,7 @@ def _driver_form(statement: Any, row: Any, dialect: Dialect) -> _DriverForm:
         for name in compiled.positiontup or ()
         if not compiled.binds[name].required and compiled.binds[name].value is not None
     }
-    return _DriverForm(compiled.string, binds, constants, results, row)
+    return _DriverForm(compiled.string, binds, constants, results if any(results) else None, row)
 
 
 def _result_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
@@ -82,7 +84,7 @@ def _driver_arguments(form: _DriverForm, parameters: dict[str, Any]) -> list[Any
 
 def _driver_rows(form: _DriverForm, rows: Any) -> list[Any]:
     results, make = form.results, form.row._make
-    if not any(results):  # asyncpg's values are already the Python ones
+    if results is None:
         return [make(row) for row in rows]
     return [
         make(
