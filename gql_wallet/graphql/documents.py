@@ -100,20 +100,15 @@ class Documents:
         """The operation's cost (limits.OperationCost) with these variables, measured once per
         set of values of the variables it depends on."""
         known = prepared.costs.get(name)
-        key: tuple[Any, ...] | None = None
         if known is not None:
-            names, by_values = known
-            key = _values(variables, names)
-            if key in by_values:
-                return by_values[key]
+            cost = known[1].get(_values(variables, known[0]))
+            if cost is not None:
+                return cost
         measure = OperationCost(prepared.fragments, variables, operation)
         cost = measure.of(operation.selection_set)
-        names = tuple(sorted(measure.read))
-        if known is None:
-            known = prepared.costs[name] = (names, {})
-            key = _values(variables, names)
-        if key is not None and len(known[1]) < _MOST_COSTS:
-            known[1][key] = cost
+        names, by_values = prepared.costs.setdefault(name, (tuple(sorted(measure.read)), {}))
+        if len(by_values) < _MOST_COSTS:
+            by_values[_values(variables, names)] = cost
         return cost
 
 
