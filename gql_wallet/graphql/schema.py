@@ -8,12 +8,14 @@ from datetime import datetime
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
+from strawberry.extensions.runner import SchemaExtensionsRunner
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from gql_wallet.graphql.documents import DocumentPolicy, Documents
 from gql_wallet.graphql.errors import ErrorPolicy, should_mask_error
 from gql_wallet.graphql.execution import WalletExecutor
+from gql_wallet.graphql.hooks import HookRunner
 from gql_wallet.graphql.limits import validation_rules
 from gql_wallet.graphql.mutations import Mutation
 from gql_wallet.graphql.queries import Query
@@ -24,6 +26,11 @@ from gql_wallet.settings import Settings
 
 
 class WalletSchema(strawberry.Schema):
+    def create_extensions_runner(
+        self, execution_context: ExecutionContext, extensions: list[SchemaExtension]
+    ) -> SchemaExtensionsRunner:
+        return HookRunner(execution_context=execution_context, extensions=extensions)
+
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
