@@ -91,16 +91,21 @@ async def measure(scenario: str, requests: int, concurrency: int, key: str) -> f
         return (time.process_time() - started) / requests
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.cpu", description=__doc__)
+def scenario_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options this module and bench.instructions share."""
     parser.add_argument("--scenario", choices=SCENARIOS, default="lookup")
-    parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument(
         "--database-url",
         default="postgresql://postgres@127.0.0.1:5432/bench_gql_wallet_profile",
         help="a database seeded by python -m bench.profile",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cpu", description=__doc__)
+    scenario_arguments(parser)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args(argv)
     os.environ["GQL_WALLET_DATABASE_URL"] = args.database_url
     os.environ["GQL_WALLET_DB_POOL_SIZE"] = str(args.concurrency)

@@ -16,7 +16,7 @@ import re
 import subprocess
 import sys
 
-from bench.load import SCENARIOS
+from bench.cpu import scenario_arguments
 
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
@@ -34,14 +34,9 @@ def _instructions(scenario: str, requests: int, database_url: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
-    parser.add_argument("--scenario", choices=SCENARIOS, default="lookup")
+    scenario_arguments(parser)
     parser.add_argument("--fewer", type=int, default=300)
     parser.add_argument("--more", type=int, default=900)
-    parser.add_argument(
-        "--database-url",
-        default="postgresql://postgres@127.0.0.1:5432/bench_gql_wallet_profile",
-        help="a database seeded by python -m bench.profile",
-    )
     args = parser.parse_args(argv)
     if not 0 < args.fewer < args.more:
         parser.error("--fewer must be above 0 and below --more")
