@@ -117,3 +117,27 @@ async def test_an_error_in_one_hook_reaches_another_generator_hook() -> None:
         messages.append([error.message for error in result.errors or []])
     assert messages == [["inside"], ["inside"]]
     assert seen == ["inside", "inside"]
+
+
+def test_synchronous_execution_runs_sync_hooks_and_refuses_async_ones() -> None:
+    seen: list[str] = []
+
+    class SyncOnly(SchemaExtension):
+        def on_operation(self) -> Iterator[None]:
+            seen.append("start")
+            yield
+            seen.append("end")
+
+    class AsyncHook(SchemaExtension):
+        async def on_execute(self) -> AsyncIterator[None]:
+            yield
+
+    answers = []
+    for make in (strawberry.Schema, WalletSchema):
+        fine = make(query=Query, extensions=[SyncOnly]).execute_sync("{ ok }")
+        refused = make(query=Query, extensions=[AsyncHook]).execute_sync("{ ok }")
+        answers.append((fine.data, [error.message for error in refused.errors or []]))
+    assert answers[1][0] == answers[0][0] == {"ok": 1}
+    assert "failed to complete synchronously" in answers[0][1][0]
+    assert "failed to complete synchronously" in answers[1][1][0]
+    assert seen == ["start", "end", "start", "end"]
