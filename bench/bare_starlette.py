@@ -3,8 +3,8 @@
 No GraphQL, no SQLAlchemy: a wallet lookup and a top-up as plain JSON endpoints that send the
 same statements, in the same transactions, as gql_wallet does on SQLite (the API key lookup as
 one autocommit statement, then the lookup's SELECT likewise, or the top-up's BEGIN IMMEDIATE,
-idempotency claim, conditional balance UPDATE ... RETURNING, ledger INSERT and outcome UPDATE,
-COMMIT). The gap between this and gql_wallet on the same SQLite file is what the GraphQL stack
+idempotency claim, the wallet's SELECT, the SELECT of its due expiries, the ledger INSERT, the
+credit block's INSERT, the balance UPDATE ... RETURNING and the outcome UPDATE, COMMIT). The gap between this and gql_wallet on the same SQLite file is what the GraphQL stack
 costs.
 It serves only what the benchmark sends: top-ups of seeded wallets with fresh keys (no wallet
 creation, no replays, no input validation).
@@ -33,9 +33,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gql_wallet.auth import bearer_token, parse_token, token_hash
+from gql_wallet.ledger.credits import DEFAULT_PRIORITY, CreditCategory, burn_key
 from gql_wallet.settings import Settings
 
 MAX_SAFE_INT = 2**53 - 1
+PAID_BURN_KEY = burn_key(DEFAULT_PRIORITY, None, CreditCategory.PAID)
 WALLET_COLUMNS = "seq, id, organization_id, customer_id, currency, balance, created_at, modified_at"
 
 AUTHENTICATE = (
@@ -51,16 +53,32 @@ CLAIM_KEY = (
     'INSERT INTO idempotency_keys (organization_id, "key", request, created_at) '
     'VALUES (?, ?, ?, ?) ON CONFLICT (organization_id, "key") DO NOTHING RETURNING "key"'
 )
-CHANGE_BALANCE = (
-    "UPDATE wallets SET balance=(wallets.balance + ?), modified_at=? "
-    "WHERE wallets.organization_id = ? AND wallets.customer_id = ? AND wallets.currency = ? "
-    f"AND wallets.balance <= ? RETURNING {WALLET_COLUMNS}"
+EXPIRY_DUE = (
+    "coalesce(wallets.next_expiry_at <= strftime('%Y-%m-%d %H:%M:%f', 'now'), 0) AS expiry_due"
+)
+WALLET_BY_OWNER = (
+    f"SELECT {WALLET_COLUMNS}, {EXPIRY_DUE} FROM wallets "
+    "WHERE wallets.organization_id = ? AND wallets.customer_id = ? AND wallets.currency = ?"
+)
+DUE_BLOCKS = (
+    "SELECT seq, remaining FROM credit_blocks WHERE wallet_seq = ? AND remaining > 0 "
+    "AND expires_at <= ? ORDER BY expires_at, seq"
 )
 INSERT_ENTRY = (
     "INSERT INTO wallet_transactions (id, organization_id, wallet_seq, type, amount, "
-    "balance_after, description, reference, idempotency_key, created_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq, id, organization_id, wallet_seq, type, "
-    "amount, balance_after, description, reference, idempotency_key, created_at"
+    "balance_after, description, reference, idempotency_key, created_at, reverses_seq) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL) RETURNING seq, id, wallet_seq, type, "
+    "amount, balance_after, description, reference, idempotency_key, created_at, reverses_seq"
+)
+INSERT_BLOCK = (
+    "INSERT INTO credit_blocks (id, organization_id, wallet_seq, source_seq, category, "
+    "priority, expires_at, burn_key, amount, remaining, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?)"
+)
+SET_BALANCE = (
+    "UPDATE wallets SET balance=?, modified_at=?, next_expiry_at=(SELECT min(expires_at) "
+    "FROM credit_blocks WHERE credit_blocks.wallet_seq = wallets.seq AND remaining > 0 "
+    f"AND expires_at IS NOT NULL) WHERE wallets.seq = ? RETURNING {WALLET_COLUMNS}, {EXPIRY_DUE}"
 )
 RECORD_OUTCOME = (
     "UPDATE idempotency_keys SET transaction_seq=?, error_code=? "
@@ -186,29 +204,31 @@ def create_app() -> Starlette:
             claimed = await (await conn.execute(CLAIM_KEY, (org, key, canonical, now))).fetchone()
             if claimed is None:
                 return _json({"error": "KEY_ALREADY_USED"}, 409)
-            change = (amount, now, org, customer, currency, MAX_SAFE_INT - amount)
-            wallet = await (await conn.execute(CHANGE_BALANCE, change)).fetchone()
-            if wallet is None:
+            owner = (org, customer, currency)
+            found = await (await conn.execute(WALLET_BY_OWNER, owner)).fetchone()
+            if found is None:
                 return _json({"error": "WALLET_NOT_FOUND"}, 404)
+            due = await (await conn.execute(DUE_BLOCKS, (found[0], now))).fetchall()
+            assert not due, "the bench's blocks never expire"
+            balance = found[5] + amount
+            if balance > MAX_SAFE_INT:
+                return _json({"error": "BALANCE_LIMIT_EXCEEDED"}, 409)
             entry_id = uuid.uuid4()
-            entry = (
-                entry_id.hex,
-                org,
-                wallet[0],
-                "TOP_UP",
-                amount,
-                wallet[5],
-                None,
-                None,
-                key,
-                now,
-            )
+            entry = (entry_id.hex, org, found[0], "TOP_UP", amount, balance, None, None, key, now)
             row = await (await conn.execute(INSERT_ENTRY, entry)).fetchone()
             assert row is not None
+            block = (
+                uuid.uuid4().hex, org, found[0], row[0], CreditCategory.PAID.value,
+                DEFAULT_PRIORITY, PAID_BURN_KEY, amount, amount, now,
+            )  # fmt: skip
+            await conn.execute(INSERT_BLOCK, block)
+            cursor = await conn.execute(SET_BALANCE, (balance, now, found[0]))
+            wallet = await cursor.fetchone()
+            assert wallet is not None
             await conn.execute(RECORD_OUTCOME, (row[0], None, org, key))
         return _json(
             {
-                "transaction": {"id": str(entry_id), "balanceAfter": row[6]},
+                "transaction": {"id": str(entry_id), "balanceAfter": row[5]},
                 "wallet": _wallet(wallet),
             }
         )

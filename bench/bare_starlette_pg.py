@@ -19,7 +19,6 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -31,6 +30,8 @@ from starlette.routing import Route
 
 from bench.bare_starlette import _json, read_top_up
 from gql_wallet.auth import bearer_token, parse_token, token_hash
+from gql_wallet.ledger.credits import DEFAULT_PRIORITY, CreditCategory, burn_key
+from gql_wallet.ledger.service import EXPIRATION
 from gql_wallet.money import MAX_SAFE_INT
 from gql_wallet.repository import LEDGER_CHANNEL
 from gql_wallet.settings import Settings
@@ -48,9 +49,12 @@ BALANCE_CHANGE = (
     "SELECT r.outcome, (r.wallet).id, (r.wallet).customer_id, (r.wallet).currency, "
     "(r.wallet).balance, (r.wallet).modified_at, (r.entry).id AS entry_id, "
     "(r.entry).balance_after FROM gql_wallet_balance_change("
-    + ", ".join(f"${i}" for i in range(1, 19))
+    + ", ".join(f"${i}" for i in range(1, 25))
     + ") AS r"
 )
+
+
+PAID_BURN_KEY = burn_key(DEFAULT_PRIORITY, None, CreditCategory.PAID)
 
 
 def _wallet(row: Any) -> dict[str, Any]:
@@ -108,10 +112,16 @@ def create_app() -> Starlette:
             True,
             uuid.uuid4(),
             uuid.uuid4(),
-            datetime.now(UTC),
             LEDGER_CHANNEL,
             "WALLET_NOT_FOUND",
             "BALANCE_LIMIT_EXCEEDED",
+            uuid.uuid4(),  # the top-up's credit block: PAID, the default priority, never expiring
+            CreditCategory.PAID.value,
+            DEFAULT_PRIORITY,
+            None,
+            PAID_BURN_KEY,
+            EXPIRATION.type,
+            EXPIRATION.key_prefix,
         )
         assert row is not None
         if row["outcome"] != "applied":

@@ -10,6 +10,10 @@ The first customers (`cus_0` up to `history_customers`, one in HISTORY_EVERY) al
 history on their `usd` wallet: HISTORY_AMOUNTS more entries after the seed top-up, charges and
 top-ups in turn, with a description and a reference, each with its idempotency record, so that
 a page of that ledger (the `wallet_page` scenario) is a full page with more to follow.
+
+Each wallet holds its balance in one PAID credit block that never expires, whose source is its
+seed top-up: what revision 0007 makes of a wallet with a history (the history's entries are
+older than the block, without allocations).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from pathlib import Path
 
 import asyncpg
 
+from gql_wallet.ledger.credits import DEFAULT_PRIORITY, CreditCategory, burn_key
+
 CLI = str(Path(sys.executable).with_name("gql-wallet"))
 CURRENCIES = ("usd", "eur")
 SEED_BALANCE = 1_000_000
@@ -34,6 +40,8 @@ SEED_BALANCE = 1_000_000
 HISTORY_AMOUNTS = tuple(-250 if i % 2 == 0 else 1_000 for i in range(11))
 # One customer in this many (the first ones) has the history above.
 HISTORY_EVERY = 10
+# Every seeded wallet's one block: PAID, the default priority, never expiring.
+BLOCK_BURN_KEY = burn_key(DEFAULT_PRIORITY, None, CreditCategory.PAID)
 SQL_FUNCTIONS = tuple(
     Path(__file__).with_name("sql") / name for name in ("bench_top_up.sql", "bench_charge.sql")
 )
@@ -123,6 +131,16 @@ SELECT t.organization_id, t.idempotency_key,
 FROM wallet_transactions t JOIN wallets w ON w.seq = t.wallet_seq
 """
 
+_PG_BLOCKS = """
+INSERT INTO credit_blocks (id, organization_id, wallet_seq, source_seq, category, priority,
+                           expires_at, burn_key, amount, remaining, created_at)
+SELECT gen_random_uuid(), w.organization_id, w.seq, t.seq, $3, $2, NULL, $1, w.balance,
+       w.balance, w.created_at
+FROM wallets w JOIN wallet_transactions t
+  ON t.organization_id = w.organization_id AND t.idempotency_key = 'seed_' || w.seq
+ORDER BY w.seq
+"""
+
 
 async def _recreate_postgres_database(admin_url: str, name: str) -> None:
     conn = await asyncpg.connect(admin_url)
@@ -148,6 +166,9 @@ async def _seed_postgres(
             await conn.execute(_PG_HISTORY, list(HISTORY_AMOUNTS), history_customers)
             await conn.execute(_PG_HISTORY_BALANCES, sum(HISTORY_AMOUNTS), history_customers)
             await conn.execute(_PG_KEYS)
+            await conn.execute(
+                _PG_BLOCKS, BLOCK_BURN_KEY, DEFAULT_PRIORITY, CreditCategory.PAID.value
+            )
             for function in SQL_FUNCTIONS:
                 await conn.execute(function.read_text())
         await conn.execute("VACUUM ANALYZE")
@@ -218,6 +239,16 @@ SELECT t.organization_id, t.idempotency_key,
 FROM wallet_transactions t JOIN wallets w ON w.seq = t.wallet_seq
 """
 
+_SQLITE_BLOCKS = """
+INSERT INTO credit_blocks (id, organization_id, wallet_seq, source_seq, category, priority,
+                           expires_at, burn_key, amount, remaining, created_at)
+SELECT lower(hex(randomblob(16))), w.organization_id, w.seq, t.seq, :category, :priority, NULL,
+       :burn_key, w.balance, w.balance, w.created_at
+FROM wallets w JOIN wallet_transactions t
+  ON t.organization_id = w.organization_id AND t.idempotency_key = 'seed_' || w.seq
+ORDER BY w.seq
+"""
+
 
 def prepare_sqlite(path: Path, wallets: int, organizations: int) -> Tenants:
     """Recreate the SQLite file at `path`, migrate it and seed it."""
@@ -245,6 +276,14 @@ def prepare_sqlite(path: Path, wallets: int, organizations: int) -> Tenants:
             _SQLITE_HISTORY_BALANCES, {"delta": sum(HISTORY_AMOUNTS), "customers": history}
         )
         conn.execute(_SQLITE_KEYS)
+        conn.execute(
+            _SQLITE_BLOCKS,
+            {
+                "category": CreditCategory.PAID.value,
+                "priority": DEFAULT_PRIORITY,
+                "burn_key": BLOCK_BURN_KEY,
+            },
+        )
         conn.execute("ANALYZE")
     return Tenants((), keys, customers, history)
 

@@ -26,6 +26,7 @@ from gql_wallet.graphql.graphiql import ASSETS_URL
 from gql_wallet.graphql.http import GraphQLEndpoint
 from gql_wallet.graphql.schema import build_schema
 from gql_wallet.graphql.websocket import SubscriptionEndpoint, SubscriptionView
+from gql_wallet.ledger.sweeper import ExpirySweeper
 from gql_wallet.middleware import RequestMiddleware
 from gql_wallet.migrate import upgrade_to_head
 from gql_wallet.operations import MetricsEndpoint, Readiness, healthz
@@ -62,6 +63,7 @@ class Serving:
     endpoint: GraphQLEndpoint
     subscriptions: SubscriptionEndpoint
     readiness: Readiness
+    sweeper: ExpirySweeper
 
     @classmethod
     def build(cls, settings: Settings, schema: strawberry.Schema) -> Serving:
@@ -77,9 +79,11 @@ class Serving:
             endpoint=GraphQLEndpoint(schema, database, settings, authenticator, feed),
             subscriptions=SubscriptionEndpoint(view, settings.subscription_max_connections),
             readiness=Readiness(database),
+            sweeper=ExpirySweeper(database, settings.expiry_sweep_seconds),
         )
 
     async def close(self) -> None:
+        await self.sweeper.stop()
         await self.shared.stop()
         await self.feed.stop()
         await self.database.dispose()
@@ -119,6 +123,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await upgrade_to_head(running.database)
             app.state.serving = running
             app.state.database = running.database
+            running.sweeper.start()
             _freeze_startup_heap()
             yield
         finally:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
@@ -86,6 +87,11 @@ class Wallet(SQLModel, table=True):
     balance: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
     modified_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+    # The soonest expiry of its credit blocks with credits left (null: none expires), kept by
+    # every write: a read compares it with the database's clock in the same SELECT.
+    next_expiry_at: datetime | None = Field(
+        default=None, sa_column=Column(UtcDateTime, nullable=True, index=True)
+    )
 
 
 class WalletTransaction(SQLModel, table=True):
@@ -95,7 +101,6 @@ class WalletTransaction(SQLModel, table=True):
     __tablename__ = "wallet_transactions"
     __table_args__ = (
         UniqueConstraint("organization_id", "idempotency_key", name="uq_wallet_tx_key"),
-        CheckConstraint("type IN ('TOP_UP', 'CHARGE')", name="ck_wallet_tx_type"),
         CheckConstraint("amount <> 0", name="ck_wallet_tx_amount_nonzero"),
         CheckConstraint("balance_after >= 0", name="ck_wallet_tx_balance_after"),
         Index("ix_wallet_tx_wallet_seq", "wallet_seq", "seq"),
@@ -114,6 +119,74 @@ class WalletTransaction(SQLModel, table=True):
     reference: str | None = Field(default=None, sa_column=Column(String(255)))
     idempotency_key: str = Field(sa_column=Column(String(255), nullable=False))
     created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+    # A REFUND's charge, a REVERSAL's top-up or grant.
+    reverses_seq: int | None = Field(
+        default=None,
+        sa_column=Column(BigSeq, nullable=True, index=True),
+    )
+
+
+class CreditBlock(SQLModel, table=True):
+    """A credit block: what one TOP_UP or GRANT entry (its source) added, and what is left.
+
+    `remaining` is never negative and always `amount` plus the sum of the block's allocations.
+    `burn_key` sorts the blocks of a wallet in burn-down order (then `seq`, oldest first); the
+    ledger service computes it, so the order is defined in one place.
+    """
+
+    __tablename__ = "credit_blocks"
+    __table_args__ = (
+        CheckConstraint("amount >= 0", name="ck_credit_blocks_amount_non_negative"),
+        CheckConstraint("remaining >= 0", name="ck_credit_blocks_remaining_non_negative"),
+        # Only blocks with credits left: a wallet's spent blocks are never read again to spend.
+        Index(
+            "ix_credit_blocks_burn",
+            "wallet_seq",
+            "burn_key",
+            "seq",
+            postgresql_where=text("remaining > 0"),
+            sqlite_where=text("remaining > 0"),
+        ),
+        # Every block of a wallet in burn-down order, spent ones included: credits(...) pages.
+        Index("ix_credit_blocks_wallet", "wallet_seq", "burn_key", "seq"),
+    )
+
+    seq: int | None = Field(
+        default=None, sa_column=Column(BigSeq, primary_key=True, autoincrement=True)
+    )
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, unique=True)
+    organization_id: uuid.UUID = Field(foreign_key="organizations.id")
+    wallet_seq: int = Field(sa_column=Column(BigSeq, ForeignKey("wallets.seq"), nullable=False))
+    source_seq: int = Field(
+        sa_column=Column(BigSeq, ForeignKey("wallet_transactions.seq"), nullable=False, unique=True)
+    )
+    category: str = Field(sa_column=Column(String(16), nullable=False))
+    priority: int = Field(sa_column=Column(Integer, nullable=False))
+    expires_at: datetime | None = Field(default=None, sa_column=Column(UtcDateTime, nullable=True))
+    burn_key: str = Field(sa_column=Column(String(64), nullable=False))
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+    remaining: int = Field(sa_column=Column(BigInteger, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+
+
+class CreditAllocation(SQLModel, table=True):
+    """How much of one block one entry spent (negative) or restored (positive); `ordinal` is
+    the order in which the entry touched its blocks."""
+
+    __tablename__ = "credit_allocations"
+    __table_args__ = (
+        CheckConstraint("amount <> 0", name="ck_credit_allocations_amount_nonzero"),
+        Index("ix_credit_allocations_block", "block_seq", "entry_seq"),
+    )
+
+    entry_seq: int = Field(
+        sa_column=Column(BigSeq, ForeignKey("wallet_transactions.seq"), primary_key=True)
+    )
+    ordinal: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    block_seq: int = Field(
+        sa_column=Column(BigSeq, ForeignKey("credit_blocks.seq"), nullable=False)
+    )
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
 class IdempotencyKey(SQLModel, table=True):

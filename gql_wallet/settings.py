@@ -114,6 +114,13 @@ class Settings(BaseSettings):
         description="Where rate-limit counters live: memory:// (per process) or a shared store "
         "such as redis://host:6379 so that all processes share one budget per key.",
     )
+    expiry_sweep_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds between expiry sweeps in each process: due credit expiries are "
+        "written within this long even if nobody reads or writes the wallet (every read and "
+        "write writes them first anyway).",
+    )
     subscription_max_connections: int = Field(
         default=2_000, ge=1, description="Most WebSocket connections one server process accepts."
     )

@@ -280,7 +280,7 @@ class TestSmallOnes:
             "verified 1 wallet and 1 transaction: 0 problems\n"
         )
         await env.api.charge("cus_1", 30, "k2")
-        await sql(database_url, "UPDATE wallets SET balance = 99")
+        await sql(database_url, "UPDATE credit_blocks SET amount = amount + 1")
         result = cli(database_url, "verify", check=False)
         assert result.returncode == 1
         assert result.stdout.endswith("verified 1 wallet and 2 transactions: 1 problem\n")

@@ -104,6 +104,7 @@ def _valid(name: str, type_: GraphQLInputType) -> Any:
         "amount": 100,
         "idempotencyKey": "k-text",
         "id": str(uuid.uuid4()),
+        "transactionId": str(uuid.uuid4()),
     }[name]
 
 

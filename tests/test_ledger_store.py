@@ -10,7 +10,16 @@ import pytest
 from sqlalchemy import select
 
 from gql_wallet import repository
-from gql_wallet.ledger.store import BalanceChangeCall, apply_balance_change
+from gql_wallet.ledger.credits import CreditCategory, burn_key
+from gql_wallet.ledger.store import (
+    BalanceChangeCall,
+    Expiration,
+    NewBlock,
+    UndoCall,
+    apply_balance_change,
+    apply_undo,
+    expire_wallets,
+)
 from tests.conftest import Env
 from tests.test_subscriptions import organization_of
 
@@ -33,11 +42,19 @@ async def call(env: Env) -> BalanceChangeCall:
         create_missing=True,
         missing_code="CODE_FOR_MISSING",
         refused_code="CODE_FOR_OUT_OF_RANGE",
-        now=repository.now_utc(),
+        block=BLOCK,
+        expiration=EXPIRATION,
     )
 
 
+# What the service decides for a top-up's block; a debit has none (it spends blocks).
+BLOCK = NewBlock("PAID", 50, None, burn_key(50, None, CreditCategory.PAID))
+EXPIRATION = Expiration("EXPIRATION", "gql-wallet:expiration:")
+
+
 def varied(call: BalanceChangeCall, key: str, **changes: object) -> BalanceChangeCall:
+    delta = changes.get("delta", call.delta)
+    changes.setdefault("block", BLOCK if isinstance(delta, int) and delta > 0 else None)
     return dataclasses.replace(call, idempotency_key=key, **changes)  # type: ignore[arg-type]
 
 
@@ -122,3 +139,69 @@ async def test_keys_are_per_organization(env: Env, call: BalanceChangeCall) -> N
     assert done.outcome == "applied" and done.wallet is not None
     assert done.wallet.organization_id == other != call.organization_id
     assert isinstance(done.wallet.id, uuid.UUID)
+
+
+async def test_a_credit_needs_a_block_and_a_debit_has_none(
+    env: Env, call: BalanceChangeCall
+) -> None:
+    with pytest.raises(ValueError, match="block"):
+        await apply_balance_change(env.database, dataclasses.replace(call, block=None))
+    with pytest.raises(ValueError, match="block"):
+        await apply_balance_change(env.database, varied(call, "k-2", delta=-1, block=BLOCK))
+    assert await env.counts() == (0, 0, 0)
+
+
+def undo(call: BalanceChangeCall, key: str, original: uuid.UUID, **changes: object) -> UndoCall:
+    fields: dict[str, object] = {
+        "organization_id": call.organization_id,
+        "idempotency_key": key,
+        "request": "{}",
+        "type": "REFUND",
+        "restore": True,
+        "original_id": original,
+        "amount": None,
+        "undoable_types": ("CHARGE",),
+        "ceiling": 1_000,
+        "description": None,
+        "not_found_code": "NOT_FOUND",
+        "wrong_type_code": "WRONG_TYPE",
+        "exceeds_code": "EXCEEDS",
+        "limit_code": "LIMIT",
+        "expiration": EXPIRATION,
+        **changes,
+    }
+    return UndoCall(**fields)  # type: ignore[arg-type]
+
+
+async def test_an_undo_carries_out_the_callers_caps_and_codes(
+    env: Env, call: BalanceChangeCall
+) -> None:
+    await apply_balance_change(env.database, call)
+    spent = await apply_balance_change(env.database, varied(call, "k-2", delta=-60, type="CHARGE"))
+    assert spent.transaction is not None
+    charge_id = spent.transaction.id
+    unknown = await apply_undo(env.database, undo(call, "u-0", uuid.uuid4()))
+    assert (unknown.outcome, unknown.refusal_code) == ("refused", "NOT_FOUND")
+    wrong = await apply_undo(env.database, undo(call, "u-0", charge_id, undoable_types=("X",)))
+    assert (wrong.outcome, wrong.refusal_code) == ("refused", "WRONG_TYPE")
+    assert await env.counts() == (1, 2, 2)  # neither claimed its key
+    partial = await apply_undo(env.database, undo(call, "u-1", charge_id, amount=25))
+    assert partial.outcome == "applied" and partial.transaction is not None
+    assert (partial.transaction.type, partial.transaction.amount) == ("REFUND", 25)
+    assert partial.wallet is not None and partial.wallet.balance == 65
+    over = await apply_undo(env.database, undo(call, "u-2", charge_id, amount=36))
+    assert (over.outcome, over.refusal_code) == ("refused", "EXCEEDS")
+    rest = await apply_undo(env.database, undo(call, "u-3", charge_id))
+    assert rest.transaction is not None and rest.transaction.amount == 35
+    taken = await apply_undo(env.database, undo(call, "u-3", charge_id))
+    assert taken.outcome == "taken"
+
+
+async def test_expire_wallets_writes_nothing_when_nothing_is_due(
+    env: Env, call: BalanceChangeCall
+) -> None:
+    done = await apply_balance_change(env.database, call)
+    assert done.wallet is not None
+    (after,) = await expire_wallets(env.database, [done.wallet.seq], EXPIRATION)
+    assert after.balance == 100 and not after.expiry_due
+    assert await env.counts() == (1, 1, 1)

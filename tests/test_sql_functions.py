@@ -14,27 +14,36 @@ SQL_DIR = Path(__file__).resolve().parents[1] / "migrations" / "sql"
 VERSIONS = Path(__file__).resolve().parents[1] / "migrations" / "versions"
 
 
-def _body(text: str) -> str:
-    (body,) = re.findall(r"\$\$(.*)\$\$", text, flags=re.DOTALL)
-    return body
+def _bodies(text: str) -> dict[str, str]:
+    """Each function a file creates, by name, with its body (between its $$ quotes)."""
+    return dict(
+        re.findall(r"CREATE (?:OR REPLACE )?FUNCTION (\w+)\(.*?\$\$(.*?)\$\$", text, re.DOTALL)
+    )
 
 
-def _newest(function: str) -> Path:
-    files = sorted(SQL_DIR.glob(f"{function}.v*.sql"), key=lambda p: int(p.stem.split(".v")[1]))
-    assert files, f"no versioned SQL file for {function}"
+def _newest(name: str) -> Path:
+    # name.v<N>.sql; name.v<N>.down.sql undoes version N.
+    files = sorted(
+        (p for p in SQL_DIR.glob(f"{name}.v*.sql") if p.stem.split(".v")[1].isdigit()),
+        key=lambda p: int(p.stem.split(".v")[1]),
+    )
+    assert files, f"no versioned SQL file for {name}"
     return files[-1]
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-async def test_the_installed_function_is_its_newest_file(database_url: str) -> None:
+async def test_the_installed_functions_are_their_newest_file(database_url: str) -> None:
+    expected = _bodies(_newest("gql_wallet_ledger").read_text())
+    assert "gql_wallet_balance_change" in expected and len(expected) >= 5
     conn = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
-        installed = await conn.fetchval(
-            "SELECT prosrc FROM pg_proc WHERE proname = 'gql_wallet_balance_change'"
+        rows = await conn.fetch(
+            "SELECT proname, prosrc FROM pg_proc WHERE proname LIKE 'gql\\_wallet\\_%'"
         )
     finally:
         await conn.close()
-    assert installed == _body(_newest("gql_wallet_balance_change").read_text())
+    installed = {row["proname"]: row["prosrc"] for row in rows}
+    assert installed == expected
 
 
 def test_migrations_load_sql_files_and_never_build_function_text() -> None:
@@ -43,6 +52,7 @@ def test_migrations_load_sql_files_and_never_build_function_text() -> None:
         assert "CREATE OR REPLACE FUNCTION" not in text, migration.name
         assert "importlib" not in text, migration.name
     for sql in SQL_DIR.glob("*.sql"):
-        assert any(f'sql_file("{sql.name}")' in m.read_text() for m in VERSIONS.glob("*.py")), (
+        loaded = (f'sql_file("{sql.name}")', f'sql_statements("{sql.name}")')
+        assert any(any(form in m.read_text() for form in loaded) for m in VERSIONS.glob("*.py")), (
             f"{sql.name} is loaded by no migration"
         )

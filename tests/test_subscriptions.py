@@ -436,11 +436,29 @@ async def organization_of(database: Database, key: str) -> uuid.UUID:
 def test_a_subscriber_queue_is_bounded() -> None:
     subscriber = Subscriber(currency=None, capacity=2)
     wallet = WalletRecord(
-        1, uuid.uuid4(), uuid.uuid4(), "c", "usd", 0, repository.now_utc(), repository.now_utc()
+        1,
+        uuid.uuid4(),
+        uuid.uuid4(),
+        "c",
+        "usd",
+        0,
+        repository.now_utc(),
+        repository.now_utc(),
+        False,
     )
     for seq in range(1, 10):
         entry = TransactionRecord(
-            seq, uuid.uuid4(), 1, "TOP_UP", 1, seq, None, None, f"k{seq}", repository.now_utc()
+            seq,
+            uuid.uuid4(),
+            1,
+            "TOP_UP",
+            1,
+            seq,
+            None,
+            None,
+            f"k{seq}",
+            repository.now_utc(),
+            None,
         )
         subscriber.offer(WalletChange(wallet, entry))
     assert subscriber.queue.qsize() == 3  # two changes and the marker that ends the reader

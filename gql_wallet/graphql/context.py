@@ -9,13 +9,19 @@ from typing import Any
 from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
 
+from gql_wallet import ledger
 from gql_wallet import repository as repo
 from gql_wallet.auth import Principal
 from gql_wallet.db import Database
 from gql_wallet.feed import LedgerFeed
 from gql_wallet.graphql.errors import refuse
 from gql_wallet.money import ARGUMENT, check_customer_id
-from gql_wallet.repository import WalletRecord
+from gql_wallet.repository import (
+    AllocationRecord,
+    CreditBlockRecord,
+    TransactionRecord,
+    WalletRecord,
+)
 from gql_wallet.settings import Settings
 
 
@@ -28,9 +34,19 @@ class Context:
     websocket: WebSocket | None = None  # set for operations over a WebSocket
     connection_params: dict[str, Any] | None = None  # the WebSocket's connection_init payload
     wallets_by_seq: DataLoader[int, WalletRecord] = field(init=False)
+    transactions_by_seq: DataLoader[int, TransactionRecord] = field(init=False)
+    credits_by_seq: DataLoader[int, CreditBlockRecord] = field(init=False)
+    allocations_by_entry: DataLoader[int, list[AllocationRecord]] = field(init=False)
+    undone_by_entry: DataLoader[int, int] = field(init=False)
+    category_balances: DataLoader[int, dict[str, int]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.wallets_by_seq = DataLoader(load_fn=self._load_wallets)
+        self.transactions_by_seq = DataLoader(load_fn=self._load_transactions)
+        self.credits_by_seq = DataLoader(load_fn=self._load_credits)
+        self.allocations_by_entry = DataLoader(load_fn=self._load_allocations)
+        self.undone_by_entry = DataLoader(load_fn=self._load_undone)
+        self.category_balances = DataLoader(load_fn=self._load_category_balances)
 
     def customer_scope(self, requested: str | None) -> tuple[bool, str | None]:
         """(visible, customer filter) for a read that may name a customer.
@@ -52,5 +68,37 @@ class Context:
 
     async def _load_wallets(self, seqs: Sequence[int]) -> list[WalletRecord]:
         async with self.database.read_connection() as conn:
-            found = {w.seq: w for w in await repo.get_wallets_by_seq(conn, seqs)}
+            records = await repo.get_wallets_by_seq(conn, seqs)
+        found = {w.seq: w for w in await ledger.fresh_wallets(self.database, records)}
         return [found[seq] for seq in seqs]
+
+    async def _load_transactions(self, seqs: Sequence[int]) -> list[TransactionRecord]:
+        async with self.database.read_connection() as conn:
+            found = {t.seq: t for t in await repo.credits.transactions_by_seq(conn, seqs)}
+        return [found[seq] for seq in seqs]
+
+    async def _load_credits(self, seqs: Sequence[int]) -> list[CreditBlockRecord]:
+        async with self.database.read_connection() as conn:
+            found = {b.seq: b for b in await repo.credits.blocks_by_seq(conn, seqs)}
+        return [found[seq] for seq in seqs]
+
+    async def _load_allocations(self, entry_seqs: Sequence[int]) -> list[list[AllocationRecord]]:
+        async with self.database.read_connection() as conn:
+            rows = await repo.credits.allocations_of(conn, entry_seqs)
+        found: dict[int, list[AllocationRecord]] = {}
+        for row in rows:
+            found.setdefault(row.entry_seq, []).append(row)
+        return [found.get(seq, []) for seq in entry_seqs]
+
+    async def _load_undone(self, entry_seqs: Sequence[int]) -> list[int]:
+        async with self.database.read_connection() as conn:
+            found = await repo.credits.undone_amounts(conn, entry_seqs)
+        return [found.get(seq, 0) for seq in entry_seqs]
+
+    async def _load_category_balances(self, wallet_seqs: Sequence[int]) -> list[dict[str, int]]:
+        async with self.database.read_connection() as conn:
+            rows = await repo.credits.category_balances(conn, wallet_seqs)
+        found: dict[int, dict[str, int]] = {}
+        for wallet_seq, category, total in rows:
+            found.setdefault(wallet_seq, {})[category] = total
+        return [found.get(seq, {}) for seq in wallet_seqs]

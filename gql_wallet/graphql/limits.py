@@ -39,9 +39,10 @@ from gql_wallet.graphql.types import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from gql_wallet.settings import Settings
 
 # How many objects a list field may return per parent, for the cost estimate. Connections take
-# their page size from `first`; a customer has one wallet per currency, rarely more than a few.
-CONNECTION_FIELDS = frozenset({"wallets", "transactions"})
-LIST_FIELD_SIZES = {"customerWallets": 10}
+# their page size from `first`; a customer has one wallet per currency, rarely more than a few,
+# and an entry touches a few credit blocks (a charge may span more: an estimate, not a bound).
+CONNECTION_FIELDS = frozenset({"wallets", "transactions", "credits"})
+LIST_FIELD_SIZES = {"customerWallets": 10, "allocations": 10}
 
 
 class DocumentShape:

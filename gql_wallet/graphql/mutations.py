@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 import strawberry
@@ -32,7 +32,7 @@ _CURRENCY = "ISO 4217 code in any case (usd, USD); stored lowercase."
 _AMOUNT = "Amount in the currency's minor unit (cents for usd), 1 to 2^53-1."
 _KEY = (
     "Your unique ID for this write (1-255 characters), scoped to your organization and shared by "
-    "top-ups and charges. A retry with the same key and input replays the first outcome and "
+    "every write (top-ups, grants, charges, refunds, reversals). A retry with the same key and input replays the first outcome and "
     "writes nothing; the same key with another input is refused (IDEMPOTENCY_KEY_REUSED)."
 )
 _DESCRIPTION = "Free text shown in the ledger, up to 500 characters."
@@ -52,9 +52,56 @@ class BalanceChangeInput:
     reference: str | None = strawberry.field(default=None, description=_REFERENCE)
 
 
+_EXPIRES_AT = (
+    "When the credits expire (ISO 8601 with offset, in the future); omitted: never. From then "
+    "on what is left of them is spent by nothing and counted in no balance, and an EXPIRATION "
+    "entry records it."
+)
+_PRIORITY = "0 to 100, lower is spent first (default 50): the first key of the burn-down order."
+
+
 @strawberry.input(description="Add funds to a customer's wallet, e.g. after a payment succeeded.")
 class TopUpWalletInput(BalanceChangeInput):
-    pass
+    expires_at: datetime | None = strawberry.field(default=None, description=_EXPIRES_AT)
+    priority: int | None = strawberry.field(default=None, description=_PRIORITY)
+
+
+@strawberry.input(
+    description="Grant PROMOTIONAL credits to a customer (free credits, a promotion)."
+)
+class GrantCreditsInput(BalanceChangeInput):
+    expires_at: datetime | None = strawberry.field(default=None, description=_EXPIRES_AT)
+    priority: int | None = strawberry.field(default=None, description=_PRIORITY)
+
+
+_UNDO_KEY = _KEY
+_TRANSACTION_ID = "The ID of the transaction to undo."
+
+
+@strawberry.input(description="Give back part or all of a charge.")
+class RefundChargeInput:
+    transaction_id: strawberry.ID = strawberry.field(description=_TRANSACTION_ID + " A CHARGE.")
+    amount: SafeInt | None = strawberry.field(
+        default=None, description="How much, 1 to what is left to refund; omitted: all of it."
+    )
+    idempotency_key: str = strawberry.field(description=_UNDO_KEY)
+    description: str | None = strawberry.field(default=None, description=_DESCRIPTION)
+
+
+@strawberry.input(
+    description="Take back part or all of a top-up or grant: its payment was refunded or "
+    "charged back, or a promotion is withdrawn."
+)
+class ReverseTopUpInput:
+    transaction_id: strawberry.ID = strawberry.field(
+        description=_TRANSACTION_ID + " A TOP_UP or GRANT."
+    )
+    amount: SafeInt | None = strawberry.field(
+        default=None,
+        description="How much, 1 to what is left of the block it created; omitted: all of it.",
+    )
+    idempotency_key: str = strawberry.field(description=_UNDO_KEY)
+    description: str | None = strawberry.field(default=None, description=_DESCRIPTION)
 
 
 @strawberry.input(description="Pay for a customer's usage from their wallet's balance.")
@@ -92,6 +139,47 @@ class ChargeWalletPayload:
     )
     user_errors: list[WalletUserError] = strawberry.field(
         description="Why the charge was refused; empty on success."
+    )
+
+
+@strawberry.type(description="The result of grantCredits.")
+class GrantCreditsPayload:
+    wallet: CustomerWallet | None = strawberry.field(
+        description="The wallet as it is now; null when the input was invalid."
+    )
+    transaction: WalletTransaction | None = strawberry.field(
+        description="The GRANT entry (the same one on every replay of its key)."
+    )
+    user_errors: list[WalletUserError] = strawberry.field(
+        description="Why the grant was refused; empty on success."
+    )
+
+
+@strawberry.type(description="The result of refundCharge.")
+class RefundChargePayload:
+    wallet: CustomerWallet | None = strawberry.field(
+        description="The wallet as it is now; null when the input was invalid or named no "
+        "transaction of yours."
+    )
+    transaction: WalletTransaction | None = strawberry.field(
+        description="The REFUND entry (the same one on every replay of its key)."
+    )
+    user_errors: list[WalletUserError] = strawberry.field(
+        description="Why the refund was refused; empty on success."
+    )
+
+
+@strawberry.type(description="The result of reverseTopUp.")
+class ReverseTopUpPayload:
+    wallet: CustomerWallet | None = strawberry.field(
+        description="The wallet as it is now; null when the input was invalid or named no "
+        "transaction of yours."
+    )
+    transaction: WalletTransaction | None = strawberry.field(
+        description="The REVERSAL entry (the same one on every replay of its key)."
+    )
+    user_errors: list[WalletUserError] = strawberry.field(
+        description="Why the reversal was refused; empty on success."
     )
 
 
@@ -178,6 +266,17 @@ def balance_change(data: BalanceChangeInput) -> ledger.BalanceChange:
         idempotency_key=data.idempotency_key,
         description=data.description,
         reference=data.reference,
+        expires_at=getattr(data, "expires_at", None),
+        priority=getattr(data, "priority", None),
+    )
+
+
+def undo(data: RefundChargeInput | ReverseTopUpInput) -> ledger.Undo:
+    return ledger.Undo(
+        transaction_id=str(data.transaction_id),
+        idempotency_key=data.idempotency_key,
+        amount=data.amount,
+        description=data.description,
     )
 
 
@@ -313,6 +412,55 @@ class Mutation:
         )
         wallet, transaction, errors = write_parts(info.context, result)
         return TopUpWalletPayload(wallet=wallet, transaction=transaction, user_errors=errors)
+
+    @strawberry.mutation(
+        description="Grant PROMOTIONAL credits: a GRANT entry and its credit block, with an "
+        "optional expiry and priority; creates the wallet if needed. Idempotent.",
+    )
+    async def grant_credits(
+        self,
+        info: Info[Context, None],
+        input: Annotated[GrantCreditsInput, strawberry.argument(description="The grant.")],
+    ) -> GrantCreditsPayload:
+        require_write(info)
+        result = await ledger.grant(
+            info.context.database, info.context.principal.organization_id, balance_change(input)
+        )
+        wallet, transaction, errors = write_parts(info.context, result)
+        return GrantCreditsPayload(wallet=wallet, transaction=transaction, user_errors=errors)
+
+    @strawberry.mutation(
+        description="Refund part or all of a charge: a REFUND entry that gives the credits back "
+        "to the blocks the charge spent, the last one first (credits given back to a block that "
+        "has expired since expire at once). Idempotent.",
+    )
+    async def refund_charge(
+        self,
+        info: Info[Context, None],
+        input: Annotated[RefundChargeInput, strawberry.argument(description="The refund.")],
+    ) -> RefundChargePayload:
+        require_write(info)
+        result = await ledger.refund(
+            info.context.database, info.context.principal.organization_id, undo(input)
+        )
+        wallet, transaction, errors = write_parts(info.context, result)
+        return RefundChargePayload(wallet=wallet, transaction=transaction, user_errors=errors)
+
+    @strawberry.mutation(
+        description="Reverse part or all of a top-up or grant: a REVERSAL entry that takes "
+        "credits back from the block it created, never from another. Idempotent.",
+    )
+    async def reverse_top_up(
+        self,
+        info: Info[Context, None],
+        input: Annotated[ReverseTopUpInput, strawberry.argument(description="The reversal.")],
+    ) -> ReverseTopUpPayload:
+        require_write(info)
+        result = await ledger.reverse(
+            info.context.database, info.context.principal.organization_id, undo(input)
+        )
+        wallet, transaction, errors = write_parts(info.context, result)
+        return ReverseTopUpPayload(wallet=wallet, transaction=transaction, user_errors=errors)
 
     @strawberry.mutation(
         description="Pay for usage from a wallet's balance; refused whole if the balance does not "

@@ -9,6 +9,7 @@ from typing import Annotated
 import strawberry
 from strawberry.types import Info
 
+from gql_wallet import ledger
 from gql_wallet import repository as repo
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.errors import refuse
@@ -50,8 +51,12 @@ class Query:
         if not visible:
             return []
         assert customer is not None  # a customer was named, so the scope names one
-        records = await repo.list_customer_wallets(
-            info.context.database, info.context.principal.organization_id, customer
+        database = info.context.database
+        records = await ledger.fresh_wallets(
+            database,
+            await repo.list_customer_wallets(
+                database, info.context.principal.organization_id, customer
+            ),
         )
         return [CustomerWallet.from_record(r) for r in records]
 
@@ -68,8 +73,12 @@ class Query:
         code = currency_argument(currency)
         if not visible:
             return None
-        record = await repo.find_wallet_by_owner(
-            info.context.database, info.context.principal.organization_id, customer_id, code
+        database = info.context.database
+        record = await ledger.fresh_wallet(
+            database,
+            await repo.find_wallet_by_owner(
+                database, info.context.principal.organization_id, customer_id, code
+            ),
         )
         return CustomerWallet.from_record(record) if record else None
 
@@ -89,6 +98,7 @@ class Query:
             record = await repo.get_wallet_by_id(
                 conn, info.context.principal.organization_id, wallet_id, customer_id=customer
             )
+        record = await ledger.fresh_wallet(info.context.database, record)
         return CustomerWallet.from_record(record) if record else None
 
     @strawberry.field(description="The organization's wallets, oldest first, cursor-paginated.")
@@ -114,14 +124,16 @@ class Query:
         code = None if currency is None else currency_argument(currency)
         if not visible:
             return CustomerWalletConnection(edges=[], page_info=page_info([], False))
+        database = info.context.database
         records = await repo.page_of_wallets(
-            info.context.database,
+            database,
             info.context.principal.organization_id,
             customer_id=customer,
             currency=code,
             after_seq=after_seq,
             limit=size + 1,
         )
+        records = await ledger.fresh_wallets(database, records)
         edges = [
             CustomerWalletEdge(cursor=encode_cursor("w", r.seq), node=CustomerWallet.from_record(r))
             for r in records[:size]

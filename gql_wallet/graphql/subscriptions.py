@@ -9,6 +9,7 @@ from typing import Annotated
 import strawberry
 from strawberry.types import Info
 
+from gql_wallet import ledger
 from gql_wallet import repository as repo
 from gql_wallet.feed import SlowConsumer, WalletChange
 from gql_wallet.graphql.context import Context
@@ -68,11 +69,16 @@ async def wallet_updates(
     delivery = current_delivery.get()
     key = GroupKey.of(delivery, principal, customer_id, code)
     async with delivery.shared.join(key, principal, delivery.variables, wallet_update) as events:
-        async with context.database.read_transaction() as conn:
-            wallets = await repo.list_wallets(
-                conn, principal.organization_id, customer_id=customer_id, currency=code
-            )
-            events.seen = await repo.last_entries(conn, principal.organization_id, customer_id)
+        for _attempt in range(3):
+            async with context.database.read_transaction() as conn:
+                wallets = await repo.list_wallets(
+                    conn, principal.organization_id, customer_id=customer_id, currency=code
+                )
+                events.seen = await repo.last_entries(conn, principal.organization_id, customer_id)
+            if not any(wallet.expiry_due for wallet in wallets):
+                break
+            # Expiries come first; then the snapshot again, with its cursors.
+            await ledger.fresh_wallets(context.database, wallets)
         for wallet in wallets:
             yield WalletUpdate(wallet=CustomerWallet.from_record(wallet), transaction=None)
         while True:

@@ -16,8 +16,15 @@ from gql_wallet import repository as repo
 from gql_wallet.errors import ErrorCode
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.errors import RequestError
+from gql_wallet.ledger import REFUNDABLE, REVERSIBLE, InvalidDateTime
 from gql_wallet.money import MAX_SAFE_INT
-from gql_wallet.repository import CustomerSessionRecord, TransactionRecord, WalletRecord
+from gql_wallet.repository import (
+    AllocationRecord,
+    CreditBlockRecord,
+    CustomerSessionRecord,
+    TransactionRecord,
+    WalletRecord,
+)
 
 SafeInt = NewType("SafeInt", int)
 
@@ -68,13 +75,15 @@ def serialize_datetime(value: Any) -> str:
     return value.astimezone(UTC).isoformat()
 
 
-def _parse_datetime(value: Any) -> datetime:
+def _parse_datetime(value: Any) -> datetime | InvalidDateTime:
+    """An input that does not parse is handed on as `InvalidDateTime`: the operation that takes
+    it refuses it with its own typed code (e.g. INVALID_EXPIRY), writing nothing."""
     try:
         parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
     except ValueError:
         parsed = None
     if parsed is None or parsed.tzinfo is None:
-        raise GraphQLError("DateTime must be an ISO 8601 string with a UTC offset.")
+        return InvalidDateTime(str(value)[:64])
     return parsed
 
 
@@ -154,6 +163,28 @@ class WalletErrorCode(enum.Enum):
         "CUSTOMER_SESSION_NOT_FOUND",
         description="No customer session of your organization has this ID.",
     )
+    INVALID_EXPIRY = strawberry.enum_value(
+        "INVALID_EXPIRY",
+        description="expiresAt is not an ISO 8601 time with its offset, or not in the future. "
+        "Nothing written.",
+    )
+    TRANSACTION_NOT_FOUND = strawberry.enum_value(
+        "TRANSACTION_NOT_FOUND",
+        description="Your organization has no transaction with this ID. Nothing written.",
+    )
+    TRANSACTION_NOT_REFUNDABLE = strawberry.enum_value(
+        "TRANSACTION_NOT_REFUNDABLE",
+        description="refundCharge takes a CHARGE, reverseTopUp a TOP_UP or GRANT. Nothing written.",
+    )
+    REFUND_EXCEEDS_CHARGE = strawberry.enum_value(
+        "REFUND_EXCEEDS_CHARGE",
+        description="The refunds of a charge would exceed it. Final for its key.",
+    )
+    REVERSAL_EXCEEDS_REMAINING = strawberry.enum_value(
+        "REVERSAL_EXCEEDS_REMAINING",
+        description="More than is left of the block the top-up or grant created (or of the "
+        "entry itself). Final for its key.",
+    )
 
 
 def error_code(code: ErrorCode) -> WalletErrorCode:
@@ -165,6 +196,40 @@ class WalletTransactionType(enum.Enum):
     TOP_UP = strawberry.enum_value("TOP_UP", description="Funds added; amount is positive.")
     CHARGE = strawberry.enum_value(
         "CHARGE", description="Usage paid from the balance; amount is negative."
+    )
+    GRANT = strawberry.enum_value(
+        "GRANT", description="PROMOTIONAL credits granted (grantCredits); amount is positive."
+    )
+    REFUND = strawberry.enum_value(
+        "REFUND", description="Part or all of a charge given back; amount is positive."
+    )
+    REVERSAL = strawberry.enum_value(
+        "REVERSAL",
+        description="Part or all of a top-up or grant taken back; amount is negative.",
+    )
+    EXPIRATION = strawberry.enum_value(
+        "EXPIRATION",
+        description="What was left of a credit block when it expired, written by the server; "
+        "amount is negative.",
+    )
+
+
+@strawberry.enum(description="What kind of credits a block holds.")
+class CreditCategory(enum.Enum):
+    PAID = strawberry.enum_value("PAID", description="Paid for: created by topUpWallet.")
+    PROMOTIONAL = strawberry.enum_value(
+        "PROMOTIONAL", description="Granted: created by grantCredits."
+    )
+
+
+@strawberry.enum(description="Where a credit block stands.")
+class CreditStatus(enum.Enum):
+    ACTIVE = strawberry.enum_value("ACTIVE", description="Has credits left to spend.")
+    DEPLETED = strawberry.enum_value(
+        "DEPLETED", description="Nothing left (spent or reversed); not expired."
+    )
+    EXPIRED = strawberry.enum_value(
+        "EXPIRED", description="Its expiresAt has passed: nothing in it can be spent."
     )
 
 
@@ -221,6 +286,57 @@ class CustomerWallet:
         attribute)."""
         return cast(CustomerWallet, record)
 
+    @strawberry.field(
+        description="The part of balance in PROMOTIONAL credits (grants), not expired."
+    )
+    async def promotional_balance(self, info: Info[Context, None]) -> SafeInt:
+        totals = await info.context.category_balances.load(self.seq)
+        return SafeInt(totals.get("PROMOTIONAL", 0))
+
+    @strawberry.field(description="The part of balance in PAID credits (top-ups), not expired.")
+    async def paid_balance(self, info: Info[Context, None]) -> SafeInt:
+        totals = await info.context.category_balances.load(self.seq)
+        return SafeInt(totals.get("PAID", 0))
+
+    @strawberry.field(
+        description="The wallet's credit blocks in burn-down order: the order charges spend "
+        "them in (priority, then soonest expiry with never-expiring last, then PROMOTIONAL "
+        "before PAID, then oldest)."
+    )
+    async def credits(
+        self,
+        info: Info[Context, None],
+        first: Annotated[
+            int | None,
+            strawberry.argument(description="Page size, 1 to 100 (default 20)."),
+        ] = DEFAULT_PAGE_SIZE,
+        after: Annotated[
+            str | None,
+            strawberry.argument(description="Return blocks after this cursor."),
+        ] = None,
+        status: Annotated[
+            CreditStatus | None,
+            strawberry.argument(description="Only blocks with this status."),
+        ] = None,
+    ) -> WalletCreditConnection:
+        size = page_size(first)
+        position = _decode_credit_cursor(after)
+        async with info.context.database.read_connection() as conn:
+            rows = await repo.credits.list_credits(
+                conn,
+                self.seq,
+                after=position,
+                status=None if status is None else status.name,
+                limit=size + 1,
+            )
+        edges = [
+            WalletCreditEdge(cursor=_credit_cursor(row), node=WalletCredit.from_record(row))
+            for row in rows[:size]
+        ]
+        return WalletCreditConnection(
+            edges=edges, page_info=page_info([e.cursor for e in edges], len(rows) > size)
+        )
+
     @strawberry.field(description="The wallet's ledger, newest entry first.")
     async def transactions(
         self,
@@ -271,9 +387,12 @@ class WalletTransaction:
         description="The caller's reference given with the write (an invoice or payment ID)."
     )
     idempotency_key: str = strawberry.field(
-        description="The idempotency key of the write that created this entry."
+        description="The idempotency key of the write that created this entry (an EXPIRATION's "
+        "is gql-wallet:expiration: and the entry's ID)."
     )
+    seq: strawberry.Private[int]
     wallet_seq: strawberry.Private[int]
+    reverses_seq: strawberry.Private[int | None]
 
     @classmethod
     def from_record(cls, record: TransactionRecord) -> WalletTransaction:
@@ -283,6 +402,134 @@ class WalletTransaction:
     @strawberry.field(description="The wallet this entry belongs to.")
     async def wallet(self, info: Info[Context, None]) -> CustomerWallet:
         return CustomerWallet.from_record(await info.context.wallets_by_seq.load(self.wallet_seq))
+
+    @strawberry.field(
+        description="How much of each credit block this entry spent (negative) or restored "
+        "(positive), in the order it touched them; the amounts sum to `amount`. Empty for a "
+        "TOP_UP or GRANT (its block is the one whose `source` it is) and for entries older "
+        "than credit blocks."
+    )
+    async def allocations(self, info: Info[Context, None]) -> list[CreditAllocation]:
+        rows = await info.context.allocations_by_entry.load(self.seq)
+        return [CreditAllocation.from_record(row) for row in rows]
+
+    @strawberry.field(description="For a REFUND or REVERSAL: the entry it undoes; else null.")
+    async def reverses(self, info: Info[Context, None]) -> WalletTransaction | None:
+        if self.reverses_seq is None:
+            return None
+        return WalletTransaction.from_record(
+            await info.context.transactions_by_seq.load(self.reverses_seq)
+        )
+
+    @strawberry.field(description="How much of this CHARGE its refunds have given back; else 0.")
+    async def refunded_amount(
+        self, info: Info[Context, None], root: strawberry.Parent[TransactionRecord]
+    ) -> SafeInt:
+        if root.type not in REFUNDABLE:
+            return SafeInt(0)
+        return SafeInt(await info.context.undone_by_entry.load(root.seq))
+
+    @strawberry.field(
+        description="How much of this TOP_UP or GRANT its reversals have taken back; else 0."
+    )
+    async def reversed_amount(
+        self, info: Info[Context, None], root: strawberry.Parent[TransactionRecord]
+    ) -> SafeInt:
+        if root.type not in REVERSIBLE:
+            return SafeInt(0)
+        return SafeInt(-(await info.context.undone_by_entry.load(root.seq)))
+
+
+@strawberry.type(
+    description="A credit block: what one TOP_UP or GRANT added, what is left of it, and how "
+    "it may be spent."
+)
+class WalletCredit:
+    id: strawberry.ID = strawberry.field(description="The ID of the block (a UUID).")
+    created_at: datetime = strawberry.field(description="When the block was created.")
+    category: CreditCategory = strawberry.field(
+        description="PAID (topUpWallet) or PROMOTIONAL (grantCredits)."
+    )
+    priority: int = strawberry.field(description="0 to 100; lower is spent first.")
+    expires_at: datetime | None = strawberry.field(
+        description="From this instant on nothing in the block can be spent; null: never."
+    )
+    amount: SafeInt = strawberry.field(description="What the block added.")
+    seq: strawberry.Private[int]
+    source_seq: strawberry.Private[int]
+    expired: strawberry.Private[bool]
+
+    @classmethod
+    def from_record(cls, record: CreditBlockRecord) -> WalletCredit:
+        """The record itself, as for `CustomerWallet.from_record`."""
+        return cast(WalletCredit, record)
+
+    @strawberry.field(description="The TOP_UP or GRANT entry that created the block.")
+    async def source(self, info: Info[Context, None]) -> WalletTransaction:
+        return WalletTransaction.from_record(
+            await info.context.transactions_by_seq.load(self.source_seq)
+        )
+
+    @strawberry.field(description="Not yet spent, reversed or expired.")
+    def remaining(self, root: strawberry.Parent[CreditBlockRecord]) -> SafeInt:
+        return SafeInt(0 if root.expired else root.remaining)
+
+    @strawberry.field(description="remaining minus what open holds reserve from this block.")
+    def available_remaining(self, root: strawberry.Parent[CreditBlockRecord]) -> SafeInt:
+        return SafeInt(0 if root.expired else root.remaining)
+
+    @strawberry.field(description="ACTIVE, DEPLETED (nothing left) or EXPIRED.")
+    def status(self, root: strawberry.Parent[CreditBlockRecord]) -> CreditStatus:
+        if root.expired:
+            return CreditStatus.EXPIRED
+        return CreditStatus.ACTIVE if root.remaining > 0 else CreditStatus.DEPLETED
+
+
+@strawberry.type(description="How much of one credit block an entry spent or restored.")
+class CreditAllocation:
+    amount: SafeInt = strawberry.field(
+        description="Signed like the entry: negative when spent from the block, positive when "
+        "restored to it."
+    )
+    block_seq: strawberry.Private[int]
+
+    @classmethod
+    def from_record(cls, record: AllocationRecord) -> CreditAllocation:
+        return cast(CreditAllocation, record)
+
+    @strawberry.field(description="The credit block.")
+    async def credit(self, info: Info[Context, None]) -> WalletCredit:
+        return WalletCredit.from_record(await info.context.credits_by_seq.load(self.block_seq))
+
+
+@strawberry.type(description="A credit block and its cursor.")
+class WalletCreditEdge:
+    cursor: str = strawberry.field(description="Opaque cursor of this block.")
+    node: WalletCredit = strawberry.field(description="The credit block.")
+
+
+@strawberry.type(description="A page of a wallet's credit blocks, in burn-down order.")
+class WalletCreditConnection:
+    edges: list[WalletCreditEdge] = strawberry.field(description="The blocks of this page.")
+    page_info: PageInfo = strawberry.field(description="Where this page sits in the list.")
+
+
+def _credit_cursor(record: CreditBlockRecord) -> str:
+    return base64.urlsafe_b64encode(f"cr:{record.burn_key}:{record.seq}".encode()).decode()
+
+
+def _decode_credit_cursor(cursor: str | None) -> tuple[str, int] | None:
+    if cursor is None:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor.encode("ascii")).decode()
+        prefix, _, rest = text.partition(":")
+        key, _, seq = rest.rpartition(":")
+        if prefix == "cr" and key and seq.isdigit() and len(seq) < 20 and len(key) <= 64:
+            return key, int(seq)
+    except (binascii.Error, UnicodeError, ValueError):
+        pass
+    raise RequestError("after is not a cursor of this connection.")
 
 
 @strawberry.type(description="A wallet transaction and its cursor.")

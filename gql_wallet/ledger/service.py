@@ -1,4 +1,5 @@
-"""The ledger service: top_up, charge, create_wallet. Every rule of a write is decided here.
+"""The ledger service: top_up, grant, charge, refund, reverse, create_wallet, and the expiry of
+credits before a read. Every rule of a write is decided here.
 
 Each write is: validate (nothing written on a bad input) -> decide the change (delta, the
 balance range, what each refusal means) -> the store claims the idempotency key, applies the
@@ -12,7 +13,8 @@ from __future__ import annotations
 import enum
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 from sqlalchemy.engine import Connection
 
@@ -20,6 +22,13 @@ from gql_wallet import repository as repo
 from gql_wallet.db import Database, DriverConnection, OnDemandConnection, checked_out
 from gql_wallet.errors import ErrorCode, UserError
 from gql_wallet.ledger import store
+from gql_wallet.ledger.credits import (
+    DEFAULT_PRIORITY,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    CreditCategory,
+    burn_key,
+)
 from gql_wallet.money import (
     MAX_DESCRIPTION_LENGTH,
     MAX_IDEMPOTENCY_KEY_LENGTH,
@@ -36,11 +45,28 @@ from gql_wallet.repository import TransactionRecord, WalletRecord
 class TransactionType(enum.Enum):
     TOP_UP = "TOP_UP"
     CHARGE = "CHARGE"
+    GRANT = "GRANT"
+    REFUND = "REFUND"
+    REVERSAL = "REVERSAL"
+    EXPIRATION = "EXPIRATION"
+
+
+# Idempotency keys of this prefix name the entries the ledger writes on its own (an EXPIRATION's
+# key is this prefix, "expiration:" and the entry's ID); a caller may not use them.
+RESERVED_KEY_PREFIX = "gql-wallet:"
+EXPIRATION = store.Expiration(
+    type=TransactionType.EXPIRATION.value, key_prefix=f"{RESERVED_KEY_PREFIX}expiration:"
+)
+
+
+class InvalidDateTime(str):
+    """A DateTime input that did not parse (the GraphQL scalar hands it on as it was sent), so
+    that the operation refuses it with its own code instead of a request error."""
 
 
 @dataclass(frozen=True)
 class BalanceChange:
-    """The input of a top-up or a charge, as the caller sent it."""
+    """The input of a top-up, a grant or a charge, as the caller sent it."""
 
     customer_id: str
     currency: str
@@ -48,6 +74,20 @@ class BalanceChange:
     idempotency_key: str
     description: str | None = None
     reference: str | None = None
+    # A top-up's or grant's block: when it expires (None: never) and its priority.
+    expires_at: datetime | InvalidDateTime | None = None
+    priority: int | None = None
+
+
+@dataclass(frozen=True)
+class Undo:
+    """The input of a refund or a reversal: the entry to undo, and how much (None: all that
+    is left)."""
+
+    transaction_id: str
+    idempotency_key: str
+    amount: int | None = None
+    description: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,15 +110,50 @@ _REFUSALS: dict[ErrorCode, tuple[str, tuple[str, ...]]] = {
         ("input", "amount"),
     ),
     ErrorCode.BALANCE_LIMIT_EXCEEDED: (
-        f"This top-up would take the balance past {MAX_SAFE_INT}.",
+        f"This write would take the balance past {MAX_SAFE_INT}.",
+        ("input", "amount"),
+    ),
+    ErrorCode.TRANSACTION_NOT_FOUND: (
+        "Your organization has no transaction with this ID.",
+        ("input", "transactionId"),
+    ),
+    ErrorCode.TRANSACTION_NOT_REFUNDABLE: (
+        "refundCharge undoes a CHARGE or CAPTURE, reverseTopUp a TOP_UP or GRANT; "
+        "this transaction is neither.",
+        ("input", "transactionId"),
+    ),
+    ErrorCode.REFUND_EXCEEDS_CHARGE: (
+        "The refunds of a charge cannot exceed it: this is more than is left to refund.",
+        ("input", "amount"),
+    ),
+    ErrorCode.REVERSAL_EXCEEDS_REMAINING: (
+        "This is more than is left of the credits this top-up or grant added.",
         ("input", "amount"),
     ),
 }
 # What a change that would leave the balance range means, by kind; a charge to no wallet is
-# WALLET_NOT_FOUND, while a top-up creates its wallet.
+# WALLET_NOT_FOUND, while a top-up or grant creates its wallet.
 _OUT_OF_RANGE = {
     TransactionType.TOP_UP: ErrorCode.BALANCE_LIMIT_EXCEEDED,
+    TransactionType.GRANT: ErrorCode.BALANCE_LIMIT_EXCEEDED,
     TransactionType.CHARGE: ErrorCode.INSUFFICIENT_FUNDS,
+}
+# The credits each kind adds: a block of its category. A charge spends blocks instead.
+_CREDITS = {
+    TransactionType.TOP_UP: CreditCategory.PAID,
+    TransactionType.GRANT: CreditCategory.PROMOTIONAL,
+}
+# What each undo may undo: a refund gives back what a charge spent, a reversal takes back what a
+# top-up or grant added. (CAPTURE joins the refundable types with holds.)
+_UNDOABLE = {
+    TransactionType.REFUND: (TransactionType.CHARGE.value,),
+    TransactionType.REVERSAL: (TransactionType.TOP_UP.value, TransactionType.GRANT.value),
+}
+REFUNDABLE = _UNDOABLE[TransactionType.REFUND]
+REVERSIBLE = _UNDOABLE[TransactionType.REVERSAL]
+_UNDO_EXCEEDS = {
+    TransactionType.REFUND: ErrorCode.REFUND_EXCEEDS_CHARGE,
+    TransactionType.REVERSAL: ErrorCode.REVERSAL_EXCEEDS_REMAINING,
 }
 # Every balance stays in this range, whatever the concurrency: the store applies a change only
 # if the locked row's balance after it is within these bounds.
@@ -94,28 +169,73 @@ def _validate(change: BalanceChange) -> list[UserError]:
     return [
         *check_owner(change.customer_id, change.currency),
         *check_amount(change.amount),
-        *check_text(
-            change.idempotency_key, "idempotencyKey", MAX_IDEMPOTENCY_KEY_LENGTH, required=True
-        ),
+        *_check_key(change.idempotency_key),
         *check_text(change.description, "description", MAX_DESCRIPTION_LENGTH, required=False),
         *check_text(change.reference, "reference", MAX_REFERENCE_LENGTH, required=False),
+        *_check_expiry(change.expires_at),
+        *_check_priority(change.priority),
     ]
 
 
-def _canonical_request(kind: TransactionType, change: BalanceChange, currency: str) -> str:
+def _check_key(key: str) -> list[UserError]:
+    errors = check_text(key, "idempotencyKey", MAX_IDEMPOTENCY_KEY_LENGTH, required=True)
+    if not errors and key.startswith(RESERVED_KEY_PREFIX):
+        errors.append(
+            UserError(
+                ErrorCode.INVALID_INPUT,
+                f"Idempotency keys starting with {RESERVED_KEY_PREFIX!r} are reserved for "
+                "the entries the ledger writes itself.",
+                ("input", "idempotencyKey"),
+            )
+        )
+    return errors
+
+
+def _check_expiry(expires_at: datetime | InvalidDateTime | None) -> list[UserError]:
+    if expires_at is None:
+        return []
+    if isinstance(expires_at, InvalidDateTime):
+        message = "expiresAt must be an ISO 8601 date and time with its UTC offset."
+    elif expires_at <= repo.now_utc():
+        message = "expiresAt must be in the future."
+    else:
+        return []
+    return [UserError(ErrorCode.INVALID_EXPIRY, message, ("input", "expiresAt"))]
+
+
+def _check_priority(priority: int | None) -> list[UserError]:
+    if priority is None or MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        return []
+    return [
+        UserError(
+            ErrorCode.INVALID_INPUT,
+            f"priority must be from {MIN_PRIORITY} to {MAX_PRIORITY} (lower is spent first).",
+            ("input", "priority"),
+        )
+    ]
+
+
+def _canonical(fields: dict[str, object]) -> str:
     """The normalised input as canonical JSON: equal text means the same request."""
-    return json.dumps(
-        {
-            "type": kind.value,
-            "customerId": change.customer_id,
-            "currency": currency,
-            "amount": change.amount,
-            "description": change.description,
-            "reference": change.reference,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+
+def _canonical_request(kind: TransactionType, change: BalanceChange, currency: str) -> str:
+    fields: dict[str, object] = {
+        "type": kind.value,
+        "customerId": change.customer_id,
+        "currency": currency,
+        "amount": change.amount,
+        "description": change.description,
+        "reference": change.reference,
+    }
+    # Only when not the default, so that a key first used before blocks existed still replays.
+    if change.expires_at is not None:
+        assert isinstance(change.expires_at, datetime)  # validated
+        fields["expiresAt"] = change.expires_at.astimezone(UTC).isoformat()
+    if change.priority not in (None, DEFAULT_PRIORITY):
+        fields["priority"] = change.priority
+    return _canonical(fields)
 
 
 async def top_up(
@@ -129,13 +249,24 @@ async def top_up(
     return await _write(database, organization_id, TransactionType.TOP_UP, change, conn)
 
 
+async def grant(
+    database: Database,
+    organization_id: uuid.UUID,
+    change: BalanceChange,
+    conn: DriverConnection | None = None,
+) -> WriteResult:
+    """Add PROMOTIONAL credits (a GRANT entry and its block); the wallet is created if needed."""
+    return await _write(database, organization_id, TransactionType.GRANT, change, conn)
+
+
 async def charge(
     database: Database,
     organization_id: uuid.UUID,
     change: BalanceChange,
     conn: DriverConnection | None = None,
 ) -> WriteResult:
-    """Pay for usage from the balance; refused whole when the balance does not cover it."""
+    """Pay for usage from the balance, from the blocks in burn-down order; refused whole when
+    the balance does not cover it."""
     return await _write(database, organization_id, TransactionType.CHARGE, change, conn)
 
 
@@ -146,6 +277,8 @@ async def _write(
     change: BalanceChange,
     conn: DriverConnection | None,
 ) -> WriteResult:
+    if kind is TransactionType.CHARGE:  # a charge makes no block
+        change = replace(change, expires_at=None, priority=None)
     if errors := _validate(change):
         return WriteResult(errors=tuple(errors))
     currency = normalize_currency(change.currency)
@@ -165,51 +298,187 @@ async def _write(
             ceiling=BALANCE_CEILING,
             description=change.description,
             reference=change.reference,
-            create_missing=kind is TransactionType.TOP_UP,
+            create_missing=kind in _CREDITS,
             missing_code=ErrorCode.WALLET_NOT_FOUND.value,
             refused_code=_OUT_OF_RANGE[kind].value,
-            now=repo.now_utc(),
+            block=_new_block(kind, change),
+            expiration=EXPIRATION,
         ),
     )
     if done.outcome == "taken":
         # An earlier write holds the key and has committed (the claim waited for it, or ran
         # after it in the same group): replay its outcome.
-        return await _replay_committed(database, conn, organization_id, change, currency, request)
+        owner = (change.customer_id, currency)
+        return await _replay_committed(
+            database, conn, organization_id, change.idempotency_key, request, owner
+        )
+    return _answer(done)
+
+
+def _answer(done: store.BalanceChangeOutcome) -> WriteResult:
     if done.outcome == "refused":
+        assert done.refusal_code is not None
         return WriteResult(wallet=done.wallet, errors=(_refusal(ErrorCode(done.refusal_code)),))
     return WriteResult(wallet=done.wallet, transaction=done.transaction)
 
 
 def _delta(kind: TransactionType, change: BalanceChange) -> int:
-    return change.amount if kind is TransactionType.TOP_UP else -change.amount
+    return change.amount if kind in _CREDITS else -change.amount
+
+
+def _new_block(kind: TransactionType, change: BalanceChange) -> store.NewBlock | None:
+    category = _CREDITS.get(kind)
+    if category is None:
+        return None
+    priority = DEFAULT_PRIORITY if change.priority is None else change.priority
+    expires_at = change.expires_at
+    assert not isinstance(expires_at, InvalidDateTime)  # validated
+    return store.NewBlock(
+        category=category.value,
+        priority=priority,
+        expires_at=expires_at,
+        burn_key=burn_key(priority, expires_at, category),
+    )
+
+
+async def refund(
+    database: Database, organization_id: uuid.UUID, undo: Undo, conn: DriverConnection | None = None
+) -> WriteResult:
+    """A REFUND of (part of) a charge: its credits back to the blocks it spent, the last first."""
+    return await _undo(database, organization_id, TransactionType.REFUND, undo, conn)
+
+
+async def reverse(
+    database: Database, organization_id: uuid.UUID, undo: Undo, conn: DriverConnection | None = None
+) -> WriteResult:
+    """A REVERSAL of (part of) a top-up or grant, from the block it created only."""
+    return await _undo(database, organization_id, TransactionType.REVERSAL, undo, conn)
+
+
+async def _undo(
+    database: Database,
+    organization_id: uuid.UUID,
+    kind: TransactionType,
+    undo: Undo,
+    conn: DriverConnection | None,
+) -> WriteResult:
+    errors = [
+        *check_text(undo.transaction_id, "transactionId", 100, required=True),
+        *([] if undo.amount is None else check_amount(undo.amount)),
+        *_check_key(undo.idempotency_key),
+        *check_text(undo.description, "description", MAX_DESCRIPTION_LENGTH, required=False),
+    ]
+    if errors:
+        return WriteResult(errors=tuple(errors))
+    try:
+        original_id = uuid.UUID(undo.transaction_id)
+    except ValueError:  # no transaction has this ID
+        return WriteResult(errors=(_refusal(ErrorCode.TRANSACTION_NOT_FOUND),))
+    request = _canonical(
+        {
+            "type": kind.value,
+            "transactionId": str(original_id),
+            "amount": undo.amount,
+            "description": undo.description,
+        }
+    )
+    done = await store.apply_undo(
+        database,
+        store.UndoCall(
+            organization_id=organization_id,
+            idempotency_key=undo.idempotency_key,
+            request=request,
+            type=kind.value,
+            restore=kind is TransactionType.REFUND,
+            original_id=original_id,
+            amount=undo.amount,
+            undoable_types=_UNDOABLE[kind],
+            ceiling=BALANCE_CEILING,
+            description=undo.description,
+            not_found_code=ErrorCode.TRANSACTION_NOT_FOUND.value,
+            wrong_type_code=ErrorCode.TRANSACTION_NOT_REFUNDABLE.value,
+            exceeds_code=_UNDO_EXCEEDS[kind].value,
+            limit_code=ErrorCode.BALANCE_LIMIT_EXCEEDED.value,
+            expiration=EXPIRATION,
+        ),
+    )
+    if done.outcome == "taken":
+        return await _replay_committed(
+            database, conn, organization_id, undo.idempotency_key, request, original_id
+        )
+    return _answer(done)
+
+
+async def fresh_wallets(database: Database, records: list[WalletRecord]) -> list[WalletRecord]:
+    """The wallets as a read may show them: any with an expiry due (by the database's clock, at
+    the read) has it written first, and is shown as it is after."""
+    # Locked in the order a group commit locks wallets in (by owner), so that the two cannot
+    # deadlock on PostgreSQL.
+    due = [record.seq for record in sorted(records, key=_owner_order) if record.expiry_due]
+    if not due:
+        return records
+    after = {w.seq: w for w in await store.expire_wallets(database, due, EXPIRATION)}
+    return [after.get(record.seq, record) for record in records]
+
+
+def _owner_order(record: WalletRecord) -> tuple[str, str, str]:
+    return repo.lock_order(record.organization_id, record.customer_id, record.currency)
+
+
+async def fresh_wallet(database: Database, record: WalletRecord | None) -> WalletRecord | None:
+    if record is None or not record.expiry_due:
+        return record
+    (fresh,) = await fresh_wallets(database, [record])
+    return fresh
+
+
+async def sweep_expiries(database: Database, batch: int = 500) -> int:
+    """Write the due expiries of every wallet (the sweeper); the number of wallets written.
+    Safe in every process at once: a wallet another transaction holds is skipped (it is being
+    written), and one written already has nothing due."""
+    written = 0
+    while True:
+        async with database.read_connection() as conn:
+            due = await repo.due_wallets(conn, batch)
+        if not due:
+            return written
+        done = await store.expire_wallets(database, due, EXPIRATION, skip_locked=True)
+        written += len(done)
+        if len(due) < batch or not done:
+            return written
 
 
 async def _replay_committed(
     database: Database,
     conn: DriverConnection | None,
     organization_id: uuid.UUID,
-    change: BalanceChange,
-    currency: str,
+    key: str,
     request: str,
+    target: tuple[str, str] | uuid.UUID,
 ) -> WriteResult:
     """The replay's reads, in one transaction: on SQLite on the writer thread's connection, so
-    that no write of a request takes a pooled connection; on PostgreSQL on the request's."""
+    that no write of a request takes a pooled connection; on PostgreSQL on the request's.
+    `target`: the (customer, currency) of a balance change, the original entry of an undo."""
     if database.dialect.name == "sqlite":
-        return await database.run_write(_replay, organization_id, change, currency, request)
-    async with OnDemandConnection(database) as fallback:
-        own = await checked_out(conn or fallback)
-        async with own.begin():
-            return await own.run_sync(_replay, organization_id, change, currency, request)
+        result = await database.run_write(_replay, organization_id, key, request, target)
+    else:
+        async with OnDemandConnection(database) as fallback:
+            own = await checked_out(conn or fallback)
+            async with own.begin():
+                result = await own.run_sync(_replay, organization_id, key, request, target)
+    if result.wallet is None:
+        return result
+    return replace(result, wallet=await fresh_wallet(database, result.wallet))
 
 
 def _replay(
     conn: Connection,
     organization_id: uuid.UUID,
-    change: BalanceChange,
-    currency: str,
+    key: str,
     request: str,
+    target: tuple[str, str] | uuid.UUID,
 ) -> WriteResult:
-    record = repo.get_idempotency_record(conn, organization_id, change.idempotency_key)
+    record = repo.get_idempotency_record(conn, organization_id, key)
     if record.request != request:
         return WriteResult(
             errors=(
@@ -220,7 +489,12 @@ def _replay(
                 ),
             )
         )
-    wallet = repo.get_wallet_by_owner(conn, organization_id, change.customer_id, currency)
+    if isinstance(target, uuid.UUID):
+        original = repo.credits.transaction_by_id(conn, organization_id, target)
+        assert original is not None  # an undo records its key only for an entry it found
+        wallet = repo.credits.wallet_by_seq(conn, original.wallet_seq)
+    else:
+        wallet = repo.get_wallet_by_owner(conn, organization_id, *target)
     if record.transaction_seq is not None:
         transaction = repo.get_transaction_by_seq(conn, record.transaction_seq)
         return WriteResult(wallet=wallet, transaction=transaction, replayed=True)
@@ -242,7 +516,8 @@ async def create_wallet(
         return WriteResult(errors=tuple(errors))
     code = normalize_currency(currency)
     assert code is not None  # validated above
-    return await database.run_write(_create_wallet, organization_id, customer_id, code)
+    result = await database.run_write(_create_wallet, organization_id, customer_id, code)
+    return replace(result, wallet=await fresh_wallet(database, result.wallet))
 
 
 def _create_wallet(

@@ -1,16 +1,21 @@
 """The ledger store: one interface, one implementation per database, for "claim the key,
 apply, record" as one atomic step.
 
-The service (ledger/service.py) decides everything a balance change means: the delta, the
-range the balance must stay in, whether a missing wallet is created, and which code each
-refusal records. A store only carries that out in one transaction and answers with what
-happened (`BalanceChangeOutcome`: applied, refused with the code it recorded, or taken when an
-earlier write holds the key). It holds no rule and no message of its own.
+The service (ledger/service.py) decides everything a write means: the delta, the range the
+balance must stay in, whether a missing wallet is created, the block a credit creates, what an
+undo may undo, the entry types, and which code each refusal records. A store carries that out
+in one transaction, under the wallet's lock, and answers with what happened
+(`BalanceChangeOutcome`: applied, refused with the code it recorded, or taken when an earlier
+write holds the key). It holds no rule and no message of its own.
 
-- PostgreSQL: one call of the function in migrations/sql/ (its newest version), sent in a group
-  commit with the other writes waiting in the process (repository.apply_balance_change).
-- SQLite: the same statements in the same order, in the process's writer thread, inside one
-  BEGIN IMMEDIATE transaction (its group commit).
+Every write first writes the wallet's due expiries (by the database's clock), so nothing spends
+or shows credits past their expiry. The burn-down order is the blocks' `burn_key`, then age.
+
+- PostgreSQL: one call of a function of migrations/sql/ (its newest version), sent in a group
+  commit with the other writes waiting in the process (repository/balance_change.py).
+- SQLite: the same steps in the same order, in the process's writer thread, inside one
+  BEGIN IMMEDIATE transaction (its group commit). The clock is the machine's, which is the
+  embedded database's.
 """
 
 from __future__ import annotations
@@ -18,19 +23,50 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.engine import Connection
 
 from gql_wallet import repository as repo
 from gql_wallet.db import Database
-from gql_wallet.repository import BalanceChangeOutcome
+from gql_wallet.repository import BalanceChangeOutcome, WalletRecord
+from gql_wallet.repository import credits as blocks
 
-__all__ = ["BalanceChangeCall", "BalanceChangeOutcome", "apply_balance_change"]
+__all__ = [
+    "BalanceChangeCall",
+    "BalanceChangeOutcome",
+    "Expiration",
+    "NewBlock",
+    "UndoCall",
+    "apply_balance_change",
+    "apply_undo",
+    "expire_wallets",
+]
+
+
+@dataclass(frozen=True)
+class Expiration:
+    """The entries a store writes on its own when credits expire: their type, and the prefix
+    of their idempotency keys (then the entry's ID)."""
+
+    type: str
+    key_prefix: str
+
+
+@dataclass(frozen=True)
+class NewBlock:
+    """The credit block a credit creates, of its whole amount."""
+
+    category: str
+    priority: int
+    expires_at: datetime | None
+    burn_key: str
 
 
 @dataclass(frozen=True)
 class BalanceChangeCall:
-    """A balance change as the service decided it."""
+    """A top-up, grant or charge as the service decided it. A credit creates `block`; a debit
+    (no block) spends the wallet's blocks in burn-down order."""
 
     organization_id: uuid.UUID
     idempotency_key: str
@@ -46,60 +82,270 @@ class BalanceChangeCall:
     create_missing: bool  # create the wallet if there is none (then apply)
     missing_code: str  # recorded when there is no wallet (and none is created)
     refused_code: str  # recorded when the change would leave floor..ceiling
-    now: datetime
+    block: NewBlock | None
+    expiration: Expiration
+
+
+@dataclass(frozen=True)
+class UndoCall:
+    """A refund or reversal of the entry `original_id`, as the service decided it.
+
+    `restore`: give credits back to the blocks the original spent, the last it spent from first
+    (a refund: a positive entry); else take them from the block the original created (a
+    reversal: a negative entry). The undone total of an original never passes its amount, nor a
+    reversal the block's remainder (`exceeds_code`); `amount` None means all that is left."""
+
+    organization_id: uuid.UUID
+    idempotency_key: str
+    request: str
+    type: str
+    restore: bool
+    original_id: uuid.UUID
+    amount: int | None
+    undoable_types: tuple[str, ...]
+    ceiling: int
+    description: str | None
+    not_found_code: str
+    wrong_type_code: str
+    exceeds_code: str
+    limit_code: str  # a refund that would take the balance past `ceiling`
+    expiration: Expiration
 
 
 async def apply_balance_change(database: Database, call: BalanceChangeCall) -> BalanceChangeOutcome:
+    if (call.delta > 0) != (call.block is not None):
+        raise ValueError("a credit creates a block, and a debit has none: it spends blocks")
     if database.dialect.name == "postgresql":
-        return await repo.apply_balance_change(database, vars(call))
+        return await repo.apply_balance_change(database, _function_parameters(call))
     return await database.run_write(_sqlite_balance_change, call)
 
 
+async def apply_undo(database: Database, call: UndoCall) -> BalanceChangeOutcome:
+    if database.dialect.name == "postgresql":
+        parameters = _function_parameters(call)
+        parameters["undoable_types"] = list(call.undoable_types)
+        return await repo.apply_undo(database, parameters)
+    return await database.run_write(_sqlite_undo, call)
+
+
+async def expire_wallets(
+    database: Database, seqs: list[int], expiration: Expiration, *, skip_locked: bool = False
+) -> list[WalletRecord]:
+    """Write the due expiries of these wallets; the wallets as they are after. `skip_locked`
+    (PostgreSQL): leave out a wallet another transaction holds (a sweeper: it is being written)."""
+    if database.dialect.name == "postgresql":
+        return await repo.expire_wallets(
+            database, seqs, _expiration_parameters(expiration), skip_locked=skip_locked
+        )
+    return await database.run_write(_sqlite_expire_wallets, seqs, expiration)
+
+
+def _expiration_parameters(expiration: Expiration) -> dict[str, Any]:
+    return {"expiration_type": expiration.type, "expiration_key_prefix": expiration.key_prefix}
+
+
+def _function_parameters(call: BalanceChangeCall | UndoCall) -> dict[str, Any]:
+    parameters = {k: v for k, v in vars(call).items() if k not in ("block", "expiration")}
+    if isinstance(call, BalanceChangeCall):
+        block = call.block
+        parameters.update(
+            category=block and block.category,
+            priority=block and block.priority,
+            expires_at=block and block.expires_at,
+            burn_key=block and block.burn_key,
+        )
+    parameters.update(_expiration_parameters(call.expiration))
+    return parameters
+
+
+# ---- SQLite: the functions' steps, in the writer thread's transaction ----
+
+
 def _sqlite_balance_change(conn: Connection, call: BalanceChangeCall) -> BalanceChangeOutcome:
-    """The function's statements one by one, in the transaction the writer thread commits."""
+    now = repo.now_utc()
     if not repo.claim_idempotency_key(
-        conn, call.organization_id, call.idempotency_key, call.request, call.now
+        conn, call.organization_id, call.idempotency_key, call.request, now
     ):
         return BalanceChangeOutcome("taken", None, None, None)
-    wallet = _change_balance(conn, call)
+    owner = (call.organization_id, call.customer_id, call.currency)
+    wallet = repo.get_wallet_by_owner(conn, *owner)
     if wallet is None and call.create_missing:
-        repo.insert_wallet_if_missing(
-            conn, call.organization_id, call.customer_id, call.currency, call.now
-        )
-        wallet = _change_balance(conn, call)
+        repo.insert_wallet_if_missing(conn, *owner, now)
+        wallet = repo.get_wallet_by_owner(conn, *owner)
     if wallet is None:
-        current = repo.get_wallet_by_owner(
-            conn, call.organization_id, call.customer_id, call.currency
-        )
-        code = call.missing_code if current is None else call.refused_code
-        repo.record_outcome(conn, call.organization_id, call.idempotency_key, error_code=code)
-        return BalanceChangeOutcome("refused", code, current, None)
-    transaction = repo.insert_transaction(
+        return _refused(conn, call.organization_id, call.idempotency_key, call.missing_code, None)
+    wallet = _expire_due(conn, wallet, now, call.expiration)
+    balance = wallet.balance + call.delta
+    if not call.floor <= balance <= call.ceiling:
+        return _refused(conn, call.organization_id, call.idempotency_key, call.refused_code, wallet)
+    entry = repo.insert_transaction(
         conn,
         organization_id=call.organization_id,
         wallet_seq=wallet.seq,
         type_=call.type,
         amount=call.delta,
-        balance_after=wallet.balance,
+        balance_after=balance,
         description=call.description,
         reference=call.reference,
         idempotency_key=call.idempotency_key,
-        now=call.now,
+        now=now,
     )
-    repo.record_outcome(
-        conn, call.organization_id, call.idempotency_key, transaction_seq=transaction.seq
-    )
-    return BalanceChangeOutcome("applied", None, wallet, transaction)
+    if call.block is not None:
+        blocks.insert_block(
+            conn,
+            organization_id=call.organization_id,
+            wallet_seq=wallet.seq,
+            source_seq=entry.seq,
+            category=call.block.category,
+            priority=call.block.priority,
+            expires_at=call.block.expires_at,
+            burn_key=call.block.burn_key,
+            amount=call.delta,
+            now=now,
+        )
+    else:
+        _spend(conn, wallet.seq, entry.seq, -call.delta)
+    wallet = blocks.set_balance(conn, wallet.seq, balance, now)
+    repo.record_outcome(conn, call.organization_id, call.idempotency_key, transaction_seq=entry.seq)
+    return BalanceChangeOutcome("applied", None, wallet, entry)
 
 
-def _change_balance(conn: Connection, call: BalanceChangeCall) -> repo.WalletRecord | None:
-    return repo.change_balance(
+def _refused(
+    conn: Connection,
+    organization_id: uuid.UUID,
+    key: str,
+    code: str,
+    wallet: WalletRecord | None,
+) -> BalanceChangeOutcome:
+    repo.record_outcome(conn, organization_id, key, error_code=code)
+    return BalanceChangeOutcome("refused", code, wallet, None)
+
+
+def _spend(conn: Connection, wallet_seq: int, entry_seq: int, amount: int) -> None:
+    left = amount
+    for ordinal, (block_seq, remaining) in enumerate(blocks.spendable_blocks(conn, wallet_seq)):
+        taken = min(remaining, left)
+        blocks.add_to_block(conn, block_seq, -taken)
+        blocks.insert_allocation(conn, entry_seq, ordinal, block_seq, -taken)
+        left -= taken
+        if left == 0:
+            return
+    raise RuntimeError(f"wallet {wallet_seq} has less in its credit blocks than its balance")
+
+
+def _expire_due(
+    conn: Connection, wallet: WalletRecord, now: datetime, expiration: Expiration
+) -> WalletRecord:
+    due = blocks.due_blocks(conn, wallet.seq, now)
+    if not due:
+        return wallet
+    balance = wallet.balance
+    for block_seq, remaining in due:
+        balance -= remaining
+        entry_id = uuid.uuid4()
+        entry = repo.insert_transaction(
+            conn,
+            organization_id=wallet.organization_id,
+            wallet_seq=wallet.seq,
+            type_=expiration.type,
+            amount=-remaining,
+            balance_after=balance,
+            description=None,
+            reference=None,
+            idempotency_key=f"{expiration.key_prefix}{entry_id}",
+            now=now,
+            entry_id=entry_id,
+        )
+        blocks.insert_allocation(conn, entry.seq, 0, block_seq, -remaining)
+        blocks.add_to_block(conn, block_seq, -remaining)
+    return blocks.set_balance(conn, wallet.seq, balance, now)
+
+
+def _sqlite_undo(conn: Connection, call: UndoCall) -> BalanceChangeOutcome:
+    # An unknown entry, or one of a type this cannot undo, stays so: refused before the key is
+    # claimed, writing nothing.
+    original = blocks.transaction_by_id(conn, call.organization_id, call.original_id)
+    if original is None:
+        return BalanceChangeOutcome("refused", call.not_found_code, None, None)
+    if original.type not in call.undoable_types:
+        return BalanceChangeOutcome("refused", call.wrong_type_code, None, None)
+    now = repo.now_utc()
+    if not repo.claim_idempotency_key(
+        conn, call.organization_id, call.idempotency_key, call.request, now
+    ):
+        return BalanceChangeOutcome("taken", None, None, None)
+    wallet = blocks.wallet_by_seq(conn, original.wallet_seq)
+    assert wallet is not None  # an entry's wallet always exists
+    wallet = _expire_due(conn, wallet, now, call.expiration)
+    undone = blocks.undone_amount(conn, original.seq)
+    source = None
+    if call.restore:
+        cap = -original.amount - undone
+    else:
+        source = blocks.source_block(conn, original.seq, wallet.seq)
+        cap = min(original.amount + undone, 0 if source is None else source.remaining)
+    amount = cap if call.amount is None else call.amount
+    code = None
+    if not 1 <= amount <= cap:
+        code = call.exceeds_code
+    elif call.restore and wallet.balance + amount > call.ceiling:
+        code = call.limit_code
+    if code is not None:
+        return _refused(conn, call.organization_id, call.idempotency_key, code, wallet)
+    signed = amount if call.restore else -amount
+    entry = repo.insert_transaction(
         conn,
-        call.organization_id,
-        call.customer_id,
-        call.currency,
-        call.delta,
-        call.floor,
-        call.ceiling,
-        call.now,
+        organization_id=call.organization_id,
+        wallet_seq=wallet.seq,
+        type_=call.type,
+        amount=signed,
+        balance_after=wallet.balance + signed,
+        description=call.description,
+        reference=None,
+        idempotency_key=call.idempotency_key,
+        now=now,
+        reverses_seq=original.seq,
     )
+    if call.restore:
+        _restore(conn, wallet.seq, original.seq, entry.seq, amount)
+    else:
+        assert source is not None  # cap > 0 needs a block
+        blocks.add_to_block(conn, source.seq, -amount)
+        blocks.insert_allocation(conn, entry.seq, 0, source.seq, -amount)
+    wallet = blocks.set_balance(conn, wallet.seq, wallet.balance + signed, now)
+    # Credits given back to a block that has expired since expire at once.
+    wallet = _expire_due(conn, wallet, now, call.expiration)
+    repo.record_outcome(conn, call.organization_id, call.idempotency_key, transaction_seq=entry.seq)
+    return BalanceChangeOutcome("applied", None, wallet, entry)
+
+
+def _restore(
+    conn: Connection, wallet_seq: int, original_seq: int, entry_seq: int, amount: int
+) -> None:
+    left, ordinal = amount, 0
+    for block_seq, room in blocks.refund_rooms(conn, original_seq):
+        taken = min(room, left)
+        if taken <= 0:
+            continue
+        blocks.add_to_block(conn, block_seq, taken)
+        blocks.insert_allocation(conn, entry_seq, ordinal, block_seq, taken)
+        ordinal += 1
+        left -= taken
+        if left == 0:
+            return
+    # A charge older than the blocks: its credits go back to the wallet's oldest block.
+    oldest = blocks.oldest_block(conn, wallet_seq)
+    blocks.add_to_block(conn, oldest.seq, left)
+    blocks.insert_allocation(conn, entry_seq, ordinal, oldest.seq, left)
+
+
+def _sqlite_expire_wallets(
+    conn: Connection, seqs: list[int], expiration: Expiration
+) -> list[WalletRecord]:
+    now = repo.now_utc()
+    found = []
+    for seq in sorted(set(seqs)):
+        wallet = blocks.wallet_by_seq(conn, seq)
+        if wallet is not None:
+            found.append(_expire_due(conn, wallet, now, expiration)._replace(expiry_due=False))
+    return found

@@ -1,8 +1,9 @@
 """All SQL of gql_wallet. Callers pass a connection from the `db.Database` (one transaction per write).
 
-Balances change only through one conditional `UPDATE ... RETURNING` per write: the condition
-(enough funds, room below the limit) is checked by the database against the row it locks, so
-concurrent writers can neither lose an update nor take a balance below zero, on any dialect.
+Balances change only inside a write's one transaction, under the wallet's row lock (PostgreSQL:
+the ledger functions of migrations/sql/; SQLite: the writer thread, which holds the database's
+write lock), so concurrent writers can neither lose an update nor take a balance or a credit
+block below zero, on any dialect.
 
 The statements of a top-up or charge and of its replay are plain functions of a synchronous
 `Connection`: SQLite runs a whole write in its writer thread (Database.run_write), and async callers
@@ -12,13 +13,18 @@ run them with `await conn.run_sync(fn, ...)`, which costs what `await conn.execu
 One module per domain; this package re-exports what the services use.
 """
 
+from gql_wallet.repository import audit, credits
 from gql_wallet.repository.audit import all_wallets, ledger_of
 from gql_wallet.repository.balance_change import (
     BalanceChangeOutcome,
     apply_balance_change,
+    apply_undo,
+    expire_wallets,
+    lock_order,
     send_balance_change,
     send_balance_changes,
 )
+from gql_wallet.repository.credits import due_wallets
 from gql_wallet.repository.driver import DriverRead, DriverWrite
 from gql_wallet.repository.entries import (
     get_transaction_by_seq,
@@ -48,10 +54,14 @@ from gql_wallet.repository.keys import (
     revoke_api_key,
 )
 from gql_wallet.repository.records import (
+    AllocationRecord,
+    CreditBlockRecord,
     IdempotencyRecord,
     TransactionRecord,
     WalletRecord,
     api_keys,
+    credit_allocations,
+    credit_blocks,
     customer_sessions,
     idempotency_keys,
     now_utc,
@@ -66,7 +76,6 @@ from gql_wallet.repository.sessions import (
     revoke_customer_session,
 )
 from gql_wallet.repository.wallet_queries import (
-    change_balance,
     find_wallet_by_owner,
     get_wallet_by_id,
     get_wallet_by_owner,
@@ -81,8 +90,10 @@ __all__ = [
     "FEED_GATE_LOCK",
     "FEED_LISTENING_LOCK",
     "LEDGER_CHANNEL",
+    "AllocationRecord",
     "ApiKeyRecord",
     "BalanceChangeOutcome",
+    "CreditBlockRecord",
     "CustomerSessionRecord",
     "DriverRead",
     "DriverWrite",
@@ -92,11 +103,17 @@ __all__ = [
     "all_wallets",
     "api_keys",
     "apply_balance_change",
-    "change_balance",
+    "apply_undo",
+    "audit",
     "claim_idempotency_key",
     "count_api_keys",
+    "credit_allocations",
+    "credit_blocks",
+    "credits",
     "customer_sessions",
+    "due_wallets",
     "entries_after",
+    "expire_wallets",
     "find_api_key",
     "find_customer_session",
     "find_wallet_by_owner",
@@ -117,6 +134,7 @@ __all__ = [
     "list_customer_wallets",
     "list_transactions",
     "list_wallets",
+    "lock_order",
     "now_utc",
     "organizations",
     "page_of_wallets",

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    Boolean,
     Integer,
     String,
     column,
@@ -40,26 +41,36 @@ class BalanceChangeOutcome:
     transaction: TransactionRecord | None
 
 
-_BALANCE_CHANGE_PARAMS = (
-    "organization_id",
-    "idempotency_key",
-    "request",
-    "customer_id",
-    "currency",
-    "type",
-    "delta",
-    "floor",
-    "ceiling",
-    "description",
-    "reference",
-    "create_missing",
-    "wallet_id",
-    "entry_id",
-    "now",
-    "channel",
-    "missing_code",
-    "refused_code",
-)
+class _LedgerFunction:
+    """One of the ledger functions of migrations/sql/ (newest version): a call alone, and
+    several calls in one statement (one transaction), each with its own outcome row.
+
+    The group statement calls the function for each record of a JSON array in turn (a nested
+    loop over the array, in its order), so each call sees the writes before it. `i` is the
+    record's position in the caller's list. Only fixed function, column and parameter names go
+    into the SQL text; the values travel as parameters."""
+
+    def __init__(self, name: str, params: tuple[str, ...], types: dict[str, str]) -> None:
+        columns, typed = _outcome_columns()
+        arguments = ", ".join(f":{param}" for param in params)
+        self.alone = DriverRead(
+            text(
+                f"SELECT {', '.join(columns)} FROM {name}({arguments}) AS r"  # noqa: S608
+            ).columns(*typed)
+        )
+        fields = ", ".join(
+            f"{param} {types.get(param, 'text')}" for param in (*params, "i") if param != "channel"
+        )
+        arguments = ", ".join(
+            ":channel" if param == "channel" else f"c.{param}" for param in params
+        )
+        self.group = DriverRead(
+            text(
+                f"SELECT c.i, {', '.join(columns)} "  # noqa: S608
+                f"FROM jsonb_to_recordset(CAST(:calls AS jsonb)) AS c({fields}) "
+                f"CROSS JOIN LATERAL {name}({arguments}) AS r"
+            ).columns(column("i", Integer()), *typed)
+        )
 
 
 def _outcome_columns() -> tuple[list[str], list[Any]]:
@@ -74,62 +85,88 @@ def _outcome_columns() -> tuple[list[str], list[Any]]:
     return columns, typed
 
 
-def _balance_change_call() -> Any:
-    """SELECT gql_wallet_balance_change(...) for one write."""
-    columns, typed = _outcome_columns()
-    arguments = ", ".join(f":{name}" for name in _BALANCE_CHANGE_PARAMS)
-    # Only column names of our own tables and fixed parameter names go into the text.
-    sql = f"SELECT {', '.join(columns)} FROM gql_wallet_balance_change({arguments}) AS r"  # noqa: S608
-    return text(sql).columns(*typed)
-
-
-# The SQL types of the parameters, for the group's JSON records (`_balance_changes_call`).
-_BALANCE_CHANGE_TYPES = {
+# The SQL types of the parameters that are not text, for the group's JSON records.
+_TYPES = {
     "organization_id": "uuid",
     "delta": "bigint",
     "floor": "bigint",
     "ceiling": "bigint",
+    "amount": "bigint",
     "create_missing": "boolean",
+    "restore": "boolean",
     "wallet_id": "uuid",
     "entry_id": "uuid",
-    "now": "timestamptz",
+    "block_id": "uuid",
+    "original_id": "uuid",
+    "priority": "integer",
+    "expires_at": "timestamptz",
+    "undoable_types": "text[]",
     "i": "integer",
 }
 
 
-def _balance_changes_call() -> Any:
-    """Several writes in one statement (one transaction): the same function, called for each
-    record of a JSON array in turn (a nested loop over the array, in its order), so each call
-    sees the writes before it. `i` is the record's position in the caller's list."""
-    columns, typed = _outcome_columns()
-    fields = ", ".join(
-        f"{name} {_BALANCE_CHANGE_TYPES.get(name, 'text')}"
-        for name in (*_BALANCE_CHANGE_PARAMS, "i")
-        if name != "channel"
-    )
-    arguments = ", ".join(
-        ":channel" if name == "channel" else f"c.{name}" for name in _BALANCE_CHANGE_PARAMS
-    )
-    # As above: only fixed names go into the text; the writes travel as one JSON parameter.
-    sql = (
-        f"SELECT c.i, {', '.join(columns)} "  # noqa: S608
-        f"FROM jsonb_to_recordset(CAST(:calls AS jsonb)) AS c({fields}) "
-        f"CROSS JOIN LATERAL gql_wallet_balance_change({arguments}) AS r"
-    )
-    return text(sql).columns(column("i", Integer()), *typed)
+_BALANCE_CHANGE = _LedgerFunction(
+    "gql_wallet_balance_change",
+    (
+        "organization_id",
+        "idempotency_key",
+        "request",
+        "customer_id",
+        "currency",
+        "type",
+        "delta",
+        "floor",
+        "ceiling",
+        "description",
+        "reference",
+        "create_missing",
+        "wallet_id",
+        "entry_id",
+        "channel",
+        "missing_code",
+        "refused_code",
+        "block_id",
+        "category",
+        "priority",
+        "expires_at",
+        "burn_key",
+        "expiration_type",
+        "expiration_key_prefix",
+    ),
+    _TYPES,
+)
 
 
-# Built once, like the other statements of a write; sent on the driver's own connection (see
-# DriverRead: the call is a SELECT, and outside a transaction it is its own, in autocommit).
-_BALANCE_CHANGE = DriverRead(_balance_change_call())
-
-
-_BALANCE_CHANGES = DriverRead(_balance_changes_call())
+_UNDO = _LedgerFunction(
+    "gql_wallet_undo",
+    (
+        "organization_id",
+        "idempotency_key",
+        "request",
+        "type",
+        "restore",
+        "original_id",
+        "amount",
+        "undoable_types",
+        "ceiling",
+        "description",
+        "entry_id",
+        "channel",
+        "not_found_code",
+        "wrong_type_code",
+        "exceeds_code",
+        "limit_code",
+        "expiration_type",
+        "expiration_key_prefix",
+    ),
+    _TYPES,
+)
 
 
 # A write's wallet and ledger entry, read from its outcome row's w_ and t_ columns in the
-# records' field order, one attrgetter call each.
-_OUTCOME_WALLET = attrgetter(*(f"w_{name}" for name in WalletRecord._fields))
+# records' field order, one attrgetter call each. A wallet a write returns has no expiry due:
+# the write has made every one that was due under its lock.
+_OUTCOME_WALLET = attrgetter(*(f"w_{name}" for name in WalletRecord._fields[:-1]))
 
 
 _OUTCOME_ENTRY = attrgetter(*(f"t_{name}" for name in TransactionRecord._fields))
@@ -143,41 +180,35 @@ def _outcome(row: Any) -> BalanceChangeOutcome:
         )
         wallet = WalletRecord(
             seq, id_, organization_id, customer_id, currency, balance, utc(created_at),
-            utc(modified_at),
+            utc(modified_at), False,
         )  # fmt: skip
     if row.t_seq is not None:
         (
             seq, id_, wallet_seq, type_, amount, balance_after, description, reference,
-            idempotency_key, created_at,
+            idempotency_key, created_at, reverses_seq,
         ) = _OUTCOME_ENTRY(row)  # fmt: skip
         transaction = TransactionRecord(
             seq, id_, wallet_seq, type_, amount, balance_after, description, reference,
-            idempotency_key, utc(created_at),
+            idempotency_key, utc(created_at), reverses_seq,
         )  # fmt: skip
     return BalanceChangeOutcome(row.outcome, row.refusal_code, wallet, transaction)
 
 
-async def send_balance_change(conn: DriverConnection, call: dict[str, Any]) -> BalanceChangeOutcome:
-    """One write alone: `call` holds the function's parameters (see `apply_balance_change`)."""
-    rows = await _BALANCE_CHANGE.fetchall(conn, {**call, "channel": LEDGER_CHANNEL})
+async def _send_one(function: _LedgerFunction, conn: DriverConnection, call: dict[str, Any]) -> Any:
+    rows = await function.alone.fetchall(conn, {**call, "channel": LEDGER_CHANNEL})
     return _outcome(rows[0])
 
 
-def _lock_order(call: dict[str, Any]) -> tuple[str, str, str]:
-    return (str(call["organization_id"]), call["customer_id"], call["currency"])
-
-
-async def send_balance_changes(
-    conn: AsyncConnection, calls: list[dict[str, Any]]
+async def _send_group(
+    function: _LedgerFunction, conn: AsyncConnection, calls: list[dict[str, Any]], order: Any
 ) -> list[BalanceChangeOutcome]:
-    """Several writes in one statement and one transaction; their outcomes, in `calls`' order.
+    """Several calls in one statement and one transaction; their outcomes, in `calls`' order.
 
-    The calls run in the order of their wallets (stable for writes of one wallet), so that
-    groups sent at the same time by other processes take the wallets' row locks in one order
-    and cannot deadlock on them."""
-    order = sorted(range(len(calls)), key=lambda i: _lock_order(calls[i]))
-    records = [{**calls[i], "i": i} for i in order]
-    rows = await _BALANCE_CHANGES.fetchall(
+    The calls run sorted by `order` (stable), so that groups sent at the same time by other
+    processes take the wallets' row locks in one order and cannot deadlock on them."""
+    ordered = sorted(range(len(calls)), key=lambda i: order(calls[i]))
+    records = [{**calls[i], "i": i} for i in ordered]
+    rows = await function.group.fetchall(
         conn, {"calls": orjson.dumps(records, default=str).decode(), "channel": LEDGER_CHANNEL}
     )
     outcomes: list[BalanceChangeOutcome | None] = [None] * len(calls)
@@ -188,16 +219,101 @@ async def send_balance_changes(
     return outcomes  # type: ignore[return-value]
 
 
+def lock_order(organization_id: uuid.UUID, customer_id: str, currency: str) -> tuple[str, str, str]:
+    """The order in which one transaction locks several wallets, everywhere: by owner."""
+    return (str(organization_id), customer_id, currency)
+
+
+def _owner_order(call: dict[str, Any]) -> tuple[str, str, str]:
+    return lock_order(call["organization_id"], call["customer_id"], call["currency"])
+
+
+def _original_order(call: dict[str, Any]) -> str:
+    return str(call["original_id"])
+
+
+async def send_balance_change(conn: DriverConnection, call: dict[str, Any]) -> BalanceChangeOutcome:
+    """One write alone: `call` holds the function's parameters (see `apply_balance_change`)."""
+    return await _send_one(_BALANCE_CHANGE, conn, call)  # type: ignore[no-any-return]
+
+
+async def send_balance_changes(
+    conn: AsyncConnection, calls: list[dict[str, Any]]
+) -> list[BalanceChangeOutcome]:
+    return await _send_group(_BALANCE_CHANGE, conn, calls, _owner_order)
+
+
+async def _send_undo(conn: DriverConnection, call: dict[str, Any]) -> BalanceChangeOutcome:
+    return await _send_one(_UNDO, conn, call)  # type: ignore[no-any-return]
+
+
+async def _send_undos(
+    conn: AsyncConnection, calls: list[dict[str, Any]]
+) -> list[BalanceChangeOutcome]:
+    return await _send_group(_UNDO, conn, calls, _original_order)
+
+
 async def apply_balance_change(database: Database, call: dict[str, Any]) -> BalanceChangeOutcome:
     """PostgreSQL: a whole balance change in one statement, by the function of migrations/sql/
     (its newest version), in a group commit with the other writes waiting in this process
-    (`Database.run_grouped`: one statement and one transaction for the group, each write with its own
-    outcome). `call` holds the function's parameters but the IDs it makes for a new wallet and
-    entry (ledger.store.BalanceChangeCall)."""
+    (`Database.run_grouped`: one statement and one transaction for the group, each write with
+    its own outcome). `call` holds the function's parameters but the IDs it makes for a new
+    wallet, entry and block (ledger.store.BalanceChangeCall)."""
     return await database.run_grouped(
         send_balance_changes,
         send_balance_change,
-        {**call, "wallet_id": uuid.uuid4(), "entry_id": uuid.uuid4()},
+        {
+            **call,
+            "wallet_id": uuid.uuid4(),
+            "entry_id": uuid.uuid4(),
+            "block_id": None if call["category"] is None else uuid.uuid4(),
+        },
         observe=metrics.WRITE_GROUP_SIZE.observe,
         senders=1,  # one group in flight: larger groups, fewer commits (see db.groups.PgGroupCommit)
     )
+
+
+async def apply_undo(database: Database, call: dict[str, Any]) -> BalanceChangeOutcome:
+    """PostgreSQL: a refund or reversal in one call of `gql_wallet_undo`, grouped like a balance
+    change (on its own line). `call` holds its parameters but the new entry's ID."""
+    return await database.run_grouped(
+        _send_undos,
+        _send_undo,
+        {**call, "entry_id": uuid.uuid4()},
+        observe=metrics.WRITE_GROUP_SIZE.observe,
+        senders=1,
+    )
+
+
+# The wallets as the function returns them: no expiry is due in a wallet it has just locked.
+_EXPIRE = DriverRead(
+    text(
+        "SELECT w.seq, w.id, w.organization_id, w.customer_id, w.currency, w.balance, "
+        "w.created_at, w.modified_at, false AS expiry_due FROM gql_wallet_expire("
+        "CAST(:seqs AS bigint[]), :skip_locked, :channel, :expiration_type, "
+        ":expiration_key_prefix) AS w"
+    ).columns(
+        *(wallets.c[name] for name in WalletRecord._fields[:-1]),
+        column("expiry_due", Boolean()),
+    )
+)
+
+
+async def expire_wallets(
+    database: Database, seqs: list[int], expiration: dict[str, Any], *, skip_locked: bool
+) -> list[WalletRecord]:
+    """PostgreSQL: write the due expiries of these wallets (`gql_wallet_expire`), each under its
+    row lock, taken in the order of `seqs`, and return them as they are after (with
+    `skip_locked`, only those it could lock at once). `expiration`: the entries' type and key
+    prefix (ledger.store.Expiration)."""
+    async with database.driver_connection() as conn:
+        rows = await _EXPIRE.fetchall(
+            conn,
+            {
+                "seqs": list(dict.fromkeys(seqs)),
+                "skip_locked": skip_locked,
+                "channel": LEDGER_CHANNEL,
+                **expiration,
+            },
+        )
+    return [WalletRecord.from_row(row) for row in rows]

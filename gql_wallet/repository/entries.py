@@ -26,9 +26,11 @@ def insert_transaction(
     reference: str | None,
     idempotency_key: str,
     now: datetime,
+    entry_id: uuid.UUID | None = None,
+    reverses_seq: int | None = None,
 ) -> TransactionRecord:
     params = {
-        "p_id": uuid.uuid4(),
+        "p_id": entry_id or uuid.uuid4(),
         "p_organization_id": organization_id,
         "p_wallet_seq": wallet_seq,
         "p_type": type_,
@@ -38,6 +40,7 @@ def insert_transaction(
         "p_reference": reference,
         "p_idempotency_key": idempotency_key,
         "p_now": now,
+        "p_reverses_seq": reverses_seq,
     }
     (row,) = _INSERT_TRANSACTION.execute(conn, params)
     return TransactionRecord.from_row(row)
@@ -56,6 +59,7 @@ _INSERT_TRANSACTION = DriverWrite(
         reference=bindparam("p_reference"),
         idempotency_key=bindparam("p_idempotency_key"),
         created_at=bindparam("p_now"),
+        reverses_seq=bindparam("p_reverses_seq"),
     )
     .returning(*transactions.c)
 )

@@ -8,14 +8,22 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
+    Boolean,
+    DateTime,
     Row,
     Table,
+    false,
+    func,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from gql_wallet.models import (
     ApiKey,
+    CreditAllocation,
+    CreditBlock,
     CustomerSession,
     IdempotencyKey,
     Organization,
@@ -41,6 +49,12 @@ organizations: Table = Organization.__table__  # type: ignore[attr-defined]
 customer_sessions: Table = CustomerSession.__table__  # type: ignore[attr-defined]
 
 
+credit_blocks: Table = CreditBlock.__table__  # type: ignore[attr-defined]
+
+
+credit_allocations: Table = CreditAllocation.__table__  # type: ignore[attr-defined]
+
+
 def utc(value: datetime) -> datetime:
     """SQLite hands datetimes back without their offset; every value we store is UTC."""
     if value.tzinfo is UTC:  # asyncpg's (a copy would be equal)
@@ -60,9 +74,12 @@ class WalletRecord(NamedTuple):
     balance: int
     created_at: datetime
     modified_at: datetime
+    # An expiry of its credits is due by the database's clock at the read (next_expiry_at has
+    # passed): the ledger writes it before the wallet is shown (ledger.service.fresh_wallets).
+    expiry_due: bool
 
     @classmethod
-    def from_row(cls, row: Row[Any, Any, Any, Any, Any, Any, Any, Any]) -> WalletRecord:
+    def from_row(cls, row: Row[Any]) -> WalletRecord:
         return cls(
             row.seq,
             row.id,
@@ -72,6 +89,7 @@ class WalletRecord(NamedTuple):
             row.balance,
             utc(row.created_at),
             utc(row.modified_at),
+            bool(row.expiry_due),
         )
 
 
@@ -88,6 +106,7 @@ class TransactionRecord(NamedTuple):
     reference: str | None
     idempotency_key: str
     created_at: datetime
+    reverses_seq: int | None  # a REFUND's charge, a REVERSAL's top-up or grant
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> TransactionRecord:
@@ -102,7 +121,49 @@ class TransactionRecord(NamedTuple):
             row.reference,
             row.idempotency_key,
             utc(row.created_at),
+            row.reverses_seq,
         )
+
+
+class CreditBlockRecord(NamedTuple):
+    """A credit_blocks row; also the source of the GraphQL `WalletCredit`."""
+
+    seq: int
+    id: uuid.UUID
+    wallet_seq: int
+    source_seq: int
+    category: str
+    priority: int
+    expires_at: datetime | None
+    burn_key: str
+    amount: int
+    remaining: int
+    created_at: datetime
+    expired: bool  # its expiry has passed, by the database's clock at the read
+
+    @classmethod
+    def from_row(cls, row: Any) -> CreditBlockRecord:
+        return cls(
+            row.seq,
+            row.id,
+            row.wallet_seq,
+            row.source_seq,
+            row.category,
+            row.priority,
+            None if row.expires_at is None else utc(row.expires_at),
+            row.burn_key,
+            row.amount,
+            row.remaining,
+            utc(row.created_at),
+            bool(row.expired),
+        )
+
+
+class AllocationRecord(NamedTuple):
+    entry_seq: int
+    ordinal: int
+    block_seq: int
+    amount: int
 
 
 @dataclass(frozen=True)
@@ -110,6 +171,29 @@ class IdempotencyRecord:
     request: str
     transaction_seq: int | None
     error_code: str | None
+
+
+class db_now(FunctionElement[datetime]):
+    """The database's clock at the statement: the time every expiry is decided by."""
+
+    type = DateTime(timezone=True)
+    inherit_cache = True
+
+
+@compiles(db_now)
+def _db_now_default(_element: Any, _compiler: Any, **_kw: Any) -> str:
+    return "CURRENT_TIMESTAMP"  # only for printing a statement: each database has its own
+
+
+@compiles(db_now, "postgresql")
+def _db_now_postgresql(_element: Any, _compiler: Any, **_kw: Any) -> str:
+    return "statement_timestamp()"
+
+
+@compiles(db_now, "sqlite")
+def _db_now_sqlite(_element: Any, _compiler: Any, **_kw: Any) -> str:
+    # The text form SQLAlchemy stores SQLite datetimes in (UTC), to the millisecond.
+    return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
 
 
 _WALLET_COLUMNS = (
@@ -121,6 +205,9 @@ _WALLET_COLUMNS = (
     wallets.c.balance,
     wallets.c.created_at,
     wallets.c.modified_at,
+    func.coalesce(wallets.c.next_expiry_at <= db_now(), false(), type_=Boolean()).label(
+        "expiry_due"
+    ),
 )
 
 

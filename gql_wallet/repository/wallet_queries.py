@@ -16,14 +16,13 @@ from sqlalchemy import (
     column,
     select,
     text,
-    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gql_wallet.db import Database, DriverConnection, OnDemandConnection
-from gql_wallet.repository.driver import DriverRead, DriverWrite, GroupedPages
+from gql_wallet.repository.driver import DriverRead, GroupedPages
 from gql_wallet.repository.records import _WALLET_COLUMNS, WalletRecord, wallets
 
 
@@ -63,51 +62,6 @@ def _insert_wallet(dialect: Any) -> Any:
 
 
 _INSERT_WALLET = {"postgresql": _insert_wallet(postgresql), "sqlite": _insert_wallet(sqlite)}
-
-
-def change_balance(
-    conn: Connection,
-    organization_id: uuid.UUID,
-    customer_id: str,
-    currency: str,
-    delta: int,
-    floor: int,
-    ceiling: int,
-    now: datetime,
-) -> WalletRecord | None:
-    """Add `delta` (signed) to the wallet's balance if the result stays in floor..ceiling,
-    checked against the row the UPDATE locks.
-
-    Returns the updated wallet, or None when there is no such wallet or the condition failed.
-    """
-    params = {
-        "w_organization_id": organization_id,
-        "w_customer_id": customer_id,
-        "w_currency": currency,
-        "w_delta": delta,
-        "w_floor": floor,
-        "w_ceiling": ceiling,
-        "w_now": now,
-    }
-    rows = _CHANGE_BALANCE.execute(conn, params)
-    return WalletRecord.from_row(rows[0]) if rows else None
-
-
-# Built once, like every statement of a top-up or charge: see _FIND_API_KEY. Bind names must
-# not be column names of an UPDATE's table; hence the w_ prefix.
-_CHANGE_BALANCE = DriverWrite(
-    update(wallets)
-    .where(
-        wallets.c.organization_id == bindparam("w_organization_id"),
-        wallets.c.customer_id == bindparam("w_customer_id"),
-        wallets.c.currency == bindparam("w_currency"),
-        (wallets.c.balance + bindparam("w_delta")).between(
-            bindparam("w_floor"), bindparam("w_ceiling")
-        ),
-    )
-    .values(balance=wallets.c.balance + bindparam("w_delta"), modified_at=bindparam("w_now"))
-    .returning(*_WALLET_COLUMNS)
-)
 
 
 def get_wallet_by_owner(

@@ -1,0 +1,12 @@
+-- Drops what gql_wallet_ledger.v1.sql created (revision 0007's downgrade).
+DROP FUNCTION gql_wallet_expire(bigint[], boolean, text, text, text);
+DROP FUNCTION gql_wallet_undo(uuid, text, text, text, boolean, uuid, bigint, text[], bigint, text,
+                              uuid, text, text, text, text, text, text, text);
+DROP FUNCTION gql_wallet_balance_change(uuid, text, text, text, text, text, bigint, bigint, bigint,
+                                        text, text, boolean, uuid, uuid, text, text, text, uuid,
+                                        text, integer, timestamptz, text, text, text);
+DROP FUNCTION gql_wallet_spend(bigint, bigint, bigint);
+DROP FUNCTION gql_wallet_expire_due(wallets, timestamptz, text, text);
+DROP FUNCTION gql_wallet_next_expiry(bigint);
+DROP FUNCTION gql_wallet_announce(text, wallets);
+DROP FUNCTION gql_wallet_feed_gate();
