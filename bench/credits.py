@@ -40,7 +40,7 @@ import asyncpg
 
 from bench import seed
 from bench.load import Measurement, run_wrk
-from bench.peers import BENCH_DIR, Operation, _graphql, gql_wallet, serving
+from bench.peers import BENCH_DIR, GQL_LOOKUP, Operation, _graphql, gql_wallet, serving
 from gql_wallet.ledger.credits import CreditCategory, burn_key
 
 WORK_DIR = BENCH_DIR / ".work"
@@ -135,6 +135,8 @@ async def _seed(database_url: str, expire_at: datetime) -> dict[str, str]:
                 await conn.execute(_SEED, org, *blocks[name], WALLETS)
             await conn.execute(_BALANCES)
         await conn.execute("VACUUM ANALYZE")
+        # The seed's WAL flushed now, not by a checkpoint in the middle of the measurements.
+        await conn.execute("CHECKPOINT")
     finally:
         await conn.close()
     return ids
@@ -197,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         name: seed.Tenants((ids[name],), (keys[name],), WALLETS, 0) for name in ORGANIZATIONS
     }
     peer = gql_wallet("gql_pg_w2", database_url, 2, args.port, args.concurrency)
-    peer = type(peer)(**{**peer.__dict__, "workload": {"charge": _CHARGE}})
+    # `lookup` is what `serving` asks to know that the server answers.
+    peer = type(peer)(**{**peer.__dict__, "workload": {"lookup": GQL_LOOKUP, "charge": _CHARGE}})
     results: dict[str, list[Measurement]] = {"spans": [], "single": []}
     expiry: dict[str, Any] = {}
     with serving(peer, tenants["single"], WORK_DIR):

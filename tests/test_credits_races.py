@@ -301,38 +301,38 @@ async def test_kill_9_during_expiry_sweeps_loses_and_doubles_nothing(
     log = tmp_path / "server.log"
     settings = {"GQL_WALLET_EXPIRY_SWEEP_SECONDS": "0.2"}
     server = start_server(database_url, workers=2, log=log, env=settings)
-    rng = random.Random(5)
-    ledger = Ledger()
-    customers = [f"cus_{i}" for i in range(60)]
-    api_key = server.new_key("acme")
-    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-        # 3 grants per wallet, expiring over the next 2-6 s (during the kills below), and paid
-        # credits that never do.
-        started = time.monotonic()
-        for customer in customers:
-            for n, amount in enumerate((100, 200, 300)):
-                key = f"grant-{customer}-{n}"
+    try:
+        rng = random.Random(5)
+        ledger = Ledger()
+        customers = [f"cus_{i}" for i in range(60)]
+        api_key = server.new_key("acme")
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            # 3 grants per wallet, expiring over the next 2-6 s (during the kills below), and paid
+            # credits that never do.
+            started = time.monotonic()
+            for customer in customers:
+                for n, amount in enumerate((100, 200, 300)):
+                    key = f"grant-{customer}-{n}"
+                    payload = await send(
+                        client, api_key, "grantCredits", key,
+                        {"customerId": customer, "currency": "usd", "amount": amount,
+                         "expiresAt": at(2 + rng.uniform(0, 4))},
+                    )  # fmt: skip
+                    assert payload is not None and ledger.note(key, payload)[0]
+                key = f"paid-{customer}"
                 payload = await send(
-                    client, api_key, "grantCredits", key,
-                    {"customerId": customer, "currency": "usd", "amount": amount,
-                     "expiresAt": at(2 + rng.uniform(0, 4))},
+                    client, api_key, "topUpWallet", key,
+                    {"customerId": customer, "currency": "usd", "amount": 1_000},
                 )  # fmt: skip
                 assert payload is not None and ledger.note(key, payload)[0]
-            key = f"paid-{customer}"
-            payload = await send(
-                client, api_key, "topUpWallet", key,
-                {"customerId": customer, "currency": "usd", "amount": 1_000},
-            )  # fmt: skip
-            assert payload is not None and ledger.note(key, payload)[0]
-    seeded = time.monotonic() - started
+        seeded = time.monotonic() - started
 
-    # Kill every process of the server at random moments while the blocks expire.
-    for _ in range(6):
-        await asyncio.sleep(rng.uniform(0.2, 0.8))
-        os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait(timeout=30)
-        server = start_server(database_url, workers=2, log=log, env=settings)
-    try:
+        # Kill every process of the server at random moments while the blocks expire.
+        for _ in range(6):
+            await asyncio.sleep(rng.uniform(0.2, 0.8))
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait(timeout=30)
+            server = start_server(database_url, workers=2, log=log, env=settings)
         # Past the last expiry, the restarted sweepers write the rest, before any read.
         await asyncio.sleep(max(0.0, 6 + seeded - (time.monotonic() - started)))
         await until_swept(database_url, within=60)
