@@ -79,7 +79,7 @@ class Serving:
             endpoint=GraphQLEndpoint(schema, database, settings, authenticator, feed),
             subscriptions=SubscriptionEndpoint(view, settings.subscription_max_connections),
             readiness=Readiness(database),
-            sweeper=ExpirySweeper(database, settings.expiry_sweep_seconds),
+            sweeper=ExpirySweeper(database, feed, settings.expiry_sweep_seconds),
         )
 
     async def close(self) -> None:

@@ -75,6 +75,14 @@ class Wallet(SQLModel, table=True):
         CheckConstraint("balance >= 0", name="ck_wallets_balance_non_negative"),
         CheckConstraint("balance <= 9007199254740991", name="ck_wallets_balance_safe_int"),
         Index("ix_wallets_org_seq", "organization_id", "seq"),
+        # Only the wallets that have an expiry ahead: the sweeper's. A write of any other
+        # wallet leaves the index alone.
+        Index(
+            "ix_wallets_next_expiry_at",
+            "next_expiry_at",
+            postgresql_where=text("next_expiry_at IS NOT NULL"),
+            sqlite_where=text("next_expiry_at IS NOT NULL"),
+        ),
     )
 
     seq: int | None = Field(
@@ -90,7 +98,7 @@ class Wallet(SQLModel, table=True):
     # The soonest expiry of its credit blocks with credits left (null: none expires), kept by
     # every write: a read compares it with the database's clock in the same SELECT.
     next_expiry_at: datetime | None = Field(
-        default=None, sa_column=Column(UtcDateTime, nullable=True, index=True)
+        default=None, sa_column=Column(UtcDateTime, nullable=True)
     )
 
 
@@ -104,6 +112,13 @@ class WalletTransaction(SQLModel, table=True):
         CheckConstraint("amount <> 0", name="ck_wallet_tx_amount_nonzero"),
         CheckConstraint("balance_after >= 0", name="ck_wallet_tx_balance_after"),
         Index("ix_wallet_tx_wallet_seq", "wallet_seq", "seq"),
+        # Only refunds and reversals: every other entry's insert leaves the index alone.
+        Index(
+            "ix_wallet_transactions_reverses_seq",
+            "reverses_seq",
+            postgresql_where=text("reverses_seq IS NOT NULL"),
+            sqlite_where=text("reverses_seq IS NOT NULL"),
+        ),
     )
 
     seq: int | None = Field(
@@ -120,10 +135,7 @@ class WalletTransaction(SQLModel, table=True):
     idempotency_key: str = Field(sa_column=Column(String(255), nullable=False))
     created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
     # A REFUND's charge, a REVERSAL's top-up or grant.
-    reverses_seq: int | None = Field(
-        default=None,
-        sa_column=Column(BigSeq, nullable=True, index=True),
-    )
+    reverses_seq: int | None = Field(default=None, sa_column=Column(BigSeq, nullable=True))
 
 
 class CreditBlock(SQLModel, table=True):

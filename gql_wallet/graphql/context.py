@@ -62,6 +62,24 @@ class Context:
             return True, requested
         return requested is None or requested == own, own
 
+    async def fresh_wallets(self, records: list[WalletRecord]) -> list[WalletRecord]:
+        """The wallets as a read may show them (their due expiries written first); this
+        process's subscribers hear of any expiry written (other processes' through the
+        database on PostgreSQL)."""
+        if not any(record.expiry_due for record in records):
+            return records
+        fresh = await ledger.fresh_wallets(self.database, records)
+        for before, after in zip(records, fresh, strict=True):
+            if after.balance != before.balance:
+                self.feed.wake(after.organization_id, after.customer_id, after.seq)
+        return fresh
+
+    async def fresh_wallet(self, record: WalletRecord | None) -> WalletRecord | None:
+        if record is None or not record.expiry_due:
+            return record
+        (fresh,) = await self.fresh_wallets([record])
+        return fresh
+
     async def close_connection(self, code: int, reason: str) -> None:
         if self.websocket is not None:
             await self.websocket.close(code, reason)
@@ -69,7 +87,7 @@ class Context:
     async def _load_wallets(self, seqs: Sequence[int]) -> list[WalletRecord]:
         async with self.database.read_connection() as conn:
             records = await repo.get_wallets_by_seq(conn, seqs)
-        found = {w.seq: w for w in await ledger.fresh_wallets(self.database, records)}
+        found = {w.seq: w for w in await self.fresh_wallets(records)}
         return [found[seq] for seq in seqs]
 
     async def _load_transactions(self, seqs: Sequence[int]) -> list[TransactionRecord]:

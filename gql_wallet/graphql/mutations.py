@@ -115,72 +115,47 @@ class CreateWalletInput:
     currency: str = strawberry.field(description=_CURRENCY)
 
 
+@strawberry.type(description="Fields shared by the payloads of balance-changing writes.")
+class WritePayload:
+    """The payload every balance-changing write answers with (the same shape for all); not
+    itself part of the schema, only its subclasses are."""
+
+    wallet: CustomerWallet | None = strawberry.field(
+        description="The wallet as it is now; null when the input was invalid, or when it named "
+        "no wallet or transaction of yours (WALLET_NOT_FOUND, TRANSACTION_NOT_FOUND; a "
+        "WALLET_NOT_FOUND replays so)."
+    )
+    transaction: WalletTransaction | None = strawberry.field(
+        description="The ledger entry this write made (the same one on every replay of its key)."
+    )
+    user_errors: list[WalletUserError] = strawberry.field(
+        description="Why the write was refused; empty on success."
+    )
+
+
 @strawberry.type(description="The result of topUpWallet.")
-class TopUpWalletPayload:
-    wallet: CustomerWallet | None = strawberry.field(
-        description="The wallet as it is now; null when the input was invalid."
-    )
-    transaction: WalletTransaction | None = strawberry.field(
-        description="The ledger entry of this top-up (the same one on every replay of its key)."
-    )
-    user_errors: list[WalletUserError] = strawberry.field(
-        description="Why the top-up was refused; empty on success."
-    )
-
-
-@strawberry.type(description="The result of chargeWallet.")
-class ChargeWalletPayload:
-    wallet: CustomerWallet | None = strawberry.field(
-        description="The wallet as it is now; null when the input was invalid or the charge "
-        "found no wallet (WALLET_NOT_FOUND, on its replays too)."
-    )
-    transaction: WalletTransaction | None = strawberry.field(
-        description="The ledger entry of this charge (the same one on every replay of its key)."
-    )
-    user_errors: list[WalletUserError] = strawberry.field(
-        description="Why the charge was refused; empty on success."
-    )
+class TopUpWalletPayload(WritePayload):
+    pass
 
 
 @strawberry.type(description="The result of grantCredits.")
-class GrantCreditsPayload:
-    wallet: CustomerWallet | None = strawberry.field(
-        description="The wallet as it is now; null when the input was invalid."
-    )
-    transaction: WalletTransaction | None = strawberry.field(
-        description="The GRANT entry (the same one on every replay of its key)."
-    )
-    user_errors: list[WalletUserError] = strawberry.field(
-        description="Why the grant was refused; empty on success."
-    )
+class GrantCreditsPayload(WritePayload):
+    pass
+
+
+@strawberry.type(description="The result of chargeWallet.")
+class ChargeWalletPayload(WritePayload):
+    pass
 
 
 @strawberry.type(description="The result of refundCharge.")
-class RefundChargePayload:
-    wallet: CustomerWallet | None = strawberry.field(
-        description="The wallet as it is now; null when the input was invalid or named no "
-        "transaction of yours."
-    )
-    transaction: WalletTransaction | None = strawberry.field(
-        description="The REFUND entry (the same one on every replay of its key)."
-    )
-    user_errors: list[WalletUserError] = strawberry.field(
-        description="Why the refund was refused; empty on success."
-    )
+class RefundChargePayload(WritePayload):
+    pass
 
 
 @strawberry.type(description="The result of reverseTopUp.")
-class ReverseTopUpPayload:
-    wallet: CustomerWallet | None = strawberry.field(
-        description="The wallet as it is now; null when the input was invalid or named no "
-        "transaction of yours."
-    )
-    transaction: WalletTransaction | None = strawberry.field(
-        description="The REVERSAL entry (the same one on every replay of its key)."
-    )
-    user_errors: list[WalletUserError] = strawberry.field(
-        description="Why the reversal was refused; empty on success."
-    )
+class ReverseTopUpPayload(WritePayload):
+    pass
 
 
 @strawberry.type(description="The result of createWallet.")

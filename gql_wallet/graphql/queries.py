@@ -9,7 +9,6 @@ from typing import Annotated
 import strawberry
 from strawberry.types import Info
 
-from gql_wallet import ledger
 from gql_wallet import repository as repo
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.errors import refuse
@@ -18,6 +17,7 @@ from gql_wallet.graphql.types import (
     CustomerWallet,
     CustomerWalletConnection,
     CustomerWalletEdge,
+    FirstArgument,
     decode_cursor,
     encode_cursor,
     page_info,
@@ -52,8 +52,7 @@ class Query:
             return []
         assert customer is not None  # a customer was named, so the scope names one
         database = info.context.database
-        records = await ledger.fresh_wallets(
-            database,
+        records = await info.context.fresh_wallets(
             await repo.list_customer_wallets(
                 database, info.context.principal.organization_id, customer
             ),
@@ -74,8 +73,7 @@ class Query:
         if not visible:
             return None
         database = info.context.database
-        record = await ledger.fresh_wallet(
-            database,
+        record = await info.context.fresh_wallet(
             await repo.find_wallet_by_owner(
                 database, info.context.principal.organization_id, customer_id, code
             ),
@@ -98,16 +96,14 @@ class Query:
             record = await repo.get_wallet_by_id(
                 conn, info.context.principal.organization_id, wallet_id, customer_id=customer
             )
-        record = await ledger.fresh_wallet(info.context.database, record)
+        record = await info.context.fresh_wallet(record)
         return CustomerWallet.from_record(record) if record else None
 
     @strawberry.field(description="The organization's wallets, oldest first, cursor-paginated.")
     async def wallets(
         self,
         info: Info[Context, None],
-        first: Annotated[
-            int | None, strawberry.argument(description="Page size, 1 to 100 (default 20).")
-        ] = DEFAULT_PAGE_SIZE,
+        first: FirstArgument = DEFAULT_PAGE_SIZE,
         after: Annotated[
             str | None, strawberry.argument(description="Return wallets after this cursor.")
         ] = None,
@@ -133,7 +129,7 @@ class Query:
             after_seq=after_seq,
             limit=size + 1,
         )
-        records = await ledger.fresh_wallets(database, records)
+        records = await info.context.fresh_wallets(records)
         edges = [
             CustomerWalletEdge(cursor=encode_cursor("w", r.seq), node=CustomerWallet.from_record(r))
             for r in records[:size]

@@ -9,7 +9,6 @@ from typing import Annotated
 import strawberry
 from strawberry.types import Info
 
-from gql_wallet import ledger
 from gql_wallet import repository as repo
 from gql_wallet.feed import SlowConsumer, WalletChange
 from gql_wallet.graphql.context import Context
@@ -78,7 +77,7 @@ async def wallet_updates(
             if not any(wallet.expiry_due for wallet in wallets):
                 break
             # Expiries come first; then the snapshot again, with its cursors.
-            await ledger.fresh_wallets(context.database, wallets)
+            await context.fresh_wallets(wallets)
         for wallet in wallets:
             yield WalletUpdate(wallet=CustomerWallet.from_record(wallet), transaction=None)
         while True:

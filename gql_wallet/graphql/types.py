@@ -99,6 +99,12 @@ MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
 
 
+# The `first` argument of every connection.
+FirstArgument = Annotated[
+    int | None, strawberry.argument(description="Page size, 1 to 100 (default 20).")
+]
+
+
 def page_size(first: int | None) -> int:
     size = DEFAULT_PAGE_SIZE if first is None else first
     if not 1 <= size <= MAX_PAGE_SIZE:
@@ -306,10 +312,7 @@ class CustomerWallet:
     async def credits(
         self,
         info: Info[Context, None],
-        first: Annotated[
-            int | None,
-            strawberry.argument(description="Page size, 1 to 100 (default 20)."),
-        ] = DEFAULT_PAGE_SIZE,
+        first: FirstArgument = DEFAULT_PAGE_SIZE,
         after: Annotated[
             str | None,
             strawberry.argument(description="Return blocks after this cursor."),
@@ -341,10 +344,7 @@ class CustomerWallet:
     async def transactions(
         self,
         info: Info[Context, None],
-        first: Annotated[
-            int | None,
-            strawberry.argument(description="Page size, 1 to 100 (default 20)."),
-        ] = DEFAULT_PAGE_SIZE,
+        first: FirstArgument = DEFAULT_PAGE_SIZE,
         after: Annotated[
             str | None,
             strawberry.argument(description="Return entries after (older than) this cursor."),

@@ -432,18 +432,18 @@ async def fresh_wallet(database: Database, record: WalletRecord | None) -> Walle
     return fresh
 
 
-async def sweep_expiries(database: Database, batch: int = 500) -> int:
-    """Write the due expiries of every wallet (the sweeper); the number of wallets written.
-    Safe in every process at once: a wallet another transaction holds is skipped (it is being
-    written), and one written already has nothing due."""
-    written = 0
+async def sweep_expiries(database: Database, batch: int = 500) -> list[WalletRecord]:
+    """Write the due expiries of every wallet (the sweeper); the wallets written, as they are
+    after. Safe in every process at once: a wallet another transaction holds is skipped (it is
+    being written), and one written already has nothing due."""
+    written: list[WalletRecord] = []
     while True:
         async with database.read_connection() as conn:
             due = await repo.due_wallets(conn, batch)
         if not due:
             return written
         done = await store.expire_wallets(database, due, EXPIRATION, skip_locked=True)
-        written += len(done)
+        written += done
         if len(due) < batch or not done:
             return written
 

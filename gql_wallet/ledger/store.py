@@ -168,23 +168,32 @@ def _sqlite_balance_change(conn: Connection, call: BalanceChangeCall) -> Balance
     ):
         return BalanceChangeOutcome("taken", None, None, None)
     owner = (call.organization_id, call.customer_id, call.currency)
-    wallet = repo.get_wallet_by_owner(conn, *owner)
-    if wallet is None and call.create_missing:
-        repo.insert_wallet_if_missing(conn, *owner, now)
-        wallet = repo.get_wallet_by_owner(conn, *owner)
+    expires_at = None if call.block is None else call.block.expires_at
+    change = (call.delta, call.floor, call.ceiling, expires_at, now)
+    # The common case in one statement: the wallet exists, nothing is due, the range holds.
+    wallet = blocks.apply_delta(conn, owner, *change)
     if wallet is None:
-        return _refused(conn, call.organization_id, call.idempotency_key, call.missing_code, None)
-    wallet = _expire_due(conn, wallet, now, call.expiration)
-    balance = wallet.balance + call.delta
-    if not call.floor <= balance <= call.ceiling:
-        return _refused(conn, call.organization_id, call.idempotency_key, call.refused_code, wallet)
+        found = repo.get_wallet_by_owner(conn, *owner)
+        if found is None and call.create_missing:
+            repo.insert_wallet_if_missing(conn, *owner, now)
+            found = repo.get_wallet_by_owner(conn, *owner)
+        if found is None:
+            return _refused(
+                conn, call.organization_id, call.idempotency_key, call.missing_code, None
+            )
+        found = _expire_due(conn, found, now, call.expiration)
+        wallet = blocks.apply_delta(conn, owner, *change)
+        if wallet is None:
+            return _refused(
+                conn, call.organization_id, call.idempotency_key, call.refused_code, found
+            )
     entry = repo.insert_transaction(
         conn,
         organization_id=call.organization_id,
         wallet_seq=wallet.seq,
         type_=call.type,
         amount=call.delta,
-        balance_after=balance,
+        balance_after=wallet.balance,
         description=call.description,
         reference=call.reference,
         idempotency_key=call.idempotency_key,
@@ -205,7 +214,7 @@ def _sqlite_balance_change(conn: Connection, call: BalanceChangeCall) -> Balance
         )
     else:
         _spend(conn, wallet.seq, entry.seq, -call.delta)
-    wallet = blocks.set_balance(conn, wallet.seq, balance, now)
+        blocks.refresh_next_expiry(conn, wallet.seq)
     repo.record_outcome(conn, call.organization_id, call.idempotency_key, transaction_seq=entry.seq)
     return BalanceChangeOutcome("applied", None, wallet, entry)
 

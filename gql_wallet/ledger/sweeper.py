@@ -14,13 +14,15 @@ import contextlib
 import random
 
 from gql_wallet.db import Database
+from gql_wallet.feed import LedgerFeed
 from gql_wallet.ledger.service import sweep_expiries
 from gql_wallet.logs import logger
 
 
 class ExpirySweeper:
-    def __init__(self, database: Database, interval_seconds: float) -> None:
+    def __init__(self, database: Database, feed: LedgerFeed, interval_seconds: float) -> None:
         self.database = database
+        self.feed = feed
         self.interval = interval_seconds
         self.task: asyncio.Task[None] | None = None
 
@@ -31,8 +33,10 @@ class ExpirySweeper:
         while True:
             try:
                 written = await sweep_expiries(self.database)
+                for wallet in written:  # this process's subscribers (others: the database's)
+                    self.feed.wake(wallet.organization_id, wallet.customer_id, wallet.seq)
                 if written:
-                    logger.info("expiry sweep: wrote the due expiries of %d wallets", written)
+                    logger.info("expiry sweep: wrote the due expiries of %d wallets", len(written))
             except Exception:
                 logger.exception("expiry sweep failed; trying again at the next one")
             # Jitter, so that the processes of a deployment do not all sweep at once.

@@ -13,9 +13,11 @@ from typing import Any
 
 from sqlalchemy import (
     Boolean,
+    DateTime,
     Select,
     and_,
     bindparam,
+    case,
     false,
     func,
     or_,
@@ -173,6 +175,77 @@ _SET_BALANCE = DriverWrite(
         balance=bindparam("p_balance"), modified_at=bindparam("p_now"), next_expiry_at=_NEXT_EXPIRY
     )
     .returning(*_WALLET_COLUMNS)
+)
+
+
+def apply_delta(
+    conn: Connection,
+    owner: tuple[uuid.UUID, str, str],
+    delta: int,
+    floor: int,
+    ceiling: int,
+    expires_at: datetime | None,
+    now: datetime,
+) -> WalletRecord | None:
+    """Add `delta` to the wallet's balance if the result stays in floor..ceiling and no expiry
+    of its credits is due at `now`, keeping its soonest expiry (`expires_at`: a new block's).
+    None when there is no such wallet or a condition failed (the caller looks at which)."""
+    organization_id, customer_id, currency = owner
+    rows = _APPLY_DELTA.execute(
+        conn,
+        {
+            "p_organization_id": organization_id,
+            "p_customer_id": customer_id,
+            "p_currency": currency,
+            "p_delta": delta,
+            "p_floor": floor,
+            "p_ceiling": ceiling,
+            "p_expires_at": expires_at,
+            "p_now": now,
+        },
+    )
+    return WalletRecord.from_row(rows[0]) if rows else None
+
+
+_NEW_EXPIRY = bindparam("p_expires_at", type_=DateTime(timezone=True))
+_APPLY_DELTA = DriverWrite(
+    update(wallets)
+    .where(
+        wallets.c.organization_id == bindparam("p_organization_id"),
+        wallets.c.customer_id == bindparam("p_customer_id"),
+        wallets.c.currency == bindparam("p_currency"),
+        (wallets.c.balance + bindparam("p_delta")).between(
+            bindparam("p_floor"), bindparam("p_ceiling")
+        ),
+        or_(wallets.c.next_expiry_at.is_(None), wallets.c.next_expiry_at > bindparam("p_now")),
+    )
+    .values(
+        balance=wallets.c.balance + bindparam("p_delta"),
+        modified_at=bindparam("p_now"),
+        next_expiry_at=case(
+            (
+                and_(
+                    _NEW_EXPIRY.is_not(None),
+                    or_(wallets.c.next_expiry_at.is_(None), wallets.c.next_expiry_at > _NEW_EXPIRY),
+                ),
+                _NEW_EXPIRY,
+            ),
+            else_=wallets.c.next_expiry_at,
+        ),
+    )
+    .returning(*_WALLET_COLUMNS)
+)
+
+
+def refresh_next_expiry(conn: Connection, wallet_seq: int) -> None:
+    """Recompute the wallet's soonest expiry after blocks were spent (if it has one at all)."""
+    _REFRESH_NEXT_EXPIRY.execute(conn, {"p_wallet_seq": wallet_seq})
+
+
+_REFRESH_NEXT_EXPIRY = DriverWrite(
+    update(wallets)
+    .where(wallets.c.seq == bindparam("p_wallet_seq"), wallets.c.next_expiry_at.is_not(None))
+    .values(next_expiry_at=_NEXT_EXPIRY)
 )
 
 

@@ -8,5 +8,6 @@ DROP FUNCTION gql_wallet_balance_change(uuid, text, text, text, text, text, bigi
 DROP FUNCTION gql_wallet_spend(bigint, bigint, bigint);
 DROP FUNCTION gql_wallet_expire_due(wallets, timestamptz, text, text);
 DROP FUNCTION gql_wallet_next_expiry(bigint);
+DROP FUNCTION gql_wallet_claim(uuid, text, text);
 DROP FUNCTION gql_wallet_announce(text, wallets);
 DROP FUNCTION gql_wallet_feed_gate();

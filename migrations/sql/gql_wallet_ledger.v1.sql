@@ -27,6 +27,23 @@ AS $$
   );
 $$;
 
+-- Claims the write's idempotency key: false when an earlier write holds it (a concurrent
+-- claim of the same key waits here until the first commits or rolls back).
+CREATE FUNCTION gql_wallet_claim(p_organization_id uuid, p_key text, p_request text)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+  claimed text;
+BEGIN
+  INSERT INTO idempotency_keys AS k (organization_id, key, request, created_at)
+  VALUES (p_organization_id, p_key, p_request, clock_timestamp())
+  ON CONFLICT (organization_id, key) DO NOTHING
+  RETURNING k.key INTO claimed;
+  RETURN claimed IS NOT NULL;
+END
+$$;
+
 -- The soonest expiry among the wallet's blocks with credits left.
 CREATE FUNCTION gql_wallet_next_expiry(p_wallet_seq bigint) RETURNS timestamptz
 LANGUAGE sql STABLE
@@ -144,60 +161,75 @@ LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
   announce boolean := gql_wallet_feed_gate();
-  claimed text;
   v_now timestamptz;
   balance_before bigint;
+  v_found wallets;
 BEGIN
-  INSERT INTO idempotency_keys AS k (organization_id, key, request, created_at)
-  VALUES (p_organization_id, p_idempotency_key, p_request, clock_timestamp())
-  ON CONFLICT (organization_id, key) DO NOTHING
-  RETURNING k.key INTO claimed;
-  IF claimed IS NULL THEN
+  IF NOT gql_wallet_claim(p_organization_id, p_idempotency_key, p_request) THEN
     outcome := 'taken';
     RETURN;
   END IF;
 
-  SELECT w.* INTO wallet FROM wallets AS w
+  v_now := clock_timestamp();
+  -- The common case in one statement: the wallet exists, none of its expiries is due, and the
+  -- new balance is in range (the same conditional update as the SQLite store's).
+  UPDATE wallets AS w SET balance = w.balance + p_delta, modified_at = v_now,
+    next_expiry_at = CASE WHEN p_expires_at IS NOT NULL
+                               AND (w.next_expiry_at IS NULL OR p_expires_at < w.next_expiry_at)
+                          THEN p_expires_at ELSE w.next_expiry_at END
   WHERE w.organization_id = p_organization_id AND w.customer_id = p_customer_id
-    AND w.currency = p_currency
-  FOR UPDATE;
-  IF NOT FOUND AND p_create_missing THEN
-    v_now := clock_timestamp();
-    INSERT INTO wallets AS w (id, organization_id, customer_id, currency, balance, created_at,
-                              modified_at)
-    VALUES (p_wallet_id, p_organization_id, p_customer_id, p_currency, 0, v_now, v_now)
-    ON CONFLICT (organization_id, customer_id, currency) DO NOTHING;
-    SELECT w.* INTO wallet FROM wallets AS w
+    AND w.currency = p_currency AND w.balance + p_delta BETWEEN p_floor AND p_ceiling
+    AND (w.next_expiry_at IS NULL OR w.next_expiry_at > v_now)
+  RETURNING w.* INTO wallet;
+  IF wallet.seq IS NULL THEN
+    -- Which condition failed: no wallet (create it if told to), a due expiry (write it, then
+    -- try again), or the range.
+    SELECT w.* INTO v_found FROM wallets AS w
     WHERE w.organization_id = p_organization_id AND w.customer_id = p_customer_id
       AND w.currency = p_currency
     FOR UPDATE;
-  END IF;
-  IF wallet.seq IS NULL THEN
-    outcome := 'refused';
-    refusal_code := p_missing_code;
-    UPDATE idempotency_keys AS k SET error_code = p_missing_code
-    WHERE k.organization_id = p_organization_id AND k.key = p_idempotency_key;
-    RETURN;
-  END IF;
-
-  v_now := clock_timestamp();
-  balance_before := wallet.balance;
-  wallet := gql_wallet_expire_due(wallet, v_now, p_expiration_type, p_expiration_key_prefix);
-  IF wallet.balance + p_delta NOT BETWEEN p_floor AND p_ceiling THEN
-    outcome := 'refused';
-    refusal_code := p_refused_code;
-    UPDATE idempotency_keys AS k SET error_code = p_refused_code
-    WHERE k.organization_id = p_organization_id AND k.key = p_idempotency_key;
-    IF announce AND wallet.balance <> balance_before THEN
-      PERFORM gql_wallet_announce(p_channel, wallet);
+    IF v_found.seq IS NULL AND p_create_missing THEN
+      INSERT INTO wallets AS w (id, organization_id, customer_id, currency, balance, created_at,
+                                modified_at)
+      VALUES (p_wallet_id, p_organization_id, p_customer_id, p_currency, 0, v_now, v_now)
+      ON CONFLICT (organization_id, customer_id, currency) DO NOTHING;
+      SELECT w.* INTO v_found FROM wallets AS w
+      WHERE w.organization_id = p_organization_id AND w.customer_id = p_customer_id
+        AND w.currency = p_currency
+      FOR UPDATE;
     END IF;
-    RETURN;
+    IF v_found.seq IS NULL THEN
+      outcome := 'refused';
+      refusal_code := p_missing_code;
+      UPDATE idempotency_keys AS k SET error_code = p_missing_code
+      WHERE k.organization_id = p_organization_id AND k.key = p_idempotency_key;
+      RETURN;
+    END IF;
+    balance_before := v_found.balance;
+    v_found := gql_wallet_expire_due(v_found, v_now, p_expiration_type, p_expiration_key_prefix);
+    UPDATE wallets AS w SET balance = w.balance + p_delta, modified_at = v_now,
+      next_expiry_at = CASE WHEN p_expires_at IS NOT NULL
+                                 AND (w.next_expiry_at IS NULL OR p_expires_at < w.next_expiry_at)
+                            THEN p_expires_at ELSE w.next_expiry_at END
+    WHERE w.seq = v_found.seq AND w.balance + p_delta BETWEEN p_floor AND p_ceiling
+    RETURNING w.* INTO wallet;
+    IF wallet.seq IS NULL THEN
+      outcome := 'refused';
+      refusal_code := p_refused_code;
+      wallet := v_found;
+      UPDATE idempotency_keys AS k SET error_code = p_refused_code
+      WHERE k.organization_id = p_organization_id AND k.key = p_idempotency_key;
+      IF announce AND v_found.balance <> balance_before THEN
+        PERFORM gql_wallet_announce(p_channel, v_found);
+      END IF;
+      RETURN;
+    END IF;
   END IF;
 
   INSERT INTO wallet_transactions AS t (id, organization_id, wallet_seq, type, amount,
                                         balance_after, description, reference, idempotency_key,
                                         created_at)
-  VALUES (p_entry_id, p_organization_id, wallet.seq, p_type, p_delta, wallet.balance + p_delta,
+  VALUES (p_entry_id, p_organization_id, wallet.seq, p_type, p_delta, wallet.balance,
           p_description, p_reference, p_idempotency_key, v_now)
   RETURNING t.* INTO entry;
   IF p_block_id IS NOT NULL THEN
@@ -205,18 +237,13 @@ BEGIN
                                expires_at, burn_key, amount, remaining, created_at)
     VALUES (p_block_id, p_organization_id, wallet.seq, entry.seq, p_category, p_priority,
             p_expires_at, p_burn_key, p_delta, p_delta, v_now);
-    UPDATE wallets AS w SET balance = w.balance + p_delta, modified_at = v_now,
-      next_expiry_at = CASE WHEN p_expires_at < w.next_expiry_at OR w.next_expiry_at IS NULL
-                            THEN p_expires_at ELSE w.next_expiry_at END
-    WHERE w.seq = wallet.seq
-    RETURNING w.* INTO wallet;
   ELSE
     PERFORM gql_wallet_spend(wallet.seq, entry.seq, -p_delta);
-    UPDATE wallets AS w SET balance = w.balance + p_delta, modified_at = v_now,
-      next_expiry_at = CASE WHEN w.next_expiry_at IS NULL THEN NULL
-                            ELSE gql_wallet_next_expiry(w.seq) END
-    WHERE w.seq = wallet.seq
-    RETURNING w.* INTO wallet;
+    IF wallet.next_expiry_at IS NOT NULL THEN
+      UPDATE wallets AS w SET next_expiry_at = gql_wallet_next_expiry(w.seq)
+      WHERE w.seq = wallet.seq
+      RETURNING w.* INTO wallet;
+    END IF;
   END IF;
   UPDATE idempotency_keys AS k SET transaction_seq = entry.seq
   WHERE k.organization_id = p_organization_id AND k.key = p_idempotency_key;
@@ -258,7 +285,6 @@ LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
   announce boolean := gql_wallet_feed_gate();
-  claimed text;
   v_now timestamptz;
   balance_before bigint;
   original wallet_transactions;
@@ -285,11 +311,7 @@ BEGIN
     RETURN;
   END IF;
 
-  INSERT INTO idempotency_keys AS k (organization_id, key, request, created_at)
-  VALUES (p_organization_id, p_idempotency_key, p_request, clock_timestamp())
-  ON CONFLICT (organization_id, key) DO NOTHING
-  RETURNING k.key INTO claimed;
-  IF claimed IS NULL THEN
+  IF NOT gql_wallet_claim(p_organization_id, p_idempotency_key, p_request) THEN
     outcome := 'taken';
     RETURN;
   END IF;

@@ -98,7 +98,14 @@ def upgrade() -> None:
         unique=False,
     )
     op.add_column("wallets", sa.Column("next_expiry_at", sa.DateTime(timezone=True), nullable=True))
-    op.create_index("ix_wallets_next_expiry_at", "wallets", ["next_expiry_at"], unique=False)
+    op.create_index(
+        "ix_wallets_next_expiry_at",
+        "wallets",
+        ["next_expiry_at"],
+        unique=False,
+        postgresql_where=sa.text("next_expiry_at IS NOT NULL"),
+        sqlite_where=sa.text("next_expiry_at IS NOT NULL"),
+    )
     if bind.dialect.name == "postgresql":
         op.drop_constraint("ck_wallet_tx_type", "wallet_transactions", type_="check")
     else:
@@ -107,7 +114,12 @@ def upgrade() -> None:
     # lock, and without one SQLite can drop the column again (downgrade).
     op.add_column("wallet_transactions", sa.Column("reverses_seq", _SEQ, nullable=True))
     op.create_index(
-        "ix_wallet_transactions_reverses_seq", "wallet_transactions", ["reverses_seq"], unique=False
+        "ix_wallet_transactions_reverses_seq",
+        "wallet_transactions",
+        ["reverses_seq"],
+        unique=False,
+        postgresql_where=sa.text("reverses_seq IS NOT NULL"),
+        sqlite_where=sa.text("reverses_seq IS NOT NULL"),
     )
     _backfill_blocks()
     if bind.dialect.name == "postgresql":
