@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from starlette.websockets import WebSocket
@@ -33,20 +34,32 @@ class Context:
     feed: LedgerFeed
     websocket: WebSocket | None = None  # set for operations over a WebSocket
     connection_params: dict[str, Any] | None = None  # the WebSocket's connection_init payload
-    wallets_by_seq: DataLoader[int, WalletRecord] = field(init=False)
-    transactions_by_seq: DataLoader[int, TransactionRecord] = field(init=False)
-    credits_by_seq: DataLoader[int, CreditBlockRecord] = field(init=False)
-    allocations_by_entry: DataLoader[int, list[AllocationRecord]] = field(init=False)
-    undone_by_entry: DataLoader[int, int] = field(init=False)
-    category_balances: DataLoader[int, dict[str, int]] = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.wallets_by_seq = DataLoader(load_fn=self._load_wallets)
-        self.transactions_by_seq = DataLoader(load_fn=self._load_transactions)
-        self.credits_by_seq = DataLoader(load_fn=self._load_credits)
-        self.allocations_by_entry = DataLoader(load_fn=self._load_allocations)
-        self.undone_by_entry = DataLoader(load_fn=self._load_undone)
-        self.category_balances = DataLoader(load_fn=self._load_category_balances)
+    # The loaders are made on first use: most requests use none of them, and every request
+    # makes a Context.
+    @cached_property
+    def wallets_by_seq(self) -> DataLoader[int, WalletRecord]:
+        return DataLoader(load_fn=self._load_wallets)
+
+    @cached_property
+    def transactions_by_seq(self) -> DataLoader[int, TransactionRecord]:
+        return DataLoader(load_fn=self._load_transactions)
+
+    @cached_property
+    def credits_by_seq(self) -> DataLoader[int, CreditBlockRecord]:
+        return DataLoader(load_fn=self._load_credits)
+
+    @cached_property
+    def allocations_by_entry(self) -> DataLoader[int, list[AllocationRecord]]:
+        return DataLoader(load_fn=self._load_allocations)
+
+    @cached_property
+    def undone_by_entry(self) -> DataLoader[int, int]:
+        return DataLoader(load_fn=self._load_undone)
+
+    @cached_property
+    def category_balances(self) -> DataLoader[int, dict[str, int]]:
+        return DataLoader(load_fn=self._load_category_balances)
 
     def customer_scope(self, requested: str | None) -> tuple[bool, str | None]:
         """(visible, customer filter) for a read that may name a customer.
@@ -66,19 +79,16 @@ class Context:
         """The wallets as a read may show them (their due expiries written first); this
         process's subscribers hear of any expiry written (other processes' through the
         database on PostgreSQL)."""
-        if not any(record.expiry_due for record in records):
-            return records
         fresh = await ledger.fresh_wallets(self.database, records)
+        if fresh is records:
+            return records
         for before, after in zip(records, fresh, strict=True):
             if after.balance != before.balance:
                 self.feed.wake(after.organization_id, after.customer_id, after.seq)
         return fresh
 
     async def fresh_wallet(self, record: WalletRecord | None) -> WalletRecord | None:
-        if record is None or not record.expiry_due:
-            return record
-        (fresh,) = await self.fresh_wallets([record])
-        return fresh
+        return record if record is None else (await self.fresh_wallets([record]))[0]
 
     async def close_connection(self, code: int, reason: str) -> None:
         if self.websocket is not None:

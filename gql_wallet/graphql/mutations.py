@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import strawberry
 from graphql import GraphQLError
 from strawberry.types import Info
 
 from gql_wallet import auth, ledger, metrics
+from gql_wallet.db import Database
 from gql_wallet.errors import ErrorCode, UserError
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.errors import FORBIDDEN
@@ -158,6 +160,9 @@ class ReverseTopUpPayload(WritePayload):
     pass
 
 
+_Payload = TypeVar("_Payload", bound=WritePayload)
+
+
 @strawberry.type(description="The result of createWallet.")
 class CreateWalletPayload:
     wallet: CustomerWallet | None = strawberry.field(
@@ -273,6 +278,19 @@ def write_parts(
     )
 
 
+async def _balance_write(
+    info: Info[Context, None],
+    write: Callable[[Database, uuid.UUID, Any], Awaitable[ledger.WriteResult]],
+    argument: Any,
+    payload: type[_Payload],
+) -> _Payload:
+    """A balance-changing mutation: the write scope, the ledger service's write, its payload."""
+    require_write(info)
+    result = await write(info.context.database, info.context.principal.organization_id, argument)
+    wallet, transaction, errors = write_parts(info.context, result)
+    return payload(wallet=wallet, transaction=transaction, user_errors=errors)
+
+
 @strawberry.type(
     description="Change wallets and sessions. Needs an organization API key with wallets:write; "
     "every balance change needs an idempotencyKey."
@@ -381,12 +399,7 @@ class Mutation:
         info: Info[Context, None],
         input: Annotated[TopUpWalletInput, strawberry.argument(description="The top-up.")],
     ) -> TopUpWalletPayload:
-        require_write(info)
-        result = await ledger.top_up(
-            info.context.database, info.context.principal.organization_id, balance_change(input)
-        )
-        wallet, transaction, errors = write_parts(info.context, result)
-        return TopUpWalletPayload(wallet=wallet, transaction=transaction, user_errors=errors)
+        return await _balance_write(info, ledger.top_up, balance_change(input), TopUpWalletPayload)
 
     @strawberry.mutation(
         description="Grant PROMOTIONAL credits: a GRANT entry and its credit block, with an "
@@ -397,12 +410,7 @@ class Mutation:
         info: Info[Context, None],
         input: Annotated[GrantCreditsInput, strawberry.argument(description="The grant.")],
     ) -> GrantCreditsPayload:
-        require_write(info)
-        result = await ledger.grant(
-            info.context.database, info.context.principal.organization_id, balance_change(input)
-        )
-        wallet, transaction, errors = write_parts(info.context, result)
-        return GrantCreditsPayload(wallet=wallet, transaction=transaction, user_errors=errors)
+        return await _balance_write(info, ledger.grant, balance_change(input), GrantCreditsPayload)
 
     @strawberry.mutation(
         description="Refund part or all of a charge: a REFUND entry that gives the credits back "
@@ -414,12 +422,7 @@ class Mutation:
         info: Info[Context, None],
         input: Annotated[RefundChargeInput, strawberry.argument(description="The refund.")],
     ) -> RefundChargePayload:
-        require_write(info)
-        result = await ledger.refund(
-            info.context.database, info.context.principal.organization_id, undo(input)
-        )
-        wallet, transaction, errors = write_parts(info.context, result)
-        return RefundChargePayload(wallet=wallet, transaction=transaction, user_errors=errors)
+        return await _balance_write(info, ledger.refund, undo(input), RefundChargePayload)
 
     @strawberry.mutation(
         description="Reverse part or all of a top-up or grant: a REVERSAL entry that takes "
@@ -430,12 +433,7 @@ class Mutation:
         info: Info[Context, None],
         input: Annotated[ReverseTopUpInput, strawberry.argument(description="The reversal.")],
     ) -> ReverseTopUpPayload:
-        require_write(info)
-        result = await ledger.reverse(
-            info.context.database, info.context.principal.organization_id, undo(input)
-        )
-        wallet, transaction, errors = write_parts(info.context, result)
-        return ReverseTopUpPayload(wallet=wallet, transaction=transaction, user_errors=errors)
+        return await _balance_write(info, ledger.reverse, undo(input), ReverseTopUpPayload)
 
     @strawberry.mutation(
         description="Pay for usage from a wallet's balance; refused whole if the balance does not "
@@ -446,9 +444,4 @@ class Mutation:
         info: Info[Context, None],
         input: Annotated[ChargeWalletInput, strawberry.argument(description="The charge.")],
     ) -> ChargeWalletPayload:
-        require_write(info)
-        result = await ledger.charge(
-            info.context.database, info.context.principal.organization_id, balance_change(input)
-        )
-        wallet, transaction, errors = write_parts(info.context, result)
-        return ChargeWalletPayload(wallet=wallet, transaction=transaction, user_errors=errors)
+        return await _balance_write(info, ledger.charge, balance_change(input), ChargeWalletPayload)

@@ -411,13 +411,16 @@ async def _undo(
 
 async def fresh_wallets(database: Database, records: list[WalletRecord]) -> list[WalletRecord]:
     """The wallets as a read may show them: any with an expiry due (by the database's clock, at
-    the read) has it written first, and is shown as it is after."""
+    the read) has it written first, and is shown as it is after. `records` itself when none
+    is due."""
     # Locked in the order a group commit locks wallets in (by owner), so that the two cannot
     # deadlock on PostgreSQL.
-    due = [record.seq for record in sorted(records, key=_owner_order) if record.expiry_due]
+    due = [record for record in records if record.expiry_due]
     if not due:
         return records
-    after = {w.seq: w for w in await store.expire_wallets(database, due, EXPIRATION)}
+    due.sort(key=_owner_order)
+    seqs = [record.seq for record in due]
+    after = {w.seq: w for w in await store.expire_wallets(database, seqs, EXPIRATION)}
     return [after.get(record.seq, record) for record in records]
 
 
@@ -426,10 +429,7 @@ def _owner_order(record: WalletRecord) -> tuple[str, str, str]:
 
 
 async def fresh_wallet(database: Database, record: WalletRecord | None) -> WalletRecord | None:
-    if record is None or not record.expiry_due:
-        return record
-    (fresh,) = await fresh_wallets(database, [record])
-    return fresh
+    return record if record is None else (await fresh_wallets(database, [record]))[0]
 
 
 async def sweep_expiries(database: Database, batch: int = 500) -> list[WalletRecord]:
