@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
+import uuid
 from collections import namedtuple
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Select,
+    Uuid,
     bindparam,
     cast,
     func,
@@ -34,9 +37,9 @@ class _DriverForm:
     binds: tuple[tuple[str, Callable[[Any], Any] | None], ...]  # (name, bind processor)
     # Values the statement itself binds (SQLite's OFFSET 0 after a bound LIMIT).
     constants: dict[str, Any]
-    # A result processor per column; None when no column has one (asyncpg's values are already
-    # the Python ones), so that each row is made in one step.
-    results: tuple[Callable[[Any], Any] | None, ...] | None
+    # (column index, result processor) of the columns that have one; None when none has
+    # (asyncpg's values are already the Python ones), so that each row is made in one step.
+    results: tuple[tuple[int, Callable[[Any], Any]], ...] | None
     row: Any  # a namedtuple of the selected columns' names, read like SQLAlchemy's Row
 
 
@@ -49,20 +52,31 @@ def _driver_form(statement: Any, row: Any, dialect: Dialect) -> _DriverForm:
         for name in compiled.positiontup or ()
     )
     results = tuple(
-        _result_processor(column.type, dialect) for column in statement.exported_columns
+        (index, process)
+        for index, column in enumerate(statement.exported_columns)
+        if (process := _result_processor(column.type, dialect)) is not None
     )
     constants = {
         name: compiled.binds[name].value
         for name in compiled.positiontup or ()
         if not compiled.binds[name].required and compiled.binds[name].value is not None
     }
-    return _DriverForm(compiled.string, binds, constants, results if any(results) else None, row)
+    return _DriverForm(compiled.string, binds, constants, results or None, row)
+
+
+@functools.lru_cache(maxsize=4096)
+def _uuid_from_text(value: str | uuid.UUID | None) -> uuid.UUID | None:
+    return value if value is None or isinstance(value, uuid.UUID) else uuid.UUID(value)
 
 
 def _result_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
     process: Callable[[Any], Any] | None = type_.dialect_impl(dialect).result_processor(
         dialect, None
     )
+    if process is not None and isinstance(type_, Uuid):
+        # SQLite stores UUIDs as text: the same organizations' and wallets' IDs come back on
+        # every write and lookup, and a UUID is immutable, so each text is parsed once.
+        return _uuid_from_text
     if process is None or not (isinstance(type_, DateTime) and type_.timezone):
         return process  # asyncpg's timestamps with time zone are in UTC already
 
@@ -86,13 +100,13 @@ def _driver_rows(form: _DriverForm, rows: Any) -> list[Any]:
     results, make = form.results, form.row._make
     if results is None:
         return [make(row) for row in rows]
-    return [
-        make(
-            value if process is None else process(value)
-            for value, process in zip(row, results, strict=True)
-        )
-        for row in rows
-    ]
+    made = []
+    for row in rows:
+        values = list(row)
+        for index, process in results:
+            values[index] = process(values[index])
+        made.append(make(values))
+    return made
 
 
 class DriverRead:

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 
 from gql_wallet.db import Database, DriverConnection
 from gql_wallet.repository.driver import DriverRead, DriverWrite, GroupedPages
-from gql_wallet.repository.records import TransactionRecord, transactions
+from gql_wallet.repository.records import TransactionRecord, transactions, utc
 
 
 def insert_transaction(
@@ -29,8 +29,9 @@ def insert_transaction(
     entry_id: uuid.UUID | None = None,
     reverses_seq: int | None = None,
 ) -> TransactionRecord:
+    entry_id = entry_id or uuid.uuid4()
     params = {
-        "p_id": entry_id or uuid.uuid4(),
+        "p_id": entry_id,
         "p_organization_id": organization_id,
         "p_wallet_seq": wallet_seq,
         "p_type": type_,
@@ -42,8 +43,22 @@ def insert_transaction(
         "p_now": now,
         "p_reverses_seq": reverses_seq,
     }
-    (row,) = _INSERT_TRANSACTION.execute(conn, params)
-    return TransactionRecord.from_row(row)
+    # Only the sequence number comes back: every other value is the one just bound, so the
+    # writer (holding the write lock) converts nothing back.
+    ((seq,),) = _INSERT_TRANSACTION.execute(conn, params)
+    return TransactionRecord(
+        seq,
+        entry_id,
+        wallet_seq,
+        type_,
+        amount,
+        balance_after,
+        description,
+        reference,
+        idempotency_key,
+        utc(now),
+        reverses_seq,
+    )
 
 
 _INSERT_TRANSACTION = DriverWrite(
@@ -61,7 +76,7 @@ _INSERT_TRANSACTION = DriverWrite(
         created_at=bindparam("p_now"),
         reverses_seq=bindparam("p_reverses_seq"),
     )
-    .returning(*transactions.c)
+    .returning(transactions.c.seq)
 )
 
 
