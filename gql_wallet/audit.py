@@ -21,7 +21,10 @@ async def audit(database: Database) -> AuditReport:
     a negative balance, and balance == what its credit blocks hold; every block: remaining ==
     amount + sum of its allocations, never negative, never spent at or after its expiry; every
     entry's allocations add up to it; refunds and reversals never undo more than their
-    original. Reads one snapshot, so a live server can keep writing meanwhile."""
+    original; a wallet's held balance is what its open holds reserve, and never more than its
+    balance; a block holds what open holds reserve from it, never more than it has; a hold
+    reserves its amount, is resolved once, and a capture takes at most its hold. Reads one
+    snapshot, so a live server can keep writing meanwhile."""
     report = AuditReport()
     async with database.read_transaction() as conn:
         wallets = await repo.all_wallets(conn)
@@ -45,9 +48,8 @@ async def audit(database: Database) -> AuditReport:
                 )
             if remaining < 0:
                 report.problems.append(f"{names[wallet_seq]}: block {block_id} is below 0")
-        for block_id, wallet_seq, entry_id in await repo.audit.spent_after_expiry(
-            conn, TransactionType.EXPIRATION.value
-        ):
+        exempt = [TransactionType.EXPIRATION.value, TransactionType.CAPTURE.value]
+        for block_id, wallet_seq, entry_id in await repo.audit.spent_after_expiry(conn, exempt):
             report.problems.append(
                 f"{names[wallet_seq]}: block {block_id} spent by entry {entry_id} after it expired"
             )
@@ -62,6 +64,20 @@ async def audit(database: Database) -> AuditReport:
                 report.problems.append(
                     f"{names[wallet_seq]}: entry {entry_id} of {amount} is undone by {undone}"
                 )
+        _audit_holds(report, names, wallets, await repo.audit.held_by_wallet(conn))
+        for block_id, wallet_seq, held, remaining, reserved in await repo.audit.block_reservations(
+            conn
+        ):
+            if held != reserved or not 0 <= held <= remaining:
+                report.problems.append(
+                    f"{names[wallet_seq]}: block {block_id} has held {held} (remaining "
+                    f"{remaining}) but open holds reserve {reserved} from it"
+                )
+        for row in await repo.audit.hold_states(conn):
+            hold_id, wallet_seq, status, amount, captured, resolved_at, reserved, entry = row
+            problem = _hold_problem(status, amount, captured, resolved_at, reserved, entry)
+            if problem:
+                report.problems.append(f"{names[wallet_seq]}: hold {hold_id} {problem}")
         for wallet in wallets:
             report.wallets += 1
             running = 0
@@ -85,3 +101,45 @@ async def audit(database: Database) -> AuditReport:
             if wallet.balance < 0:
                 report.problems.append(f"{name}: negative balance {wallet.balance}")
     return report
+
+
+def _audit_holds(
+    report: AuditReport,
+    names: dict[int, str],
+    wallets: list[repo.WalletRecord],
+    held: dict[int, int],
+) -> None:
+    for wallet in wallets:
+        if wallet.held_balance != held.get(wallet.seq, 0):
+            report.problems.append(
+                f"{names[wallet.seq]}: held balance {wallet.held_balance} != what its open holds "
+                f"reserve {held.get(wallet.seq, 0)}"
+            )
+        if not 0 <= wallet.held_balance <= wallet.balance:
+            report.problems.append(
+                f"{names[wallet.seq]}: held balance {wallet.held_balance} outside 0..balance "
+                f"{wallet.balance} (a negative available balance)"
+            )
+
+
+def _hold_problem(
+    status: str,
+    amount: int,
+    captured: int,
+    resolved_at: object,
+    reserved: int,
+    entry: int | None,
+) -> str | None:
+    """What is wrong with one hold, if anything: it reserved its amount (released on
+    resolution, the reservations stay as its record); a capture took 1..amount in one CAPTURE
+    entry; only a resolved hold has a resolution time."""
+    if reserved != amount:
+        return f"of {amount} reserved {reserved}"
+    if status == "CAPTURED":
+        if not 1 <= captured <= amount or entry != -captured:
+            return f"of {amount} captured {captured} with an entry of {entry}"
+    elif captured != 0 or entry is not None:
+        return f"is {status} but captured {captured}"
+    if (status == "OPEN") != (resolved_at is None):
+        return f"is {status} with resolvedAt {resolved_at}"
+    return None

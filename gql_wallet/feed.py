@@ -6,7 +6,8 @@ and in-process for the writing process itself. On PostgreSQL a write NOTIFYs onl
 process LISTENs: NOTIFYing transactions commit one at a time, database-wide (migration 0004).
 An announcement is only a wake-up: each process keeps, per watched customer, a cursor per
 wallet and reads the new ledger entries after it, so nothing is missed or repeated when
-announcements bunch up, and every event is a committed entry.
+announcements bunch up, and every event is a committed entry, or a committed change of the
+wallet's holds (created, resolved or expired: no entry, a later `modified_at`).
 Within one wallet the ledger order is the commit order (the wallet's row lock is taken before
 the entry gets its sequence number), so a cursor per wallet never skips a late commit.
 """
@@ -19,6 +20,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 import asyncpg
@@ -30,14 +32,20 @@ from gql_wallet.repository import TransactionRecord, WalletRecord
 from gql_wallet.settings import Settings
 
 Owner = tuple[uuid.UUID, str]  # (organization, customer)
+# Where a change sits in its wallet's history: the seq of the wallet's last ledger entry at the
+# change, and the change's time (a hold's change comes after the entry before it).
+Position = tuple[int, datetime]
+_START: Position = (0, datetime.min.replace(tzinfo=UTC))
 
 
 @dataclass(frozen=True)
 class WalletChange:
-    """A wallet as it was right after `transaction`; no transaction for the initial state."""
+    """A wallet as it was right after `transaction`, or after a change of its holds (no
+    transaction)."""
 
     wallet: WalletRecord
     transaction: TransactionRecord | None
+    position: Position
 
 
 class SlowConsumer(Exception):
@@ -57,21 +65,21 @@ class Mailbox(Generic[T]):
     """
 
     capacity: int
-    queue: asyncio.Queue[tuple[int, int, T] | None] = field(default_factory=asyncio.Queue)
-    seen: dict[int, int] = field(default_factory=dict)  # wallet seq -> last entry delivered
+    queue: asyncio.Queue[tuple[int, Position, T] | None] = field(default_factory=asyncio.Queue)
+    seen: dict[int, Position] = field(default_factory=dict)  # wallet seq -> last delivered
     error: Exception | None = None  # once set, the reader gets it instead of further events
 
     @property
     def overflowed(self) -> bool:
         return isinstance(self.error, SlowConsumer)
 
-    def put(self, wallet_seq: int, entry_seq: int, item: T) -> None:
+    def put(self, wallet_seq: int, position: Position, item: T) -> None:
         if self.error is not None:
             return
         if self.queue.qsize() >= self.capacity:
             self.end(SlowConsumer())
             return
-        self.queue.put_nowait((wallet_seq, entry_seq, item))
+        self.queue.put_nowait((wallet_seq, position, item))
 
     def end(self, error: Exception) -> None:
         """Stop delivering: the reader gets `error` (after nothing else) from `next`."""
@@ -86,9 +94,9 @@ class Mailbox(Generic[T]):
             if self.error is not None:
                 raise self.error
             assert tagged is not None
-            wallet_seq, entry_seq, item = tagged
-            if entry_seq > self.seen.get(wallet_seq, 0):
-                self.seen[wallet_seq] = entry_seq
+            wallet_seq, position, item = tagged
+            if position > self.seen.get(wallet_seq, _START):
+                self.seen[wallet_seq] = position
                 return item
 
 
@@ -101,8 +109,7 @@ class Subscriber(Mailbox[WalletChange]):
     def offer(self, change: WalletChange) -> None:
         if self.currency is not None and change.wallet.currency != self.currency:
             return
-        assert change.transaction is not None
-        self.put(change.wallet.seq, change.transaction.seq, change)
+        self.put(change.wallet.seq, change.position, change)
 
 
 class Watcher:
@@ -112,7 +119,7 @@ class Watcher:
         self.database = database
         self.owner = owner
         self.subscribers: set[Subscriber] = set()
-        self.cursors: dict[int, int] = {}
+        self.cursors: dict[int, Position] = {}
         self.pending: set[int] = set()
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -150,18 +157,28 @@ class Watcher:
     async def _catch_up(self, wallet_seqs: set[int]) -> None:
         async with self.database.read_transaction() as conn:
             for wallet_seq in sorted(wallet_seqs):
-                entries = await repo.entries_after(
-                    conn, wallet_seq, self.cursors.get(wallet_seq, 0)
-                )
-                if not entries:
-                    continue
-                [wallet] = await repo.get_wallets_by_seq(conn, [wallet_seq])
-                self.cursors[wallet_seq] = entries[-1].seq
-                for entry in entries:
-                    change = WalletChange(
-                        wallet._replace(balance=entry.balance_after, modified_at=entry.created_at),
-                        entry,
-                    )
+                last_seq, last_at = self.cursors.get(wallet_seq, _START)
+                changes: list[WalletChange] = []
+                while True:
+                    entries = await repo.entries_after(conn, wallet_seq, last_seq)
+                    [wallet] = await repo.get_wallets_by_seq(conn, [wallet_seq])
+                    for entry in entries:
+                        state = wallet._replace(
+                            balance=entry.balance_after, modified_at=entry.created_at
+                        )
+                        changes.append(WalletChange(state, entry, (entry.seq, entry.created_at)))
+                        last_seq, last_at = entry.seq, entry.created_at
+                    if wallet.modified_at <= last_at or wallet.modified_at == wallet.created_at:
+                        break
+                    # Changed after the entries read: by an entry committed since (read it
+                    # first), or with no entry of its own, by its holds.
+                    if await repo.entries_after(conn, wallet_seq, last_seq):
+                        continue
+                    changes.append(WalletChange(wallet, None, (last_seq, wallet.modified_at)))
+                    last_at = wallet.modified_at
+                    break
+                self.cursors[wallet_seq] = (last_seq, last_at)
+                for change in changes:
                     for subscriber in list(self.subscribers):
                         subscriber.offer(change)
 

@@ -95,10 +95,16 @@ class Wallet(SQLModel, table=True):
     balance: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
     modified_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
-    # The soonest expiry of its credit blocks with credits left (null: none expires), kept by
-    # every write: a read compares it with the database's clock in the same SELECT.
+    # The soonest expiry of its credit blocks with unreserved credits left and of its open
+    # holds (null: none), kept by every write: a read compares it with the database's clock in
+    # the same SELECT.
     next_expiry_at: datetime | None = Field(
         default=None, sa_column=Column(UtcDateTime, nullable=True)
+    )
+    # What its OPEN holds reserve (their expiry written: see next_expiry_at); the available
+    # balance is balance - held_balance, never negative.
+    held_balance: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
     )
 
 
@@ -179,6 +185,8 @@ class CreditBlock(SQLModel, table=True):
     amount: int = Field(sa_column=Column(BigInteger, nullable=False))
     remaining: int = Field(sa_column=Column(BigInteger, nullable=False))
     created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+    # What open holds reserve from `remaining`: spendable by their captures only.
+    held: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
 
 
 class CreditAllocation(SQLModel, table=True):
@@ -193,6 +201,68 @@ class CreditAllocation(SQLModel, table=True):
 
     entry_seq: int = Field(
         sa_column=Column(BigSeq, ForeignKey("wallet_transactions.seq"), primary_key=True)
+    )
+    ordinal: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    block_seq: int = Field(
+        sa_column=Column(BigSeq, ForeignKey("credit_blocks.seq"), nullable=False)
+    )
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class WalletHold(SQLModel, table=True):
+    """Funds reserved for usage whose price is known later: OPEN until captured, voided or
+    expired (an OPEN hold past `expires_at` is EXPIRED by the database's clock, whether or not
+    that is written yet). `capture_seq`: its CAPTURE entry."""
+
+    __tablename__ = "wallet_holds"
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="ck_wallet_holds_amount_positive"),
+        CheckConstraint(
+            "captured_amount >= 0 AND captured_amount <= amount",
+            name="ck_wallet_holds_captured_within_amount",
+        ),
+        # A wallet's holds, newest first: holds(...) pages.
+        Index("ix_wallet_holds_wallet_seq", "wallet_seq", "seq"),
+        # A wallet's open holds by expiry: the next one to expire.
+        Index(
+            "ix_wallet_holds_open",
+            "wallet_seq",
+            "expires_at",
+            postgresql_where=text("status = 'OPEN'"),
+            sqlite_where=text("status = 'OPEN'"),
+        ),
+    )
+
+    seq: int | None = Field(
+        default=None, sa_column=Column(BigSeq, primary_key=True, autoincrement=True)
+    )
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, unique=True)
+    organization_id: uuid.UUID = Field(foreign_key="organizations.id")
+    wallet_seq: int = Field(sa_column=Column(BigSeq, ForeignKey("wallets.seq"), nullable=False))
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+    captured_amount: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
+    status: str = Field(sa_column=Column(String(16), nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+    resolved_at: datetime | None = Field(default=None, sa_column=Column(UtcDateTime))
+    description: str | None = Field(default=None, sa_column=Column(Text))
+    reference: str | None = Field(default=None, sa_column=Column(String(255)))
+    idempotency_key: str = Field(sa_column=Column(String(255), nullable=False))
+    created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+    capture_seq: int | None = Field(
+        default=None, sa_column=Column(BigSeq, ForeignKey("wallet_transactions.seq"))
+    )
+
+
+class HoldReservation(SQLModel, table=True):
+    """How much of one credit block an open hold reserves, in burn-down order (`ordinal`)."""
+
+    __tablename__ = "hold_reservations"
+    __table_args__ = (CheckConstraint("amount > 0", name="ck_hold_reservations_amount_positive"),)
+
+    hold_seq: int = Field(
+        sa_column=Column(BigSeq, ForeignKey("wallet_holds.seq"), primary_key=True)
     )
     ordinal: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
     block_seq: int = Field(
@@ -219,6 +289,9 @@ class IdempotencyKey(SQLModel, table=True):
     )
     error_code: str | None = Field(default=None, sa_column=Column(String(64)))
     created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+    # The hold a createHold, captureHold or voidHold wrote or refused on. No foreign key, so
+    # that SQLite can drop the column again (downgrade).
+    hold_seq: int | None = Field(default=None, sa_column=Column(BigSeq))
 
 
 metadata = SQLModel.metadata

@@ -142,7 +142,7 @@ async def test_a_listener_waits_for_the_writes_that_found_no_listener(database_u
         in_flight = await s.observer.fetchval(
             "SELECT seq FROM wallet_transactions WHERE idempotency_key = 'in-flight'"
         )
-        assert cursors[wallet_seq] == in_flight
+        assert cursors[wallet_seq][0] == in_flight
         await s.top_up("after")
         heard = await s.announcements()
         assert len(heard) == 1 and f'"w" : {wallet_seq}' in heard[0]

@@ -444,6 +444,7 @@ def test_a_subscriber_queue_is_bounded() -> None:
         0,
         repository.now_utc(),
         repository.now_utc(),
+        0,
         False,
     )
     for seq in range(1, 10):
@@ -460,6 +461,6 @@ def test_a_subscriber_queue_is_bounded() -> None:
             repository.now_utc(),
             None,
         )
-        subscriber.offer(WalletChange(wallet, entry))
+        subscriber.offer(WalletChange(wallet, entry, (seq, entry.created_at)))
     assert subscriber.queue.qsize() == 3  # two changes and the marker that ends the reader
     assert subscriber.overflowed

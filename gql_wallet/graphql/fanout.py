@@ -166,10 +166,9 @@ class SharedSubscriptions:
                 group.started.set_result(None)
                 while True:
                     change = await source.next()
-                    assert change.transaction is not None
                     payload = await self._execute(group, change)
                     for member in list(group.members):
-                        member.put(change.wallet.seq, change.transaction.seq, payload)
+                        member.put(change.wallet.seq, change.position, payload)
         except SlowConsumer as error:
             # The shared execution fell behind the feed: so did every member.
             self._end(group, error)

@@ -20,6 +20,7 @@ from gql_wallet.graphql.types import (
     CustomerSession,
     CustomerWallet,
     SafeInt,
+    WalletHold,
     WalletTransaction,
     WalletUserError,
     error_code,
@@ -34,7 +35,7 @@ _CURRENCY = "ISO 4217 code in any case (usd, USD); stored lowercase."
 _AMOUNT = "Amount in the currency's minor unit (cents for usd), 1 to 2^53-1."
 _KEY = (
     "Your unique ID for this write (1-255 characters), scoped to your organization and shared by "
-    "every write (top-ups, grants, charges, refunds, reversals). A retry with the same key and input replays the first outcome and "
+    "every write (top-ups, grants, charges, refunds, reversals, holds, captures, voids). A retry with the same key and input replays the first outcome and "
     "writes nothing; the same key with another input is refused (IDEMPOTENCY_KEY_REUSED)."
 )
 _DESCRIPTION = "Free text shown in the ledger, up to 500 characters."
@@ -106,6 +107,46 @@ class ReverseTopUpInput:
     description: str | None = strawberry.field(default=None, description=_DESCRIPTION)
 
 
+@strawberry.input(
+    description="Reserve funds for usage whose price is known only afterwards: capture the "
+    "actual cost later, or void it."
+)
+class CreateHoldInput:
+    customer_id: str = strawberry.field(description=_CUSTOMER_ID)
+    currency: str = strawberry.field(description=_CURRENCY)
+    amount: SafeInt = strawberry.field(
+        description=_AMOUNT + " Reserved from the available balance in burn-down order."
+    )
+    idempotency_key: str = strawberry.field(description=_KEY)
+    expires_in_seconds: int | None = strawberry.field(
+        default=None,
+        description="How long the hold lasts: 1 to 604800 (7 days); default 3600. From then on "
+        "it is EXPIRED and its funds are free again.",
+    )
+    description: str | None = strawberry.field(default=None, description=_DESCRIPTION)
+    reference: str | None = strawberry.field(default=None, description=_REFERENCE)
+
+
+_HOLD_ID = "The ID of the hold."
+
+
+@strawberry.input(description="Pay for the usage a hold reserved for; the rest is released.")
+class CaptureHoldInput:
+    hold_id: strawberry.ID = strawberry.field(description=_HOLD_ID)
+    amount: SafeInt | None = strawberry.field(
+        default=None,
+        description="The actual cost, 1 to the hold's amount; omitted: the whole hold.",
+    )
+    idempotency_key: str = strawberry.field(description=_KEY)
+    description: str | None = strawberry.field(default=None, description=_DESCRIPTION)
+
+
+@strawberry.input(description="Release a hold without paying anything.")
+class VoidHoldInput:
+    hold_id: strawberry.ID = strawberry.field(description=_HOLD_ID)
+    idempotency_key: str = strawberry.field(description=_KEY)
+
+
 @strawberry.input(description="Pay for a customer's usage from their wallet's balance.")
 class ChargeWalletInput(BalanceChangeInput):
     pass
@@ -161,6 +202,41 @@ class ReverseTopUpPayload(WritePayload):
 
 
 _Payload = TypeVar("_Payload", bound=WritePayload)
+
+
+_HOLD = (
+    "The hold as it is now (on a refusal about a hold: the hold refused); null when the input "
+    "was invalid or named no hold or wallet of yours."
+)
+
+
+@strawberry.type(description="The result of createHold.")
+class CreateHoldPayload:
+    hold: WalletHold | None = strawberry.field(description=_HOLD)
+    wallet: CustomerWallet | None = strawberry.field(
+        description="The wallet as it is now; null when the input was invalid or there is no "
+        "wallet (WALLET_NOT_FOUND)."
+    )
+    user_errors: list[WalletUserError] = strawberry.field(
+        description="Why the write was refused; empty on success."
+    )
+
+
+@strawberry.type(description="The result of captureHold.")
+class CaptureHoldPayload(WritePayload):
+    hold: WalletHold | None = strawberry.field(description=_HOLD)
+
+
+@strawberry.type(description="The result of voidHold.")
+class VoidHoldPayload:
+    hold: WalletHold | None = strawberry.field(description=_HOLD)
+    wallet: CustomerWallet | None = strawberry.field(
+        description="The wallet as it is now; null when the input was invalid or named no "
+        "hold of yours."
+    )
+    user_errors: list[WalletUserError] = strawberry.field(
+        description="Why the write was refused; empty on success."
+    )
 
 
 @strawberry.type(description="The result of createWallet.")
@@ -266,7 +342,7 @@ def write_parts(
     """A write's payload parts, after its metrics and its wake-up of this process's subscribers."""
     if result.transaction is not None and not result.replayed:
         metrics.LEDGER_WRITES.labels(result.transaction.type).inc()
-    if result.transaction is not None and result.wallet is not None:
+    if result.wallet is not None and not result.errors and (result.transaction or result.hold):
         # Subscribers in this process hear of the change at once (others through the database).
         context.feed.wake(
             result.wallet.organization_id, result.wallet.customer_id, result.wallet.seq
@@ -276,6 +352,10 @@ def write_parts(
         WalletTransaction.from_record(result.transaction) if result.transaction else None,
         _user_errors(result.errors),
     )
+
+
+def _hold(result: ledger.WriteResult) -> WalletHold | None:
+    return None if result.hold is None else WalletHold.from_record(result.hold)
 
 
 async def _balance_write(
@@ -436,8 +516,81 @@ class Mutation:
         return await _balance_write(info, ledger.reverse, undo(input), ReverseTopUpPayload)
 
     @strawberry.mutation(
-        description="Pay for usage from a wallet's balance; refused whole if the balance does not "
-        "cover it (INSUFFICIENT_FUNDS). Idempotent.",
+        description="Reserve funds from a wallet's available balance until captured, voided or "
+        "expired; refused whole if the available balance does not cover it "
+        "(INSUFFICIENT_FUNDS). Idempotent.",
+    )
+    async def create_hold(
+        self,
+        info: Info[Context, None],
+        input: Annotated[CreateHoldInput, strawberry.argument(description="The hold.")],
+    ) -> CreateHoldPayload:
+        require_write(info)
+        result = await ledger.create_hold(
+            info.context.database,
+            info.context.principal.organization_id,
+            ledger.NewHold(
+                customer_id=input.customer_id,
+                currency=input.currency,
+                amount=input.amount,
+                idempotency_key=input.idempotency_key,
+                expires_in_seconds=input.expires_in_seconds,
+                description=input.description,
+                reference=input.reference,
+            ),
+        )
+        wallet, _, errors = write_parts(info.context, result)
+        return CreateHoldPayload(hold=_hold(result), wallet=wallet, user_errors=errors)
+
+    @strawberry.mutation(
+        description="Capture an open hold: a CAPTURE entry of the actual cost (default: the "
+        "whole hold) from the blocks it reserved; the rest is released. A hold is resolved "
+        "once. Idempotent: if the answer is lost, retry with the same key.",
+    )
+    async def capture_hold(
+        self,
+        info: Info[Context, None],
+        input: Annotated[CaptureHoldInput, strawberry.argument(description="The capture.")],
+    ) -> CaptureHoldPayload:
+        require_write(info)
+        result = await ledger.capture_hold(
+            info.context.database,
+            info.context.principal.organization_id,
+            ledger.HoldResolution(
+                hold_id=str(input.hold_id),
+                idempotency_key=input.idempotency_key,
+                amount=input.amount,
+                description=input.description,
+            ),
+        )
+        wallet, transaction, errors = write_parts(info.context, result)
+        return CaptureHoldPayload(
+            hold=_hold(result), wallet=wallet, transaction=transaction, user_errors=errors
+        )
+
+    @strawberry.mutation(
+        description="Void an open hold: all of it is released, no ledger entry. A hold is "
+        "resolved once. Idempotent.",
+    )
+    async def void_hold(
+        self,
+        info: Info[Context, None],
+        input: Annotated[VoidHoldInput, strawberry.argument(description="The void.")],
+    ) -> VoidHoldPayload:
+        require_write(info)
+        result = await ledger.void_hold(
+            info.context.database,
+            info.context.principal.organization_id,
+            ledger.HoldResolution(
+                hold_id=str(input.hold_id), idempotency_key=input.idempotency_key
+            ),
+        )
+        wallet, _, errors = write_parts(info.context, result)
+        return VoidHoldPayload(hold=_hold(result), wallet=wallet, user_errors=errors)
+
+    @strawberry.mutation(
+        description="Pay for usage from a wallet's available balance (never what open holds "
+        "reserve); refused whole if it does not cover it (INSUFFICIENT_FUNDS). Idempotent.",
     )
     async def charge_wallet(
         self,

@@ -18,6 +18,7 @@ from gql_wallet.graphql.types import (
     CustomerWalletConnection,
     CustomerWalletEdge,
     FirstArgument,
+    WalletHold,
     decode_cursor,
     encode_cursor,
     page_info,
@@ -98,6 +99,33 @@ class Query:
             )
         record = await info.context.fresh_wallet(record)
         return CustomerWallet.from_record(record) if record else None
+
+    @strawberry.field(
+        description="A hold by its ID; null if there is none or it is not yours (a customer "
+        "session sees only its customer's holds)."
+    )
+    async def hold(
+        self,
+        info: Info[Context, None],
+        id: Annotated[strawberry.ID, strawberry.argument(description="The hold's ID.")],
+    ) -> WalletHold | None:
+        refuse(check_text(str(id), "id", at=ARGUMENT))
+        try:
+            hold_id = uuid.UUID(str(id))
+        except ValueError:
+            return None
+        _, customer = info.context.customer_scope(None)
+        async with info.context.database.read_connection() as conn:
+            found = await repo.holds.holds_by_id(
+                conn, info.context.principal.organization_id, [hold_id]
+            )
+        if not found:
+            return None
+        if customer is not None:
+            wallet = await info.context.wallets_by_seq.load(found[0].wallet_seq)
+            if wallet.customer_id != customer:
+                return None
+        return WalletHold.from_record(found[0])
 
     @strawberry.field(description="The organization's wallets, oldest first, cursor-paginated.")
     async def wallets(

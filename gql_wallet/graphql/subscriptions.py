@@ -26,7 +26,8 @@ class WalletUpdate:
     )
     transaction: WalletTransaction | None = strawberry.field(
         description="The ledger entry that changed the wallet; null in the first events, "
-        "which give the current state of each wallet when the subscription starts."
+        "which give the current state of each wallet when the subscription starts, and when "
+        "only its holds changed (created, captured or voided, expired: see heldBalance)."
     )
 
 
@@ -34,7 +35,8 @@ class WalletUpdate:
 class Subscription:
     @strawberry.subscription(
         description="A customer's wallets, live: first the current state of each wallet (one "
-        "event per currency, transaction null), then every committed change in ledger order. "
+        "event per currency, transaction null), then every committed change in ledger order, "
+        "holds' changes included. "
         "Organization keys may watch their customers; a customer session token only its own "
         "customer (any other customerId behaves like a customer with no wallets)."
     )
@@ -94,8 +96,9 @@ async def wallet_updates(
 
 
 def wallet_update(change: WalletChange) -> WalletUpdate:
-    assert change.transaction is not None
     return WalletUpdate(
         wallet=CustomerWallet.from_record(change.wallet),
-        transaction=WalletTransaction.from_record(change.transaction),
+        transaction=None
+        if change.transaction is None
+        else WalletTransaction.from_record(change.transaction),
     )

@@ -22,6 +22,7 @@ from gql_wallet.repository import (
     AllocationRecord,
     CreditBlockRecord,
     CustomerSessionRecord,
+    HoldRecord,
     TransactionRecord,
     WalletRecord,
 )
@@ -188,8 +189,28 @@ class WalletErrorCode(enum.Enum):
     )
     REVERSAL_EXCEEDS_REMAINING = strawberry.enum_value(
         "REVERSAL_EXCEEDS_REMAINING",
-        description="More than is left of the block the top-up or grant created (or of the "
-        "entry itself). Final for its key.",
+        description="More than is left of the block the top-up or grant created, less what "
+        "open holds reserve from it (or more than the entry itself). Final for its key.",
+    )
+    HOLD_NOT_FOUND = strawberry.enum_value(
+        "HOLD_NOT_FOUND",
+        description="Your organization has no hold with this ID. Nothing written.",
+    )
+    HOLD_ALREADY_CAPTURED = strawberry.enum_value(
+        "HOLD_ALREADY_CAPTURED",
+        description="The hold was captured already (a hold is resolved once). Final for its key.",
+    )
+    HOLD_ALREADY_VOIDED = strawberry.enum_value(
+        "HOLD_ALREADY_VOIDED",
+        description="The hold was voided already (a hold is resolved once). Final for its key.",
+    )
+    HOLD_EXPIRED = strawberry.enum_value(
+        "HOLD_EXPIRED",
+        description="The hold's expiresAt has passed: its funds are free again. Final for its key.",
+    )
+    CAPTURE_EXCEEDS_HOLD = strawberry.enum_value(
+        "CAPTURE_EXCEEDS_HOLD",
+        description="The capture's amount is more than the hold's. Final for its key.",
     )
 
 
@@ -217,6 +238,24 @@ class WalletTransactionType(enum.Enum):
         "EXPIRATION",
         description="What was left of a credit block when it expired, written by the server; "
         "amount is negative.",
+    )
+    CAPTURE = strawberry.enum_value(
+        "CAPTURE",
+        description="Usage paid from a hold's reservation (captureHold); amount is negative.",
+    )
+
+
+@strawberry.enum(description="Where a hold stands.")
+class HoldStatus(enum.Enum):
+    OPEN = strawberry.enum_value(
+        "OPEN", description="Reserving its amount until it is captured, voided or expires."
+    )
+    CAPTURED = strawberry.enum_value(
+        "CAPTURED", description="Captured (all or part); the rest was released."
+    )
+    VOIDED = strawberry.enum_value("VOIDED", description="Voided: all of it was released.")
+    EXPIRED = strawberry.enum_value(
+        "EXPIRED", description="Its expiresAt passed while it was open: all of it was released."
     )
 
 
@@ -283,6 +322,10 @@ class CustomerWallet:
         "Never negative; always the sum of the ledger's amounts."
     )
     currency: str = strawberry.field(description="ISO 4217 currency code, lowercase (usd).")
+    held_balance: SafeInt = strawberry.field(
+        description="What the wallet's open holds reserve (the sum of OPEN holds' amounts that "
+        "have not expired). Part of balance, but not available to charges."
+    )
     seq: strawberry.Private[int]
 
     @classmethod
@@ -291,6 +334,44 @@ class CustomerWallet:
         (one object per row, not two; tests/test_execution.py checks that each field has its
         attribute)."""
         return cast(CustomerWallet, record)
+
+    @strawberry.field(
+        description="balance - heldBalance: what charges and new holds may take. Never negative."
+    )
+    def available_balance(self, root: strawberry.Parent[WalletRecord]) -> SafeInt:
+        return SafeInt(root.balance - root.held_balance)
+
+    @strawberry.field(description="The wallet's holds, newest first.")
+    async def holds(
+        self,
+        info: Info[Context, None],
+        first: FirstArgument = DEFAULT_PAGE_SIZE,
+        after: Annotated[
+            str | None,
+            strawberry.argument(description="Return holds after (older than) this cursor."),
+        ] = None,
+        status: Annotated[
+            HoldStatus | None,
+            strawberry.argument(description="Only holds with this status."),
+        ] = None,
+    ) -> WalletHoldConnection:
+        size = page_size(first)
+        before_seq = decode_cursor("hold", after)
+        async with info.context.database.read_connection() as conn:
+            rows = await repo.holds.list_holds(
+                conn,
+                self.seq,
+                before_seq=before_seq,
+                status=None if status is None else status.name,
+                limit=size + 1,
+            )
+        edges = [
+            WalletHoldEdge(cursor=encode_cursor("hold", row.seq), node=WalletHold.from_record(row))
+            for row in rows[:size]
+        ]
+        return WalletHoldConnection(
+            edges=edges, page_info=page_info([e.cursor for e in edges], len(rows) > size)
+        )
 
     @strawberry.field(
         description="The part of balance in PROMOTIONAL credits (grants), not expired."
@@ -421,7 +502,9 @@ class WalletTransaction:
             await info.context.transactions_by_seq.load(self.reverses_seq)
         )
 
-    @strawberry.field(description="How much of this CHARGE its refunds have given back; else 0.")
+    @strawberry.field(
+        description="How much of this CHARGE or CAPTURE its refunds have given back; else 0."
+    )
     async def refunded_amount(
         self, info: Info[Context, None], root: strawberry.Parent[TransactionRecord]
     ) -> SafeInt:
@@ -470,19 +553,85 @@ class WalletCredit:
             await info.context.transactions_by_seq.load(self.source_seq)
         )
 
-    @strawberry.field(description="Not yet spent, reversed or expired.")
+    @strawberry.field(
+        description="Not yet spent, reversed or expired, what open holds reserve included "
+        "(of an expired block: only that, until the holds are resolved)."
+    )
     def remaining(self, root: strawberry.Parent[CreditBlockRecord]) -> SafeInt:
-        return SafeInt(0 if root.expired else root.remaining)
+        return SafeInt(min(root.remaining, root.held) if root.expired else root.remaining)
 
     @strawberry.field(description="remaining minus what open holds reserve from this block.")
     def available_remaining(self, root: strawberry.Parent[CreditBlockRecord]) -> SafeInt:
-        return SafeInt(0 if root.expired else root.remaining)
+        return SafeInt(0 if root.expired else root.remaining - root.held)
 
     @strawberry.field(description="ACTIVE, DEPLETED (nothing left) or EXPIRED.")
     def status(self, root: strawberry.Parent[CreditBlockRecord]) -> CreditStatus:
         if root.expired:
             return CreditStatus.EXPIRED
         return CreditStatus.ACTIVE if root.remaining > 0 else CreditStatus.DEPLETED
+
+
+@strawberry.type(
+    description="Funds reserved for usage whose price is known only afterwards: captured "
+    "(all or part), voided, or expired by its expiresAt."
+)
+class WalletHold:
+    id: strawberry.ID = strawberry.field(description="The ID of the hold (a UUID).")
+    created_at: datetime = strawberry.field(description="When the hold was created.")
+    amount: SafeInt = strawberry.field(description="What the hold reserves (or reserved).")
+    captured_amount: SafeInt = strawberry.field(description="What its capture took; 0 until then.")
+    expires_at: datetime = strawberry.field(
+        description="An OPEN hold past this instant is EXPIRED, and its funds are free again."
+    )
+    description: str | None = strawberry.field(description="Free text given with createHold.")
+    reference: str | None = strawberry.field(
+        description="The caller's reference given with createHold (its CAPTURE entry has it too)."
+    )
+    idempotency_key: str = strawberry.field(
+        description="The idempotency key of the createHold that made it."
+    )
+    seq: strawberry.Private[int]
+    wallet_seq: strawberry.Private[int]
+    capture_seq: strawberry.Private[int | None]
+
+    @classmethod
+    def from_record(cls, record: HoldRecord) -> WalletHold:
+        """The record itself, as for `CustomerWallet.from_record`."""
+        return cast(WalletHold, record)
+
+    @strawberry.field(description="OPEN, CAPTURED, VOIDED or EXPIRED (by the database's clock).")
+    def status(self, root: strawberry.Parent[HoldRecord]) -> HoldStatus:
+        return HoldStatus.EXPIRED if root.expired else HoldStatus[root.status]
+
+    @strawberry.field(
+        description="When it was captured, voided or expired (its expiresAt); null while OPEN."
+    )
+    def resolved_at(self, root: strawberry.Parent[HoldRecord]) -> datetime | None:
+        return root.expires_at if root.expired else root.resolved_at
+
+    @strawberry.field(description="The wallet the hold reserves from.")
+    async def wallet(self, info: Info[Context, None]) -> CustomerWallet:
+        return CustomerWallet.from_record(await info.context.wallets_by_seq.load(self.wallet_seq))
+
+    @strawberry.field(description="The CAPTURE entry, once captured; else null.")
+    async def capture(self, info: Info[Context, None]) -> WalletTransaction | None:
+        if self.capture_seq is None:
+            return None
+        return WalletTransaction.from_record(
+            await info.context.transactions_by_seq.load(self.capture_seq)
+        )
+
+
+@strawberry.type(description="A hold and its cursor.")
+class WalletHoldEdge:
+    cursor: str = strawberry.field(description="Opaque cursor of this hold.")
+    node: WalletHold = strawberry.field(description="The hold.")
+
+
+@strawberry.type(description="A page of a wallet's holds, newest first.")
+class WalletHoldConnection:
+    edges: list[WalletHoldEdge] = strawberry.field(description="The holds of this page.")
+    page_info: PageInfo = strawberry.field(description="Where this page sits in the list.")
 
 
 @strawberry.type(description="How much of one credit block an entry spent or restored.")

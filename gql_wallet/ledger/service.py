@@ -1,5 +1,6 @@
-"""The ledger service: top_up, grant, charge, refund, reverse, create_wallet, and the expiry of
-credits before a read. Every rule of a write is decided here.
+"""The ledger service: top_up, grant, charge, refund, reverse, the holds (create_hold,
+capture_hold, void_hold), create_wallet, and the expiry of credits and holds before a read.
+Every rule of a write is decided here.
 
 Each write is: validate (nothing written on a bad input) -> decide the change (delta, the
 balance range, what each refusal means) -> the store claims the idempotency key, applies the
@@ -39,7 +40,7 @@ from gql_wallet.money import (
     check_text,
     normalize_currency,
 )
-from gql_wallet.repository import TransactionRecord, WalletRecord
+from gql_wallet.repository import HoldRecord, TransactionRecord, WalletRecord
 
 
 class TransactionType(enum.Enum):
@@ -49,6 +50,7 @@ class TransactionType(enum.Enum):
     REFUND = "REFUND"
     REVERSAL = "REVERSAL"
     EXPIRATION = "EXPIRATION"
+    CAPTURE = "CAPTURE"
 
 
 # Idempotency keys of this prefix name the entries the ledger writes on its own (an EXPIRATION's
@@ -91,11 +93,35 @@ class Undo:
 
 
 @dataclass(frozen=True)
+class NewHold:
+    """The input of createHold, as the caller sent it (`expires_in_seconds` None: the default)."""
+
+    customer_id: str
+    currency: str
+    amount: int
+    idempotency_key: str
+    expires_in_seconds: int | None = None
+    description: str | None = None
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
+class HoldResolution:
+    """The input of captureHold (`amount` None: the whole hold) or voidHold."""
+
+    hold_id: str
+    idempotency_key: str
+    amount: int | None = None
+    description: str | None = None
+
+
+@dataclass(frozen=True)
 class WriteResult:
     wallet: WalletRecord | None = None
     transaction: TransactionRecord | None = None
     errors: tuple[UserError, ...] = ()
     replayed: bool = False  # the first outcome of this idempotency key, returned again
+    hold: HoldRecord | None = None  # a hold write's hold
 
 
 # The refusals decided against the ledger: their messages and the field each points at. A
@@ -106,7 +132,8 @@ _REFUSALS: dict[ErrorCode, tuple[str, tuple[str, ...]]] = {
         ("input", "customerId"),
     ),
     ErrorCode.INSUFFICIENT_FUNDS: (
-        "The balance does not cover this charge.",
+        "The available balance (the balance minus what open holds reserve) does not cover "
+        "this amount.",
         ("input", "amount"),
     ),
     ErrorCode.BALANCE_LIMIT_EXCEEDED: (
@@ -127,7 +154,28 @@ _REFUSALS: dict[ErrorCode, tuple[str, tuple[str, ...]]] = {
         ("input", "amount"),
     ),
     ErrorCode.REVERSAL_EXCEEDS_REMAINING: (
-        "This is more than is left of the credits this top-up or grant added.",
+        "This is more than is left of the credits this top-up or grant added, less what open "
+        "holds reserve from them.",
+        ("input", "amount"),
+    ),
+    ErrorCode.HOLD_NOT_FOUND: (
+        "Your organization has no hold with this ID.",
+        ("input", "holdId"),
+    ),
+    ErrorCode.HOLD_ALREADY_CAPTURED: (
+        "This hold has been captured already: a hold is resolved once.",
+        ("input", "holdId"),
+    ),
+    ErrorCode.HOLD_ALREADY_VOIDED: (
+        "This hold has been voided already: a hold is resolved once.",
+        ("input", "holdId"),
+    ),
+    ErrorCode.HOLD_EXPIRED: (
+        "This hold has expired: its funds are free again.",
+        ("input", "holdId"),
+    ),
+    ErrorCode.CAPTURE_EXCEEDS_HOLD: (
+        "A capture cannot exceed its hold's amount.",
         ("input", "amount"),
     ),
 }
@@ -143,10 +191,10 @@ _CREDITS = {
     TransactionType.TOP_UP: CreditCategory.PAID,
     TransactionType.GRANT: CreditCategory.PROMOTIONAL,
 }
-# What each undo may undo: a refund gives back what a charge spent, a reversal takes back what a
-# top-up or grant added. (CAPTURE joins the refundable types with holds.)
+# What each undo may undo: a refund gives back what a charge or capture spent, a reversal takes
+# back what a top-up or grant added.
 _UNDOABLE = {
-    TransactionType.REFUND: (TransactionType.CHARGE.value,),
+    TransactionType.REFUND: (TransactionType.CHARGE.value, TransactionType.CAPTURE.value),
     TransactionType.REVERSAL: (TransactionType.TOP_UP.value, TransactionType.GRANT.value),
 }
 REFUNDABLE = _UNDOABLE[TransactionType.REFUND]
@@ -318,8 +366,10 @@ async def _write(
 def _answer(done: store.BalanceChangeOutcome) -> WriteResult:
     if done.outcome == "refused":
         assert done.refusal_code is not None
-        return WriteResult(wallet=done.wallet, errors=(_refusal(ErrorCode(done.refusal_code)),))
-    return WriteResult(wallet=done.wallet, transaction=done.transaction)
+        return WriteResult(
+            wallet=done.wallet, errors=(_refusal(ErrorCode(done.refusal_code)),), hold=done.hold
+        )
+    return WriteResult(wallet=done.wallet, transaction=done.transaction, hold=done.hold)
 
 
 def _delta(kind: TransactionType, change: BalanceChange) -> int:
@@ -409,6 +459,151 @@ async def _undo(
     return _answer(done)
 
 
+# How long a hold lasts: 1 second to 7 days, 1 hour unless told.
+HOLD_MIN_SECONDS, HOLD_MAX_SECONDS, HOLD_DEFAULT_SECONDS = 1, 7 * 24 * 3600, 3600
+
+
+async def create_hold(
+    database: Database,
+    organization_id: uuid.UUID,
+    new: NewHold,
+    conn: DriverConnection | None = None,
+) -> WriteResult:
+    """Reserve `amount` of the wallet's available balance until the hold is captured, voided
+    or expires; refused whole when the available balance does not cover it."""
+    seconds = HOLD_DEFAULT_SECONDS if new.expires_in_seconds is None else new.expires_in_seconds
+    errors = [
+        *check_owner(new.customer_id, new.currency),
+        *check_amount(new.amount),
+        *_check_key(new.idempotency_key),
+        *check_text(new.description, "description", MAX_DESCRIPTION_LENGTH, required=False),
+        *check_text(new.reference, "reference", MAX_REFERENCE_LENGTH, required=False),
+    ]
+    if not HOLD_MIN_SECONDS <= seconds <= HOLD_MAX_SECONDS:
+        errors.append(
+            UserError(
+                ErrorCode.INVALID_INPUT,
+                f"expiresInSeconds must be from {HOLD_MIN_SECONDS} to {HOLD_MAX_SECONDS} (7 days).",
+                ("input", "expiresInSeconds"),
+            )
+        )
+    if errors:
+        return WriteResult(errors=tuple(errors))
+    currency = normalize_currency(new.currency)
+    assert currency is not None  # validated above
+    request = _canonical(
+        {
+            "type": "HOLD",
+            "customerId": new.customer_id,
+            "currency": currency,
+            "amount": new.amount,
+            "expiresInSeconds": seconds,
+            "description": new.description,
+            "reference": new.reference,
+        }
+    )
+    done = await store.apply_create_hold(
+        database,
+        store.CreateHoldCall(
+            organization_id=organization_id,
+            idempotency_key=new.idempotency_key,
+            request=request,
+            customer_id=new.customer_id,
+            currency=currency,
+            amount=new.amount,
+            seconds=seconds,
+            description=new.description,
+            reference=new.reference,
+            missing_code=ErrorCode.WALLET_NOT_FOUND.value,
+            refused_code=ErrorCode.INSUFFICIENT_FUNDS.value,
+            expiration=EXPIRATION,
+        ),
+    )
+    if done.outcome == "taken":
+        owner = (new.customer_id, currency)
+        return await _replay_committed(
+            database, conn, organization_id, new.idempotency_key, request, owner
+        )
+    return _answer(done)
+
+
+async def capture_hold(
+    database: Database,
+    organization_id: uuid.UUID,
+    resolution: HoldResolution,
+    conn: DriverConnection | None = None,
+) -> WriteResult:
+    """A CAPTURE entry of `amount` (default: the whole hold) from the blocks the hold reserved;
+    the rest is released."""
+    return await _resolve_hold(database, organization_id, resolution, True, conn)
+
+
+async def void_hold(
+    database: Database,
+    organization_id: uuid.UUID,
+    resolution: HoldResolution,
+    conn: DriverConnection | None = None,
+) -> WriteResult:
+    """Release the whole hold; no ledger entry."""
+    return await _resolve_hold(database, organization_id, resolution, False, conn)
+
+
+async def _resolve_hold(
+    database: Database,
+    organization_id: uuid.UUID,
+    resolution: HoldResolution,
+    capture: bool,
+    conn: DriverConnection | None,
+) -> WriteResult:
+    errors = [
+        *check_text(resolution.hold_id, "holdId", 100, required=True),
+        *([] if resolution.amount is None else check_amount(resolution.amount)),
+        *_check_key(resolution.idempotency_key),
+        *check_text(resolution.description, "description", MAX_DESCRIPTION_LENGTH, required=False),
+    ]
+    if errors:
+        return WriteResult(errors=tuple(errors))
+    try:
+        hold_id = uuid.UUID(resolution.hold_id)
+    except ValueError:  # no hold has this ID
+        return WriteResult(errors=(_refusal(ErrorCode.HOLD_NOT_FOUND),))
+    fields: dict[str, object] = {"type": "CAPTURE" if capture else "VOID", "holdId": str(hold_id)}
+    if capture:
+        fields.update(amount=resolution.amount, description=resolution.description)
+    request = _canonical(fields)
+    done = await store.apply_resolve_hold(
+        database,
+        store.ResolveHoldCall(
+            organization_id=organization_id,
+            idempotency_key=resolution.idempotency_key,
+            request=request,
+            hold_id=hold_id,
+            capture=capture,
+            amount=resolution.amount if capture else None,
+            description=resolution.description if capture else None,
+            capture_type=TransactionType.CAPTURE.value,
+            not_found_code=ErrorCode.HOLD_NOT_FOUND.value,
+            captured_code=ErrorCode.HOLD_ALREADY_CAPTURED.value,
+            voided_code=ErrorCode.HOLD_ALREADY_VOIDED.value,
+            expired_code=ErrorCode.HOLD_EXPIRED.value,
+            exceeds_code=ErrorCode.CAPTURE_EXCEEDS_HOLD.value,
+            expiration=EXPIRATION,
+        ),
+    )
+    if done.outcome == "taken":
+        return await _replay_committed(
+            database, conn, organization_id, resolution.idempotency_key, request, _HoldOf(hold_id)
+        )
+    return _answer(done)
+
+
+@dataclass(frozen=True)
+class _HoldOf:
+    """The replay target of a capture or void: the hold's wallet."""
+
+    hold_id: uuid.UUID
+
+
 async def fresh_wallets(database: Database, records: list[WalletRecord]) -> list[WalletRecord]:
     """The wallets as a read may show them: any with an expiry due (by the database's clock, at
     the read) has it written first, and is shown as it is after. `records` itself when none
@@ -454,11 +649,12 @@ async def _replay_committed(
     organization_id: uuid.UUID,
     key: str,
     request: str,
-    target: tuple[str, str] | uuid.UUID,
+    target: tuple[str, str] | uuid.UUID | _HoldOf,
 ) -> WriteResult:
     """The replay's reads, in one transaction: on SQLite on the writer thread's connection, so
     that no write of a request takes a pooled connection; on PostgreSQL on the request's.
-    `target`: the (customer, currency) of a balance change, the original entry of an undo."""
+    `target`: the (customer, currency) of a balance change or new hold, the original entry of
+    an undo, the hold of a capture or void."""
     if database.dialect.name == "sqlite":
         result = await database.run_write(_replay, organization_id, key, request, target)
     else:
@@ -476,7 +672,7 @@ def _replay(
     organization_id: uuid.UUID,
     key: str,
     request: str,
-    target: tuple[str, str] | uuid.UUID,
+    target: tuple[str, str] | uuid.UUID | _HoldOf,
 ) -> WriteResult:
     record = repo.get_idempotency_record(conn, organization_id, key)
     if record.request != request:
@@ -489,15 +685,22 @@ def _replay(
                 ),
             )
         )
-    if isinstance(target, uuid.UUID):
+    if isinstance(target, _HoldOf):
+        found = repo.holds.hold_by_id(conn, organization_id, target.hold_id)
+        assert found is not None  # a capture or void records its key only for a hold it found
+        wallet = repo.credits.wallet_by_seq(conn, found.wallet_seq)
+    elif isinstance(target, uuid.UUID):
         original = repo.credits.transaction_by_id(conn, organization_id, target)
         assert original is not None  # an undo records its key only for an entry it found
         wallet = repo.credits.wallet_by_seq(conn, original.wallet_seq)
     else:
         wallet = repo.get_wallet_by_owner(conn, organization_id, *target)
-    if record.transaction_seq is not None:
-        transaction = repo.get_transaction_by_seq(conn, record.transaction_seq)
-        return WriteResult(wallet=wallet, transaction=transaction, replayed=True)
+    hold = None if record.hold_seq is None else repo.holds.hold_by_seq(conn, record.hold_seq)
+    if record.error_code is None:
+        transaction = None
+        if record.transaction_seq is not None:
+            transaction = repo.get_transaction_by_seq(conn, record.transaction_seq)
+        return WriteResult(wallet=wallet, transaction=transaction, replayed=True, hold=hold)
     code = ErrorCode(record.error_code)
     return WriteResult(
         # WALLET_NOT_FOUND replays as it was first answered, without a wallet, even when a
@@ -505,6 +708,7 @@ def _replay(
         wallet=None if code is ErrorCode.WALLET_NOT_FOUND else wallet,
         errors=(_refusal(code),),
         replayed=True,
+        hold=hold,
     )
 
 

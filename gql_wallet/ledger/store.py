@@ -2,14 +2,15 @@
 apply, record" as one atomic step.
 
 The service (ledger/service.py) decides everything a write means: the delta, the range the
-balance must stay in, whether a missing wallet is created, the block a credit creates, what an
+balance (and the available balance, what holds do not reserve) must stay in, whether a missing wallet is created, the block a credit creates, what an
 undo may undo, the entry types, and which code each refusal records. A store carries that out
 in one transaction, under the wallet's lock, and answers with what happened
 (`BalanceChangeOutcome`: applied, refused with the code it recorded, or taken when an earlier
 write holds the key). It holds no rule and no message of its own.
 
-Every write first writes the wallet's due expiries (by the database's clock), so nothing spends
-or shows credits past their expiry. The burn-down order is the blocks' `burn_key`, then age.
+Every write first writes the wallet's due expiries (by the database's clock): open holds past
+their expiry are released, then blocks past theirs expire, so nothing spends or shows credits or
+reservations past their expiry. The burn-down order is the blocks' `burn_key`, then age.
 
 - PostgreSQL: one call of a function of migrations/sql/ (its newest version), sent in a group
   commit with the other writes waiting in the process (repository/balance_change.py).
@@ -22,23 +23,27 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
 from gql_wallet import repository as repo
 from gql_wallet.db import Database
-from gql_wallet.repository import BalanceChangeOutcome, WalletRecord
+from gql_wallet.repository import BalanceChangeOutcome, WalletRecord, holds
 from gql_wallet.repository import credits as blocks
 
 __all__ = [
     "BalanceChangeCall",
     "BalanceChangeOutcome",
+    "CreateHoldCall",
     "Expiration",
     "NewBlock",
+    "ResolveHoldCall",
     "UndoCall",
     "apply_balance_change",
+    "apply_create_hold",
+    "apply_resolve_hold",
     "apply_undo",
     "expire_wallets",
 ]
@@ -112,6 +117,47 @@ class UndoCall:
     expiration: Expiration
 
 
+@dataclass(frozen=True)
+class CreateHoldCall:
+    """A new hold as the service decided it: reserve `amount` of the wallet's available
+    credits in burn-down order, for `seconds` by the database's clock."""
+
+    organization_id: uuid.UUID
+    idempotency_key: str
+    request: str
+    customer_id: str
+    currency: str
+    amount: int
+    seconds: int
+    description: str | None
+    reference: str | None
+    missing_code: str  # no wallet
+    refused_code: str  # the available balance does not cover it
+    expiration: Expiration
+
+
+@dataclass(frozen=True)
+class ResolveHoldCall:
+    """A capture (`capture`: an entry of `capture_type` of `amount`, None: the whole hold, from
+    the blocks it reserved) or a void of the hold `hold_id`, as the service decided it. A hold
+    already resolved, or past its expiry, is refused with the code of its state."""
+
+    organization_id: uuid.UUID
+    idempotency_key: str
+    request: str
+    hold_id: uuid.UUID
+    capture: bool
+    amount: int | None
+    description: str | None
+    capture_type: str
+    not_found_code: str
+    captured_code: str
+    voided_code: str
+    expired_code: str
+    exceeds_code: str
+    expiration: Expiration
+
+
 async def apply_balance_change(database: Database, call: BalanceChangeCall) -> BalanceChangeOutcome:
     if (call.delta > 0) != (call.block is not None):
         raise ValueError("a credit creates a block, and a debit has none: it spends blocks")
@@ -126,6 +172,18 @@ async def apply_undo(database: Database, call: UndoCall) -> BalanceChangeOutcome
         parameters["undoable_types"] = list(call.undoable_types)
         return await repo.apply_undo(database, parameters)
     return await database.run_write(_sqlite_undo, call)
+
+
+async def apply_create_hold(database: Database, call: CreateHoldCall) -> BalanceChangeOutcome:
+    if database.dialect.name == "postgresql":
+        return await repo.apply_create_hold(database, _function_parameters(call))
+    return await database.run_write(_sqlite_create_hold, call)
+
+
+async def apply_resolve_hold(database: Database, call: ResolveHoldCall) -> BalanceChangeOutcome:
+    if database.dialect.name == "postgresql":
+        return await repo.apply_resolve_hold(database, _function_parameters(call))
+    return await database.run_write(_sqlite_resolve_hold, call)
 
 
 async def expire_wallets(
@@ -144,7 +202,9 @@ def _expiration_parameters(expiration: Expiration) -> dict[str, Any]:
     return {"expiration_type": expiration.type, "expiration_key_prefix": expiration.key_prefix}
 
 
-def _function_parameters(call: BalanceChangeCall | UndoCall) -> dict[str, Any]:
+def _function_parameters(
+    call: BalanceChangeCall | UndoCall | CreateHoldCall | ResolveHoldCall,
+) -> dict[str, Any]:
     parameters = {k: v for k, v in vars(call).items() if k not in ("block", "expiration")}
     if isinstance(call, BalanceChangeCall):
         block = call.block
@@ -239,14 +299,21 @@ def _spend(conn: Connection, wallet_seq: int, entry_seq: int, amount: int) -> No
         left -= taken
         if left == 0:
             return
-    raise RuntimeError(f"wallet {wallet_seq} has less in its credit blocks than its balance")
+    raise RuntimeError(
+        f"wallet {wallet_seq} has less in its credit blocks than its available balance"
+    )
 
 
 def _expire_due(
     conn: Connection, wallet: WalletRecord, now: datetime, expiration: Expiration
 ) -> WalletRecord:
+    held = wallet.held_balance
+    for hold_seq, amount, expires_at in holds.due_holds(conn, wallet.seq, now):
+        holds.release(conn, hold_seq)
+        holds.resolve(conn, hold_seq, status=holds.EXPIRED, resolved_at=expires_at)
+        held -= amount
     due = blocks.due_blocks(conn, wallet.seq, now)
-    if not due:
+    if not due and held == wallet.held_balance:
         return wallet
     balance = wallet.balance
     for block_seq, remaining in due:
@@ -267,7 +334,7 @@ def _expire_due(
         )
         blocks.insert_allocation(conn, entry.seq, 0, block_seq, -remaining)
         blocks.add_to_block(conn, block_seq, -remaining)
-    return blocks.set_balance(conn, wallet.seq, balance, now)
+    return blocks.set_balance(conn, wallet.seq, balance, held, now)
 
 
 def _sqlite_undo(conn: Connection, call: UndoCall) -> BalanceChangeOutcome:
@@ -321,7 +388,7 @@ def _sqlite_undo(conn: Connection, call: UndoCall) -> BalanceChangeOutcome:
         assert source is not None  # cap > 0 needs a block
         blocks.add_to_block(conn, source.seq, -amount)
         blocks.insert_allocation(conn, entry.seq, 0, source.seq, -amount)
-    wallet = blocks.set_balance(conn, wallet.seq, wallet.balance + signed, now)
+    wallet = blocks.set_balance(conn, wallet.seq, wallet.balance + signed, wallet.held_balance, now)
     # Credits given back to a block that has expired since expire at once.
     wallet = _expire_due(conn, wallet, now, call.expiration)
     repo.record_outcome(conn, call.organization_id, call.idempotency_key, transaction_seq=entry.seq)
@@ -358,3 +425,120 @@ def _sqlite_expire_wallets(
         if wallet is not None:
             found.append(_expire_due(conn, wallet, now, expiration)._replace(expiry_due=False))
     return found
+
+
+def _sqlite_create_hold(conn: Connection, call: CreateHoldCall) -> BalanceChangeOutcome:
+    now = repo.now_utc()
+    if not repo.claim_idempotency_key(
+        conn, call.organization_id, call.idempotency_key, call.request, now
+    ):
+        return BalanceChangeOutcome("taken", None, None, None)
+    wallet = repo.get_wallet_by_owner(conn, call.organization_id, call.customer_id, call.currency)
+    if wallet is None:
+        return _refused(conn, call.organization_id, call.idempotency_key, call.missing_code, None)
+    wallet = _expire_due(conn, wallet, now, call.expiration)
+    if wallet.balance - wallet.held_balance < call.amount:
+        return _refused(conn, call.organization_id, call.idempotency_key, call.refused_code, wallet)
+    hold = holds.insert_hold(
+        conn,
+        organization_id=call.organization_id,
+        wallet_seq=wallet.seq,
+        amount=call.amount,
+        expires_at=now + timedelta(seconds=call.seconds),
+        description=call.description,
+        reference=call.reference,
+        idempotency_key=call.idempotency_key,
+        now=now,
+    )
+    left = call.amount
+    for ordinal, (block_seq, free) in enumerate(blocks.spendable_blocks(conn, wallet.seq)):
+        taken = min(free, left)
+        holds.reserve(conn, hold.seq, ordinal, block_seq, taken)
+        left -= taken
+        if left == 0:
+            break
+    else:
+        raise RuntimeError(
+            f"wallet {wallet.seq} has less in its credit blocks than its available balance"
+        )
+    wallet = blocks.set_balance(
+        conn, wallet.seq, wallet.balance, wallet.held_balance + call.amount, now
+    )
+    repo.record_outcome(conn, call.organization_id, call.idempotency_key, hold_seq=hold.seq)
+    return BalanceChangeOutcome("applied", None, wallet, None, hold)
+
+
+def _sqlite_resolve_hold(conn: Connection, call: ResolveHoldCall) -> BalanceChangeOutcome:
+    # An unknown hold stays so: refused before the key is claimed, writing nothing.
+    hold = holds.hold_by_id(conn, call.organization_id, call.hold_id)
+    if hold is None:
+        return BalanceChangeOutcome("refused", call.not_found_code, None, None)
+    now = repo.now_utc()
+    if not repo.claim_idempotency_key(
+        conn, call.organization_id, call.idempotency_key, call.request, now
+    ):
+        return BalanceChangeOutcome("taken", None, None, None)
+    wallet = blocks.wallet_by_seq(conn, hold.wallet_seq)
+    assert wallet is not None  # a hold's wallet always exists
+    wallet = _expire_due(conn, wallet, now, call.expiration)
+    hold = holds.hold_by_seq(conn, hold.seq)
+    amount = 0
+    code = {
+        holds.CAPTURED: call.captured_code,
+        holds.VOIDED: call.voided_code,
+        holds.EXPIRED: call.expired_code,
+    }.get(hold.status)
+    if code is None and call.capture:
+        amount = hold.amount if call.amount is None else call.amount
+        if amount > hold.amount:
+            code = call.exceeds_code
+    if code is not None:
+        repo.record_outcome(
+            conn, call.organization_id, call.idempotency_key, error_code=code, hold_seq=hold.seq
+        )
+        return BalanceChangeOutcome("refused", code, wallet, None, hold)
+    entry = None
+    if call.capture:
+        entry = repo.insert_transaction(
+            conn,
+            organization_id=call.organization_id,
+            wallet_seq=wallet.seq,
+            type_=call.capture_type,
+            amount=-amount,
+            balance_after=wallet.balance - amount,
+            description=call.description,
+            reference=hold.reference,
+            idempotency_key=call.idempotency_key,
+            now=now,
+        )
+        left, ordinal = amount, 0
+        for block_seq, reserved in holds.reservations(conn, hold.seq):
+            taken = min(reserved, left)
+            holds.spend_reserved(conn, block_seq, reserved, taken)
+            if taken > 0:
+                blocks.insert_allocation(conn, entry.seq, ordinal, block_seq, -taken)
+                ordinal += 1
+                left -= taken
+    else:
+        holds.release(conn, hold.seq)
+    holds.resolve(
+        conn,
+        hold.seq,
+        status=holds.CAPTURED if call.capture else holds.VOIDED,
+        resolved_at=now,
+        captured_amount=amount,
+        capture_seq=None if entry is None else entry.seq,
+    )
+    wallet = blocks.set_balance(
+        conn, wallet.seq, wallet.balance - amount, wallet.held_balance - hold.amount, now
+    )
+    # Credits released from a block that has expired since expire at once.
+    wallet = _expire_due(conn, wallet, now, call.expiration)
+    repo.record_outcome(
+        conn,
+        call.organization_id,
+        call.idempotency_key,
+        transaction_seq=None if entry is None else entry.seq,
+        hold_seq=hold.seq,
+    )
+    return BalanceChangeOutcome("applied", None, wallet, entry, holds.hold_by_seq(conn, hold.seq))

@@ -13,11 +13,13 @@ run them with `await conn.run_sync(fn, ...)`, which costs what `await conn.execu
 One module per domain; this package re-exports what the services use.
 """
 
-from gql_wallet.repository import audit, credits
+from gql_wallet.repository import audit, credits, holds
 from gql_wallet.repository.audit import all_wallets, ledger_of
 from gql_wallet.repository.balance_change import (
     BalanceChangeOutcome,
     apply_balance_change,
+    apply_create_hold,
+    apply_resolve_hold,
     apply_undo,
     expire_wallets,
     lock_order,
@@ -56,6 +58,7 @@ from gql_wallet.repository.keys import (
 from gql_wallet.repository.records import (
     AllocationRecord,
     CreditBlockRecord,
+    HoldRecord,
     IdempotencyRecord,
     TransactionRecord,
     WalletRecord,
@@ -97,12 +100,15 @@ __all__ = [
     "CustomerSessionRecord",
     "DriverRead",
     "DriverWrite",
+    "HoldRecord",
     "IdempotencyRecord",
     "TransactionRecord",
     "WalletRecord",
     "all_wallets",
     "api_keys",
     "apply_balance_change",
+    "apply_create_hold",
+    "apply_resolve_hold",
     "apply_undo",
     "audit",
     "claim_idempotency_key",
@@ -123,6 +129,7 @@ __all__ = [
     "get_wallet_by_id",
     "get_wallet_by_owner",
     "get_wallets_by_seq",
+    "holds",
     "idempotency_keys",
     "insert_api_key",
     "insert_customer_session",

@@ -10,12 +10,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gql_wallet.repository.holds import OPEN
 from gql_wallet.repository.records import (
     _WALLET_COLUMNS,
     WalletRecord,
     credit_allocations,
     credit_blocks,
+    hold_reservations,
     transactions,
+    wallet_holds,
     wallets,
 )
 
@@ -57,9 +60,12 @@ async def block_totals(conn: AsyncConnection) -> list[tuple[Any, ...]]:
     return [tuple(row) for row in rows]
 
 
-async def spent_after_expiry(conn: AsyncConnection, expiration_type: str) -> list[tuple[Any, ...]]:
-    """(block id, wallet_seq, entry id) of every entry but an expiry that took credits from a
-    block at or after the block's expiry."""
+async def spent_after_expiry(
+    conn: AsyncConnection, exempt_types: list[str]
+) -> list[tuple[Any, ...]]:
+    """(block id, wallet_seq, entry id) of every entry not of `exempt_types` (an expiry, a
+    capture of what a hold reserved before) that took credits from a block at or after the
+    block's expiry."""
     rows = await conn.execute(
         select(credit_blocks.c.id, credit_blocks.c.wallet_seq, transactions.c.id)
         .select_from(
@@ -69,7 +75,7 @@ async def spent_after_expiry(conn: AsyncConnection, expiration_type: str) -> lis
         )
         .where(
             credit_allocations.c.amount < 0,
-            transactions.c.type != expiration_type,
+            transactions.c.type.not_in(exempt_types),
             credit_blocks.c.expires_at.is_not(None),
             transactions.c.created_at >= credit_blocks.c.expires_at,
         )
@@ -119,3 +125,69 @@ async def credits_by_wallet(conn: AsyncConnection) -> dict[int, int]:
         )
     )
     return {row[0]: int(row[1]) for row in rows}
+
+
+async def held_by_wallet(conn: AsyncConnection) -> dict[int, int]:
+    """The sum of the OPEN holds' amounts (their expiry written or not), per wallet that has
+    any."""
+    rows = await conn.execute(
+        select(wallet_holds.c.wallet_seq, func.sum(wallet_holds.c.amount))
+        .where(wallet_holds.c.status == OPEN)
+        .group_by(wallet_holds.c.wallet_seq)
+    )
+    return {row[0]: int(row[1]) for row in rows}
+
+
+async def block_reservations(conn: AsyncConnection) -> list[tuple[Any, ...]]:
+    """(block id, wallet_seq, held, remaining, what OPEN holds reserve from it) of every block
+    that holds or is reserved from."""
+    reserved = (
+        select(func.coalesce(func.sum(hold_reservations.c.amount), 0))
+        .select_from(
+            hold_reservations.join(wallet_holds, wallet_holds.c.seq == hold_reservations.c.hold_seq)
+        )
+        .where(hold_reservations.c.block_seq == credit_blocks.c.seq, wallet_holds.c.status == OPEN)
+        .scalar_subquery()
+    )
+    rows = await conn.execute(
+        select(
+            credit_blocks.c.id,
+            credit_blocks.c.wallet_seq,
+            credit_blocks.c.held,
+            credit_blocks.c.remaining,
+            reserved,
+        )
+        .where(
+            (credit_blocks.c.held != 0)
+            | credit_blocks.c.seq.in_(select(hold_reservations.c.block_seq))
+        )
+        .order_by(credit_blocks.c.seq)
+    )
+    return [tuple(row) for row in rows]
+
+
+async def hold_states(conn: AsyncConnection) -> list[tuple[Any, ...]]:
+    """(hold id, wallet_seq, status, amount, captured_amount, resolved_at, sum of its
+    reservations, its capture entry's amount or None) of every hold."""
+    reserved = (
+        select(func.coalesce(func.sum(hold_reservations.c.amount), 0))
+        .where(hold_reservations.c.hold_seq == wallet_holds.c.seq)
+        .scalar_subquery()
+    )
+    rows = await conn.execute(
+        select(
+            wallet_holds.c.id,
+            wallet_holds.c.wallet_seq,
+            wallet_holds.c.status,
+            wallet_holds.c.amount,
+            wallet_holds.c.captured_amount,
+            wallet_holds.c.resolved_at,
+            reserved,
+            transactions.c.amount,
+        )
+        .select_from(
+            wallet_holds.outerjoin(transactions, transactions.c.seq == wallet_holds.c.capture_seq)
+        )
+        .order_by(wallet_holds.c.seq)
+    )
+    return [tuple(row) for row in rows]

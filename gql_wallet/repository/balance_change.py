@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import namedtuple
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
@@ -22,10 +23,12 @@ from gql_wallet.db import Database, DriverConnection
 from gql_wallet.repository.driver import DriverRead
 from gql_wallet.repository.feed import LEDGER_CHANNEL
 from gql_wallet.repository.records import (
+    HoldRecord,
     TransactionRecord,
     WalletRecord,
     transactions,
     utc,
+    wallet_holds,
     wallets,
 )
 
@@ -39,6 +42,7 @@ class BalanceChangeOutcome:
     refusal_code: str | None
     wallet: WalletRecord | None
     transaction: TransactionRecord | None
+    hold: HoldRecord | None = None  # a hold write's hold
 
 
 class _LedgerFunction:
@@ -50,8 +54,10 @@ class _LedgerFunction:
     record's position in the caller's list. Only fixed function, column and parameter names go
     into the SQL text; the values travel as parameters."""
 
-    def __init__(self, name: str, params: tuple[str, ...], types: dict[str, str]) -> None:
-        columns, typed = _outcome_columns()
+    def __init__(
+        self, name: str, params: tuple[str, ...], types: dict[str, str], *, hold: bool = False
+    ) -> None:
+        columns, typed = _outcome_columns(hold)
         arguments = ", ".join(f":{param}" for param in params)
         self.alone = DriverRead(
             text(
@@ -73,12 +79,16 @@ class _LedgerFunction:
         )
 
 
-def _outcome_columns() -> tuple[list[str], list[Any]]:
-    """The function's outcome with the wallet and entry flattened into typed columns
-    (w_<column>, t_<column>), so that SQLAlchemy converts them like table rows."""
+def _outcome_columns(hold: bool) -> tuple[list[str], list[Any]]:
+    """The function's outcome with the wallet, entry and (`hold`) hold flattened into typed
+    columns (w_<column>, t_<column>, h_<column>), so that SQLAlchemy converts them like table
+    rows. A hold function that writes no entry returns a null one."""
     columns = ["r.outcome", "r.refusal_code"]
     typed = [column("outcome", String()), column("refusal_code", String())]
-    for prefix, composite, table in (("w", "wallet", wallets), ("t", "entry", transactions)):
+    parts = [("w", "wallet", wallets), ("t", "entry", transactions)]
+    if hold:
+        parts.append(("h", "hold", wallet_holds))
+    for prefix, composite, table in parts:
         for col in table.c:
             columns.append(f"(r.{composite}).{col.name} AS {prefix}_{col.name}")
             typed.append(column(f"{prefix}_{col.name}", col.type))
@@ -101,6 +111,9 @@ _TYPES = {
     "priority": "integer",
     "expires_at": "timestamptz",
     "undoable_types": "text[]",
+    "hold_id": "uuid",
+    "seconds": "integer",
+    "capture": "boolean",
     "i": "integer",
 }
 
@@ -163,6 +176,56 @@ _UNDO = _LedgerFunction(
 )
 
 
+_CREATE_HOLD = _LedgerFunction(
+    "gql_wallet_create_hold",
+    (
+        "organization_id",
+        "idempotency_key",
+        "request",
+        "customer_id",
+        "currency",
+        "amount",
+        "seconds",
+        "description",
+        "reference",
+        "hold_id",
+        "channel",
+        "missing_code",
+        "refused_code",
+        "expiration_type",
+        "expiration_key_prefix",
+    ),
+    _TYPES,
+    hold=True,
+)
+
+
+_RESOLVE_HOLD = _LedgerFunction(
+    "gql_wallet_resolve_hold",
+    (
+        "organization_id",
+        "idempotency_key",
+        "request",
+        "hold_id",
+        "capture",
+        "amount",
+        "description",
+        "entry_id",
+        "channel",
+        "capture_type",
+        "not_found_code",
+        "captured_code",
+        "voided_code",
+        "expired_code",
+        "exceeds_code",
+        "expiration_type",
+        "expiration_key_prefix",
+    ),
+    _TYPES,
+    hold=True,
+)
+
+
 # A write's wallet and ledger entry, read from its outcome row's w_ and t_ columns in the
 # records' field order, one attrgetter call each. A wallet a write returns has no expiry due:
 # the write has made every one that was due under its lock.
@@ -172,15 +235,19 @@ _OUTCOME_WALLET = attrgetter(*(f"w_{name}" for name in WalletRecord._fields[:-1]
 _OUTCOME_ENTRY = attrgetter(*(f"t_{name}" for name in TransactionRecord._fields))
 
 
+_OUTCOME_HOLD = attrgetter(*(f"h_{name}" for name in HoldRecord._fields[:-1]))
+
+
 def _outcome(row: Any) -> BalanceChangeOutcome:
     wallet = transaction = None
     if row.w_seq is not None:
-        seq, id_, organization_id, customer_id, currency, balance, created_at, modified_at = (
-            _OUTCOME_WALLET(row)
-        )
+        (
+            seq, id_, organization_id, customer_id, currency, balance, created_at, modified_at,
+            held_balance,
+        ) = _OUTCOME_WALLET(row)  # fmt: skip
         wallet = WalletRecord(
             seq, id_, organization_id, customer_id, currency, balance, utc(created_at),
-            utc(modified_at), False,
+            utc(modified_at), held_balance, False,
         )  # fmt: skip
     if row.t_seq is not None:
         (
@@ -191,7 +258,14 @@ def _outcome(row: Any) -> BalanceChangeOutcome:
             seq, id_, wallet_seq, type_, amount, balance_after, description, reference,
             idempotency_key, utc(created_at), reverses_seq,
         )  # fmt: skip
-    return BalanceChangeOutcome(row.outcome, row.refusal_code, wallet, transaction)
+    hold = None
+    if getattr(row, "h_seq", None) is not None:
+        # As the function left it, under the wallet's lock: an OPEN hold is not past expiry.
+        hold = HoldRecord.from_row(_HoldRow._make((*_OUTCOME_HOLD(row), False)))
+    return BalanceChangeOutcome(row.outcome, row.refusal_code, wallet, transaction, hold)
+
+
+_HoldRow = namedtuple("_HoldRow", HoldRecord._fields)  # type: ignore[misc]
 
 
 async def _send_one(function: _LedgerFunction, conn: DriverConnection, call: dict[str, Any]) -> Any:
@@ -273,6 +347,54 @@ async def apply_balance_change(database: Database, call: dict[str, Any]) -> Bala
     )
 
 
+async def _send_hold_creation(conn: DriverConnection, call: dict[str, Any]) -> Any:
+    return await _send_one(_CREATE_HOLD, conn, call)
+
+
+async def _send_hold_creations(
+    conn: AsyncConnection, calls: list[dict[str, Any]]
+) -> list[BalanceChangeOutcome]:
+    return await _send_group(_CREATE_HOLD, conn, calls, _owner_order)
+
+
+async def _send_hold_resolution(conn: DriverConnection, call: dict[str, Any]) -> Any:
+    return await _send_one(_RESOLVE_HOLD, conn, call)
+
+
+async def _send_hold_resolutions(
+    conn: AsyncConnection, calls: list[dict[str, Any]]
+) -> list[BalanceChangeOutcome]:
+    return await _send_group(_RESOLVE_HOLD, conn, calls, _hold_order)
+
+
+def _hold_order(call: dict[str, Any]) -> str:
+    return str(call["hold_id"])
+
+
+async def apply_create_hold(database: Database, call: dict[str, Any]) -> BalanceChangeOutcome:
+    """PostgreSQL: a new hold in one call of `gql_wallet_create_hold`, grouped like a balance
+    change (on its own line). `call` holds its parameters but the new hold's ID."""
+    return await database.run_grouped(
+        _send_hold_creations,
+        _send_hold_creation,
+        {**call, "hold_id": uuid.uuid4()},
+        observe=metrics.WRITE_GROUP_SIZE.observe,
+        senders=1,
+    )
+
+
+async def apply_resolve_hold(database: Database, call: dict[str, Any]) -> BalanceChangeOutcome:
+    """PostgreSQL: a capture or void in one call of `gql_wallet_resolve_hold`, grouped like a
+    balance change (on its own line). `call` holds its parameters but the new entry's ID."""
+    return await database.run_grouped(
+        _send_hold_resolutions,
+        _send_hold_resolution,
+        {**call, "entry_id": uuid.uuid4()},
+        observe=metrics.WRITE_GROUP_SIZE.observe,
+        senders=1,
+    )
+
+
 async def apply_undo(database: Database, call: dict[str, Any]) -> BalanceChangeOutcome:
     """PostgreSQL: a refund or reversal in one call of `gql_wallet_undo`, grouped like a balance
     change (on its own line). `call` holds its parameters but the new entry's ID."""
@@ -289,7 +411,7 @@ async def apply_undo(database: Database, call: dict[str, Any]) -> BalanceChangeO
 _EXPIRE = DriverRead(
     text(
         "SELECT w.seq, w.id, w.organization_id, w.customer_id, w.currency, w.balance, "
-        "w.created_at, w.modified_at, false AS expiry_due FROM gql_wallet_expire("
+        "w.created_at, w.modified_at, w.held_balance, false AS expiry_due FROM gql_wallet_expire("
         "CAST(:seqs AS bigint[]), :skip_locked, :channel, :expiration_type, "
         ":expiration_key_prefix) AS w"
     ).columns(

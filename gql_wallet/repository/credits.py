@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gql_wallet.repository.driver import DriverWrite
+from gql_wallet.repository.holds import OPEN
 from gql_wallet.repository.records import (
     _WALLET_COLUMNS,
     AllocationRecord,
@@ -38,6 +39,7 @@ from gql_wallet.repository.records import (
     credit_blocks,
     db_now,
     transactions,
+    wallet_holds,
     wallets,
 )
 
@@ -45,15 +47,21 @@ from gql_wallet.repository.records import (
 
 
 def due_blocks(conn: Connection, wallet_seq: int, now: datetime) -> list[Any]:
-    """(seq, remaining) of the wallet's blocks with credits left whose expiry has come."""
+    """(seq, unreserved remainder) of the wallet's blocks with unreserved credits left whose
+    expiry has come."""
     return _DUE_BLOCKS.execute(conn, {"p_wallet_seq": wallet_seq, "p_now": now})
 
 
+_FREE = credit_blocks.c.remaining - credit_blocks.c.held
+# Blocks with credits that no open hold reserves (remaining > 0 first: the burn-down index's).
+_HAS_FREE = and_(credit_blocks.c.remaining > 0, credit_blocks.c.remaining > credit_blocks.c.held)
+
+
 _DUE_BLOCKS = DriverWrite(
-    select(credit_blocks.c.seq, credit_blocks.c.remaining)
+    select(credit_blocks.c.seq, _FREE.label("free"))
     .where(
         credit_blocks.c.wallet_seq == bindparam("p_wallet_seq"),
-        credit_blocks.c.remaining > 0,
+        _HAS_FREE,
         credit_blocks.c.expires_at <= bindparam("p_now"),
     )
     .order_by(credit_blocks.c.expires_at, credit_blocks.c.seq)
@@ -61,13 +69,14 @@ _DUE_BLOCKS = DriverWrite(
 
 
 def spendable_blocks(conn: Connection, wallet_seq: int) -> list[Any]:
-    """(seq, remaining) of the wallet's blocks with credits left, in burn-down order."""
+    """(seq, unreserved remainder) of the wallet's blocks with unreserved credits left, in
+    burn-down order."""
     return _SPENDABLE_BLOCKS.execute(conn, {"p_wallet_seq": wallet_seq})
 
 
 _SPENDABLE_BLOCKS = DriverWrite(
-    select(credit_blocks.c.seq, credit_blocks.c.remaining)
-    .where(credit_blocks.c.wallet_seq == bindparam("p_wallet_seq"), credit_blocks.c.remaining > 0)
+    select(credit_blocks.c.seq, _FREE.label("free"))
+    .where(credit_blocks.c.wallet_seq == bindparam("p_wallet_seq"), _HAS_FREE)
     .order_by(credit_blocks.c.burn_key, credit_blocks.c.seq)
 )
 
@@ -149,22 +158,38 @@ _INSERT_BLOCK = DriverWrite(
 )
 
 
-def set_balance(conn: Connection, wallet_seq: int, balance: int, now: datetime) -> WalletRecord:
-    """Write the wallet's new balance and its soonest expiry (from its blocks as they are now)."""
+def set_balance(
+    conn: Connection, wallet_seq: int, balance: int, held_balance: int, now: datetime
+) -> WalletRecord:
+    """Write the wallet's new balance and held balance, and its soonest expiry (from its blocks
+    and holds as they are now)."""
     (row,) = _SET_BALANCE.execute(
-        conn, {"p_wallet_seq": wallet_seq, "p_balance": balance, "p_now": now}
+        conn,
+        {"p_wallet_seq": wallet_seq, "p_balance": balance, "p_held": held_balance, "p_now": now},
     )
     return WalletRecord.from_row(row)
 
 
-_NEXT_EXPIRY = (
+_BLOCKS_NEXT = (
     select(func.min(credit_blocks.c.expires_at))
     .where(
         credit_blocks.c.wallet_seq == wallets.c.seq,
-        credit_blocks.c.remaining > 0,
+        _HAS_FREE,
         credit_blocks.c.expires_at.is_not(None),
     )
     .scalar_subquery()
+)
+_HOLDS_NEXT = (
+    select(func.min(wallet_holds.c.expires_at))
+    .where(wallet_holds.c.wallet_seq == wallets.c.seq, wallet_holds.c.status == OPEN)
+    .scalar_subquery()
+)
+# The sooner of the two; SQLite's two-argument min() is null when either is.
+_NEXT_EXPIRY = case(
+    (_BLOCKS_NEXT.is_(None), _HOLDS_NEXT),
+    (_HOLDS_NEXT.is_(None), _BLOCKS_NEXT),
+    (_BLOCKS_NEXT <= _HOLDS_NEXT, _BLOCKS_NEXT),
+    else_=_HOLDS_NEXT,
 )
 
 
@@ -172,7 +197,10 @@ _SET_BALANCE = DriverWrite(
     update(wallets)
     .where(wallets.c.seq == bindparam("p_wallet_seq"))
     .values(
-        balance=bindparam("p_balance"), modified_at=bindparam("p_now"), next_expiry_at=_NEXT_EXPIRY
+        balance=bindparam("p_balance"),
+        held_balance=bindparam("p_held"),
+        modified_at=bindparam("p_now"),
+        next_expiry_at=_NEXT_EXPIRY,
     )
     .returning(*_WALLET_COLUMNS)
 )
@@ -187,8 +215,9 @@ def apply_delta(
     expires_at: datetime | None,
     now: datetime,
 ) -> WalletRecord | None:
-    """Add `delta` to the wallet's balance if the result stays in floor..ceiling and no expiry
-    of its credits is due at `now`, keeping its soonest expiry (`expires_at`: a new block's).
+    """Add `delta` to the wallet's balance if the available balance after it (balance minus
+    what holds reserve) is at least `floor`, the balance at most `ceiling`, and no expiry is due
+    at `now`, keeping its soonest expiry (`expires_at`: a new block's).
     None when there is no such wallet or a condition failed (the caller looks at which)."""
     organization_id, customer_id, currency = owner
     rows = _APPLY_DELTA.execute(
@@ -214,9 +243,8 @@ _APPLY_DELTA = DriverWrite(
         wallets.c.organization_id == bindparam("p_organization_id"),
         wallets.c.customer_id == bindparam("p_customer_id"),
         wallets.c.currency == bindparam("p_currency"),
-        (wallets.c.balance + bindparam("p_delta")).between(
-            bindparam("p_floor"), bindparam("p_ceiling")
-        ),
+        wallets.c.balance - wallets.c.held_balance + bindparam("p_delta") >= bindparam("p_floor"),
+        wallets.c.balance + bindparam("p_delta") <= bindparam("p_ceiling"),
         or_(wallets.c.next_expiry_at.is_(None), wallets.c.next_expiry_at > bindparam("p_now")),
     )
     .values(
@@ -288,14 +316,14 @@ _UNDONE = DriverWrite(
 
 
 def source_block(conn: Connection, source_seq: int, wallet_seq: int) -> Any:
-    """(seq, remaining) of the block the entry created; for an entry older than the blocks, the
+    """(seq, unreserved remainder) of the block the entry created; for an entry older than the blocks, the
     wallet's oldest block (revision 0007 made it from the balance of that time)."""
     rows = _BLOCK_OF_SOURCE.execute(conn, {"p_source": source_seq})
     return rows[0] if rows else oldest_block(conn, wallet_seq)
 
 
 _BLOCK_OF_SOURCE = DriverWrite(
-    select(credit_blocks.c.seq, credit_blocks.c.remaining).where(
+    select(credit_blocks.c.seq, _FREE.label("remaining")).where(
         credit_blocks.c.source_seq == bindparam("p_source")
     )
 )
@@ -307,7 +335,7 @@ def oldest_block(conn: Connection, wallet_seq: int) -> Any:
 
 
 _OLDEST_BLOCK = DriverWrite(
-    select(credit_blocks.c.seq, credit_blocks.c.remaining)
+    select(credit_blocks.c.seq, _FREE.label("remaining"))
     .where(credit_blocks.c.wallet_seq == bindparam("p_wallet_seq"))
     .order_by(credit_blocks.c.seq)
     .limit(1)

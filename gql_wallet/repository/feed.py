@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from sqlalchemy import (
     func,
@@ -10,7 +11,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gql_wallet.repository.records import TransactionRecord, transactions, wallets
+from gql_wallet.repository.records import TransactionRecord, transactions, utc, wallets
 
 # PostgreSQL: gql_wallet_balance_change announces each applied change here, on
 # commit, while some process LISTENs (migration 0004); SQLite has one process per file, whose
@@ -29,15 +30,16 @@ FEED_LISTENING_LOCK = 7_344_512_003
 
 async def last_entries(
     conn: AsyncConnection, organization_id: uuid.UUID, customer_id: str
-) -> dict[int, int]:
-    """wallet seq -> seq of its newest ledger entry (0 if none), for a customer's wallets."""
+) -> dict[int, tuple[int, datetime]]:
+    """wallet seq -> (seq of its newest ledger entry (0 if none), its modified_at), for a
+    customer's wallets: where a feed of them starts."""
     rows = await conn.execute(
-        select(wallets.c.seq, func.coalesce(func.max(transactions.c.seq), 0))
+        select(wallets.c.seq, func.coalesce(func.max(transactions.c.seq), 0), wallets.c.modified_at)
         .select_from(wallets.outerjoin(transactions, transactions.c.wallet_seq == wallets.c.seq))
         .where(wallets.c.organization_id == organization_id, wallets.c.customer_id == customer_id)
-        .group_by(wallets.c.seq)
+        .group_by(wallets.c.seq, wallets.c.modified_at)
     )
-    return {int(wallet_seq): int(last) for wallet_seq, last in rows}
+    return {int(wallet_seq): (int(last), utc(at)) for wallet_seq, last, at in rows}
 
 
 async def entries_after(

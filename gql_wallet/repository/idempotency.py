@@ -60,7 +60,7 @@ def get_idempotency_record(
 ) -> IdempotencyRecord:
     params = {"p_organization_id": organization_id, "p_key": key}
     row = conn.execute(_IDEMPOTENCY_RECORD, params).one()
-    return IdempotencyRecord(row.request, row.transaction_seq, row.error_code)
+    return IdempotencyRecord(row.request, row.transaction_seq, row.error_code, row.hold_seq)
 
 
 _KEY_MATCHES = and_(
@@ -73,6 +73,7 @@ _IDEMPOTENCY_RECORD = select(
     idempotency_keys.c.request,
     idempotency_keys.c.transaction_seq,
     idempotency_keys.c.error_code,
+    idempotency_keys.c.hold_seq,
 ).where(_KEY_MATCHES)
 
 
@@ -82,6 +83,7 @@ _RECORD_OUTCOME = DriverWrite(
     .values(
         transaction_seq=bindparam("p_transaction_seq"),
         error_code=bindparam("p_error_code"),
+        hold_seq=bindparam("p_hold_seq"),
     )
 )
 
@@ -93,6 +95,7 @@ def record_outcome(
     *,
     transaction_seq: int | None = None,
     error_code: str | None = None,
+    hold_seq: int | None = None,
 ) -> None:
     _RECORD_OUTCOME.execute(
         conn,
@@ -101,5 +104,6 @@ def record_outcome(
             "p_key": key,
             "p_transaction_seq": transaction_seq,
             "p_error_code": error_code,
+            "p_hold_seq": hold_seq,
         },
     )

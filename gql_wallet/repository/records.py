@@ -25,9 +25,11 @@ from gql_wallet.models import (
     CreditAllocation,
     CreditBlock,
     CustomerSession,
+    HoldReservation,
     IdempotencyKey,
     Organization,
     Wallet,
+    WalletHold,
     WalletTransaction,
 )
 
@@ -55,6 +57,12 @@ credit_blocks: Table = CreditBlock.__table__  # type: ignore[attr-defined]
 credit_allocations: Table = CreditAllocation.__table__  # type: ignore[attr-defined]
 
 
+wallet_holds: Table = WalletHold.__table__  # type: ignore[attr-defined]
+
+
+hold_reservations: Table = HoldReservation.__table__  # type: ignore[attr-defined]
+
+
 def utc(value: datetime) -> datetime:
     """SQLite hands datetimes back without their offset; every value we store is UTC."""
     if value.tzinfo is UTC:  # asyncpg's (a copy would be equal)
@@ -74,7 +82,8 @@ class WalletRecord(NamedTuple):
     balance: int
     created_at: datetime
     modified_at: datetime
-    # An expiry of its credits is due by the database's clock at the read (next_expiry_at has
+    held_balance: int  # what its open holds reserve
+    # An expiry of its credits or holds is due by the database's clock at the read (next_expiry_at has
     # passed): the ledger writes it before the wallet is shown (ledger.service.fresh_wallets).
     expiry_due: bool
 
@@ -89,6 +98,7 @@ class WalletRecord(NamedTuple):
             row.balance,
             utc(row.created_at),
             utc(row.modified_at),
+            row.held_balance,
             bool(row.expiry_due),
         )
 
@@ -139,6 +149,7 @@ class CreditBlockRecord(NamedTuple):
     amount: int
     remaining: int
     created_at: datetime
+    held: int  # what open holds reserve from `remaining`
     expired: bool  # its expiry has passed, by the database's clock at the read
 
     @classmethod
@@ -155,6 +166,47 @@ class CreditBlockRecord(NamedTuple):
             row.amount,
             row.remaining,
             utc(row.created_at),
+            row.held,
+            bool(row.expired),
+        )
+
+
+class HoldRecord(NamedTuple):
+    """A wallet_holds row; also the source of the GraphQL `WalletHold`."""
+
+    seq: int
+    id: uuid.UUID
+    organization_id: uuid.UUID
+    wallet_seq: int
+    amount: int
+    captured_amount: int
+    status: str  # as stored: an OPEN hold past expires_at is EXPIRED (`expired`)
+    expires_at: datetime
+    resolved_at: datetime | None
+    description: str | None
+    reference: str | None
+    idempotency_key: str
+    created_at: datetime
+    capture_seq: int | None
+    expired: bool  # OPEN and past its expiry, by the database's clock at the read
+
+    @classmethod
+    def from_row(cls, row: Any) -> HoldRecord:
+        return cls(
+            row.seq,
+            row.id,
+            row.organization_id,
+            row.wallet_seq,
+            row.amount,
+            row.captured_amount,
+            row.status,
+            utc(row.expires_at),
+            None if row.resolved_at is None else utc(row.resolved_at),
+            row.description,
+            row.reference,
+            row.idempotency_key,
+            utc(row.created_at),
+            row.capture_seq,
             bool(row.expired),
         )
 
@@ -171,6 +223,7 @@ class IdempotencyRecord:
     request: str
     transaction_seq: int | None
     error_code: str | None
+    hold_seq: int | None = None
 
 
 class db_now(FunctionElement[datetime]):
@@ -205,6 +258,7 @@ _WALLET_COLUMNS = (
     wallets.c.balance,
     wallets.c.created_at,
     wallets.c.modified_at,
+    wallets.c.held_balance,
     func.coalesce(wallets.c.next_expiry_at <= db_now(), false(), type_=Boolean()).label(
         "expiry_due"
     ),
