@@ -210,33 +210,34 @@ _HOLD = (
 )
 
 
-@strawberry.type(description="The result of createHold.")
-class CreateHoldPayload:
+@strawberry.type(description="Fields shared by the payloads of hold writes that make no entry.")
+class HoldPayload:
+    """The payload of createHold and voidHold (the same shape); not itself part of the
+    schema, only its subclasses are."""
+
     hold: WalletHold | None = strawberry.field(description=_HOLD)
     wallet: CustomerWallet | None = strawberry.field(
-        description="The wallet as it is now; null when the input was invalid or there is no "
-        "wallet (WALLET_NOT_FOUND)."
+        description="The wallet as it is now; null when the input was invalid or named no "
+        "wallet or hold of yours (WALLET_NOT_FOUND, HOLD_NOT_FOUND)."
     )
     user_errors: list[WalletUserError] = strawberry.field(
         description="Why the write was refused; empty on success."
     )
+
+
+@strawberry.type(description="The result of createHold.")
+class CreateHoldPayload(HoldPayload):
+    pass
+
+
+@strawberry.type(description="The result of voidHold.")
+class VoidHoldPayload(HoldPayload):
+    pass
 
 
 @strawberry.type(description="The result of captureHold.")
 class CaptureHoldPayload(WritePayload):
     hold: WalletHold | None = strawberry.field(description=_HOLD)
-
-
-@strawberry.type(description="The result of voidHold.")
-class VoidHoldPayload:
-    hold: WalletHold | None = strawberry.field(description=_HOLD)
-    wallet: CustomerWallet | None = strawberry.field(
-        description="The wallet as it is now; null when the input was invalid or named no "
-        "hold of yours."
-    )
-    user_errors: list[WalletUserError] = strawberry.field(
-        description="Why the write was refused; empty on success."
-    )
 
 
 @strawberry.type(description="The result of createWallet.")

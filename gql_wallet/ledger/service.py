@@ -263,6 +263,30 @@ def _check_priority(priority: int | None) -> list[UserError]:
     ]
 
 
+def _target(
+    target_id: str,
+    field: str,
+    not_found: ErrorCode,
+    amount: int | None,
+    key: str,
+    description: str | None,
+) -> uuid.UUID | WriteResult:
+    """The ID of the entry or hold a write acts on, or its refusal: the input's checks, and
+    `not_found` for an ID that is no UUID (nothing has it)."""
+    errors = [
+        *check_text(target_id, field, 100, required=True),
+        *([] if amount is None else check_amount(amount)),
+        *_check_key(key),
+        *check_text(description, "description", MAX_DESCRIPTION_LENGTH, required=False),
+    ]
+    if errors:
+        return WriteResult(errors=tuple(errors))
+    try:
+        return uuid.UUID(target_id)
+    except ValueError:
+        return WriteResult(errors=(_refusal(not_found),))
+
+
 def _canonical(fields: dict[str, object]) -> str:
     """The normalised input as canonical JSON: equal text means the same request."""
     return json.dumps(fields, sort_keys=True, separators=(",", ":"))
@@ -412,18 +436,12 @@ async def _undo(
     undo: Undo,
     conn: DriverConnection | None,
 ) -> WriteResult:
-    errors = [
-        *check_text(undo.transaction_id, "transactionId", 100, required=True),
-        *([] if undo.amount is None else check_amount(undo.amount)),
-        *_check_key(undo.idempotency_key),
-        *check_text(undo.description, "description", MAX_DESCRIPTION_LENGTH, required=False),
-    ]
-    if errors:
-        return WriteResult(errors=tuple(errors))
-    try:
-        original_id = uuid.UUID(undo.transaction_id)
-    except ValueError:  # no transaction has this ID
-        return WriteResult(errors=(_refusal(ErrorCode.TRANSACTION_NOT_FOUND),))
+    original_id = _target(
+        undo.transaction_id, "transactionId", ErrorCode.TRANSACTION_NOT_FOUND, undo.amount,
+        undo.idempotency_key, undo.description,
+    )  # fmt: skip
+    if isinstance(original_id, WriteResult):
+        return original_id
     request = _canonical(
         {
             "type": kind.value,
@@ -555,18 +573,12 @@ async def _resolve_hold(
     capture: bool,
     conn: DriverConnection | None,
 ) -> WriteResult:
-    errors = [
-        *check_text(resolution.hold_id, "holdId", 100, required=True),
-        *([] if resolution.amount is None else check_amount(resolution.amount)),
-        *_check_key(resolution.idempotency_key),
-        *check_text(resolution.description, "description", MAX_DESCRIPTION_LENGTH, required=False),
-    ]
-    if errors:
-        return WriteResult(errors=tuple(errors))
-    try:
-        hold_id = uuid.UUID(resolution.hold_id)
-    except ValueError:  # no hold has this ID
-        return WriteResult(errors=(_refusal(ErrorCode.HOLD_NOT_FOUND),))
+    hold_id = _target(
+        resolution.hold_id, "holdId", ErrorCode.HOLD_NOT_FOUND, resolution.amount,
+        resolution.idempotency_key, resolution.description,
+    )  # fmt: skip
+    if isinstance(hold_id, WriteResult):
+        return hold_id
     fields: dict[str, object] = {"type": "CAPTURE" if capture else "VOID", "holdId": str(hold_id)}
     if capture:
         fields.update(amount=resolution.amount, description=resolution.description)

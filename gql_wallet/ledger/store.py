@@ -273,7 +273,7 @@ def _sqlite_balance_change(conn: Connection, call: BalanceChangeCall) -> Balance
             now=now,
         )
     else:
-        _spend(conn, wallet.seq, entry.seq, -call.delta)
+        _draw(conn, wallet.seq, -call.delta, entry_seq=entry.seq)
         blocks.refresh_next_expiry(conn, wallet.seq)
     repo.record_outcome(conn, call.organization_id, call.idempotency_key, transaction_seq=entry.seq)
     return BalanceChangeOutcome("applied", None, wallet, entry)
@@ -290,18 +290,47 @@ def _refused(
     return BalanceChangeOutcome("refused", code, wallet, None)
 
 
-def _spend(conn: Connection, wallet_seq: int, entry_seq: int, amount: int) -> None:
+def _draw(
+    conn: Connection,
+    wallet_seq: int,
+    amount: int,
+    *,
+    entry_seq: int | None = None,
+    hold_seq: int | None = None,
+) -> None:
+    """Take `amount` of the wallet's unreserved credits in burn-down order: spent by the entry
+    `entry_seq`, or reserved for the hold `hold_seq`. The caller has checked that the available
+    balance covers it."""
     left = amount
-    for ordinal, (block_seq, remaining) in enumerate(blocks.spendable_blocks(conn, wallet_seq)):
-        taken = min(remaining, left)
-        blocks.add_to_block(conn, block_seq, -taken)
-        blocks.insert_allocation(conn, entry_seq, ordinal, block_seq, -taken)
+    for ordinal, (block_seq, free) in enumerate(blocks.spendable_blocks(conn, wallet_seq)):
+        taken = min(free, left)
+        if hold_seq is not None:
+            holds.reserve(conn, hold_seq, ordinal, block_seq, taken)
+        else:
+            assert entry_seq is not None
+            blocks.add_to_block(conn, block_seq, -taken)
+            blocks.insert_allocation(conn, entry_seq, ordinal, block_seq, -taken)
         left -= taken
         if left == 0:
             return
     raise RuntimeError(
         f"wallet {wallet_seq} has less in its credit blocks than its available balance"
     )
+
+
+def _claimed_wallet(
+    conn: Connection, call: UndoCall | ResolveHoldCall, wallet_seq: int
+) -> tuple[datetime, WalletRecord] | None:
+    """Claim the call's key, then lock the wallet and write its due expiries: the time and the
+    wallet as it is after them. None: an earlier write holds the key."""
+    now = repo.now_utc()
+    if not repo.claim_idempotency_key(
+        conn, call.organization_id, call.idempotency_key, call.request, now
+    ):
+        return None
+    wallet = blocks.wallet_by_seq(conn, wallet_seq)
+    assert wallet is not None  # an entry's or a hold's wallet always exists
+    return now, _expire_due(conn, wallet, now, call.expiration)
 
 
 def _expire_due(
@@ -345,14 +374,10 @@ def _sqlite_undo(conn: Connection, call: UndoCall) -> BalanceChangeOutcome:
         return BalanceChangeOutcome("refused", call.not_found_code, None, None)
     if original.type not in call.undoable_types:
         return BalanceChangeOutcome("refused", call.wrong_type_code, None, None)
-    now = repo.now_utc()
-    if not repo.claim_idempotency_key(
-        conn, call.organization_id, call.idempotency_key, call.request, now
-    ):
+    claimed = _claimed_wallet(conn, call, original.wallet_seq)
+    if claimed is None:
         return BalanceChangeOutcome("taken", None, None, None)
-    wallet = blocks.wallet_by_seq(conn, original.wallet_seq)
-    assert wallet is not None  # an entry's wallet always exists
-    wallet = _expire_due(conn, wallet, now, call.expiration)
+    now, wallet = claimed
     undone = blocks.undone_amount(conn, original.seq)
     source = None
     if call.restore:
@@ -450,17 +475,7 @@ def _sqlite_create_hold(conn: Connection, call: CreateHoldCall) -> BalanceChange
         idempotency_key=call.idempotency_key,
         now=now,
     )
-    left = call.amount
-    for ordinal, (block_seq, free) in enumerate(blocks.spendable_blocks(conn, wallet.seq)):
-        taken = min(free, left)
-        holds.reserve(conn, hold.seq, ordinal, block_seq, taken)
-        left -= taken
-        if left == 0:
-            break
-    else:
-        raise RuntimeError(
-            f"wallet {wallet.seq} has less in its credit blocks than its available balance"
-        )
+    _draw(conn, wallet.seq, call.amount, hold_seq=hold.seq)
     wallet = blocks.set_balance(
         conn, wallet.seq, wallet.balance, wallet.held_balance + call.amount, now
     )
@@ -473,14 +488,10 @@ def _sqlite_resolve_hold(conn: Connection, call: ResolveHoldCall) -> BalanceChan
     hold = holds.hold_by_id(conn, call.organization_id, call.hold_id)
     if hold is None:
         return BalanceChangeOutcome("refused", call.not_found_code, None, None)
-    now = repo.now_utc()
-    if not repo.claim_idempotency_key(
-        conn, call.organization_id, call.idempotency_key, call.request, now
-    ):
+    claimed = _claimed_wallet(conn, call, hold.wallet_seq)
+    if claimed is None:
         return BalanceChangeOutcome("taken", None, None, None)
-    wallet = blocks.wallet_by_seq(conn, hold.wallet_seq)
-    assert wallet is not None  # a hold's wallet always exists
-    wallet = _expire_due(conn, wallet, now, call.expiration)
+    now, wallet = claimed
     hold = holds.hold_by_seq(conn, hold.seq)
     amount = 0
     code = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections import namedtuple
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
@@ -302,10 +303,6 @@ def _owner_order(call: dict[str, Any]) -> tuple[str, str, str]:
     return lock_order(call["organization_id"], call["customer_id"], call["currency"])
 
 
-def _original_order(call: dict[str, Any]) -> str:
-    return str(call["original_id"])
-
-
 async def send_balance_change(conn: DriverConnection, call: dict[str, Any]) -> BalanceChangeOutcome:
     """One write alone: `call` holds the function's parameters (see `apply_balance_change`)."""
     return await _send_one(_BALANCE_CHANGE, conn, call)  # type: ignore[no-any-return]
@@ -317,23 +314,14 @@ async def send_balance_changes(
     return await _send_group(_BALANCE_CHANGE, conn, calls, _owner_order)
 
 
-async def _send_undo(conn: DriverConnection, call: dict[str, Any]) -> BalanceChangeOutcome:
-    return await _send_one(_UNDO, conn, call)  # type: ignore[no-any-return]
-
-
-async def _send_undos(
-    conn: AsyncConnection, calls: list[dict[str, Any]]
-) -> list[BalanceChangeOutcome]:
-    return await _send_group(_UNDO, conn, calls, _original_order)
-
-
 async def apply_balance_change(database: Database, call: dict[str, Any]) -> BalanceChangeOutcome:
     """PostgreSQL: a whole balance change in one statement, by the function of migrations/sql/
     (its newest version), in a group commit with the other writes waiting in this process
     (`Database.run_grouped`: one statement and one transaction for the group, each write with
     its own outcome). `call` holds the function's parameters but the IDs it makes for a new
     wallet, entry and block (ledger.store.BalanceChangeCall)."""
-    return await database.run_grouped(
+    return await _grouped(
+        database,
         send_balance_changes,
         send_balance_change,
         {
@@ -342,69 +330,62 @@ async def apply_balance_change(database: Database, call: dict[str, Any]) -> Bala
             "entry_id": uuid.uuid4(),
             "block_id": None if call["category"] is None else uuid.uuid4(),
         },
+    )
+
+
+async def _grouped(
+    database: Database,
+    send_group: Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]],
+    send_one: Callable[[DriverConnection, Any], Awaitable[BalanceChangeOutcome]],
+    call: dict[str, Any],
+) -> BalanceChangeOutcome:
+    return await database.run_grouped(
+        send_group,
+        send_one,
+        call,
         observe=metrics.WRITE_GROUP_SIZE.observe,
         senders=1,  # one group in flight: larger groups, fewer commits (see db.groups.PgGroupCommit)
     )
 
 
-async def _send_hold_creation(conn: DriverConnection, call: dict[str, Any]) -> Any:
-    return await _send_one(_CREATE_HOLD, conn, call)
+def _line(
+    function: _LedgerFunction, order: Callable[[dict[str, Any]], Any]
+) -> tuple[
+    Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]],
+    Callable[[DriverConnection, Any], Awaitable[BalanceChangeOutcome]],
+]:
+    """The group and single senders of one ledger function: its own line of group commits."""
+
+    async def send_group(conn: AsyncConnection, calls: list[Any]) -> list[Any]:
+        return await _send_group(function, conn, calls, order)
+
+    async def send_one(conn: DriverConnection, call: Any) -> BalanceChangeOutcome:
+        return await _send_one(function, conn, call)  # type: ignore[no-any-return]
+
+    return send_group, send_one
 
 
-async def _send_hold_creations(
-    conn: AsyncConnection, calls: list[dict[str, Any]]
-) -> list[BalanceChangeOutcome]:
-    return await _send_group(_CREATE_HOLD, conn, calls, _owner_order)
-
-
-async def _send_hold_resolution(conn: DriverConnection, call: dict[str, Any]) -> Any:
-    return await _send_one(_RESOLVE_HOLD, conn, call)
-
-
-async def _send_hold_resolutions(
-    conn: AsyncConnection, calls: list[dict[str, Any]]
-) -> list[BalanceChangeOutcome]:
-    return await _send_group(_RESOLVE_HOLD, conn, calls, _hold_order)
-
-
-def _hold_order(call: dict[str, Any]) -> str:
-    return str(call["hold_id"])
-
-
-async def apply_create_hold(database: Database, call: dict[str, Any]) -> BalanceChangeOutcome:
-    """PostgreSQL: a new hold in one call of `gql_wallet_create_hold`, grouped like a balance
-    change (on its own line). `call` holds its parameters but the new hold's ID."""
-    return await database.run_grouped(
-        _send_hold_creations,
-        _send_hold_creation,
-        {**call, "hold_id": uuid.uuid4()},
-        observe=metrics.WRITE_GROUP_SIZE.observe,
-        senders=1,
-    )
-
-
-async def apply_resolve_hold(database: Database, call: dict[str, Any]) -> BalanceChangeOutcome:
-    """PostgreSQL: a capture or void in one call of `gql_wallet_resolve_hold`, grouped like a
-    balance change (on its own line). `call` holds its parameters but the new entry's ID."""
-    return await database.run_grouped(
-        _send_hold_resolutions,
-        _send_hold_resolution,
-        {**call, "entry_id": uuid.uuid4()},
-        observe=metrics.WRITE_GROUP_SIZE.observe,
-        senders=1,
-    )
+_UNDOS = _line(_UNDO, lambda call: str(call["original_id"]))
+_HOLD_CREATIONS = _line(_CREATE_HOLD, _owner_order)
+_HOLD_RESOLUTIONS = _line(_RESOLVE_HOLD, lambda call: str(call["hold_id"]))
 
 
 async def apply_undo(database: Database, call: dict[str, Any]) -> BalanceChangeOutcome:
     """PostgreSQL: a refund or reversal in one call of `gql_wallet_undo`, grouped like a balance
     change (on its own line). `call` holds its parameters but the new entry's ID."""
-    return await database.run_grouped(
-        _send_undos,
-        _send_undo,
-        {**call, "entry_id": uuid.uuid4()},
-        observe=metrics.WRITE_GROUP_SIZE.observe,
-        senders=1,
-    )
+    return await _grouped(database, *_UNDOS, {**call, "entry_id": uuid.uuid4()})
+
+
+async def apply_create_hold(database: Database, call: dict[str, Any]) -> BalanceChangeOutcome:
+    """PostgreSQL: a new hold in one call of `gql_wallet_create_hold`, grouped (on its own
+    line). `call` holds its parameters but the new hold's ID."""
+    return await _grouped(database, *_HOLD_CREATIONS, {**call, "hold_id": uuid.uuid4()})
+
+
+async def apply_resolve_hold(database: Database, call: dict[str, Any]) -> BalanceChangeOutcome:
+    """PostgreSQL: a capture or void in one call of `gql_wallet_resolve_hold`, grouped (on its
+    own line). `call` holds its parameters but the new entry's ID."""
+    return await _grouped(database, *_HOLD_RESOLUTIONS, {**call, "entry_id": uuid.uuid4()})
 
 
 # The wallets as the function returns them: no expiry is due in a wallet it has just locked.

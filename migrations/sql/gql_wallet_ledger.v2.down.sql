@@ -9,7 +9,7 @@ DROP FUNCTION gql_wallet_undo(uuid, text, text, text, boolean, uuid, bigint, tex
 DROP FUNCTION gql_wallet_balance_change(uuid, text, text, text, text, text, bigint, bigint, bigint,
                                         text, text, boolean, uuid, uuid, text, text, text, uuid,
                                         text, integer, timestamptz, text, text, text);
-DROP FUNCTION gql_wallet_spend(bigint, bigint, bigint);
+DROP FUNCTION gql_wallet_draw(bigint, bigint, bigint, bigint);
 DROP FUNCTION gql_wallet_expire_due(wallets, timestamptz, text, text);
 DROP FUNCTION gql_wallet_release(bigint);
 DROP FUNCTION gql_wallet_next_expiry(bigint);

@@ -121,10 +121,12 @@ BEGIN
 END
 $$;
 
--- Spends p_amount from the (locked) wallet's unreserved credits in burn-down order for the entry
--- p_entry_seq. The caller has checked that the available balance covers it; the blocks always
--- sum to the balance, and what they hold to the held balance.
-CREATE FUNCTION gql_wallet_spend(p_wallet_seq bigint, p_entry_seq bigint, p_amount bigint)
+-- Takes p_amount of the (locked) wallet's unreserved credits in burn-down order: spent by the
+-- entry p_entry_seq (its allocations), or reserved for the hold p_hold_seq. The caller has checked
+-- that the available balance covers it; the blocks always sum to the balance, and what they hold
+-- to the held balance.
+CREATE FUNCTION gql_wallet_draw(p_wallet_seq bigint, p_amount bigint, p_entry_seq bigint,
+                                p_hold_seq bigint)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -140,9 +142,15 @@ BEGIN
     ORDER BY c.burn_key, c.seq
   LOOP
     taken := least(b.free, left_to_take);
-    UPDATE credit_blocks SET remaining = remaining - taken WHERE seq = b.seq;
-    INSERT INTO credit_allocations (entry_seq, ordinal, block_seq, amount)
-    VALUES (p_entry_seq, v_ordinal, b.seq, -taken);
+    IF p_hold_seq IS NOT NULL THEN
+      UPDATE credit_blocks SET held = held + taken WHERE seq = b.seq;
+      INSERT INTO hold_reservations (hold_seq, ordinal, block_seq, amount)
+      VALUES (p_hold_seq, v_ordinal, b.seq, taken);
+    ELSE
+      UPDATE credit_blocks SET remaining = remaining - taken WHERE seq = b.seq;
+      INSERT INTO credit_allocations (entry_seq, ordinal, block_seq, amount)
+      VALUES (p_entry_seq, v_ordinal, b.seq, -taken);
+    END IF;
     v_ordinal := v_ordinal + 1;
     left_to_take := left_to_take - taken;
     EXIT WHEN left_to_take = 0;
@@ -270,7 +278,7 @@ BEGIN
     VALUES (p_block_id, p_organization_id, wallet.seq, entry.seq, p_category, p_priority,
             p_expires_at, p_burn_key, p_delta, p_delta, v_now);
   ELSE
-    PERFORM gql_wallet_spend(wallet.seq, entry.seq, -p_delta);
+    PERFORM gql_wallet_draw(wallet.seq, -p_delta, entry.seq, NULL);
     IF wallet.next_expiry_at IS NOT NULL THEN
       UPDATE wallets AS w SET next_expiry_at = gql_wallet_next_expiry(w.seq)
       WHERE w.seq = wallet.seq
@@ -511,10 +519,6 @@ DECLARE
   announce boolean := gql_wallet_feed_gate();
   v_now timestamptz;
   modified_before timestamptz;
-  b record;
-  left_to_take bigint := p_amount;
-  taken bigint;
-  v_ordinal integer := 0;
 BEGIN
   IF NOT gql_wallet_claim(p_organization_id, p_idempotency_key, p_request) THEN
     outcome := 'taken';
@@ -551,23 +555,7 @@ BEGIN
           v_now + make_interval(secs => p_seconds), p_description, p_reference,
           p_idempotency_key, v_now)
   RETURNING x.* INTO hold;
-  FOR b IN
-    SELECT c.seq, c.remaining - c.held AS free FROM credit_blocks AS c
-    WHERE c.wallet_seq = wallet.seq AND c.remaining > 0 AND c.remaining > c.held
-    ORDER BY c.burn_key, c.seq
-  LOOP
-    taken := least(b.free, left_to_take);
-    UPDATE credit_blocks SET held = held + taken WHERE seq = b.seq;
-    INSERT INTO hold_reservations (hold_seq, ordinal, block_seq, amount)
-    VALUES (hold.seq, v_ordinal, b.seq, taken);
-    v_ordinal := v_ordinal + 1;
-    left_to_take := left_to_take - taken;
-    EXIT WHEN left_to_take = 0;
-  END LOOP;
-  IF left_to_take > 0 THEN
-    RAISE EXCEPTION 'wallet % has less in its credit blocks than its available balance',
-      wallet.seq;
-  END IF;
+  PERFORM gql_wallet_draw(wallet.seq, p_amount, NULL, hold.seq);
   UPDATE wallets AS w SET held_balance = w.held_balance + p_amount, modified_at = v_now,
     next_expiry_at = least(w.next_expiry_at, hold.expires_at)
   WHERE w.seq = wallet.seq
