@@ -164,7 +164,9 @@ class Watcher:
                     [wallet] = await repo.get_wallets_by_seq(conn, [wallet_seq])
                     for entry in entries:
                         state = wallet._replace(
-                            balance=entry.balance_after, modified_at=entry.created_at
+                            balance=entry.balance_after,
+                            held_balance=entry.held_after,
+                            modified_at=entry.created_at,
                         )
                         changes.append(WalletChange(state, entry, (entry.seq, entry.created_at)))
                         last_seq, last_at = entry.seq, entry.created_at

@@ -142,6 +142,10 @@ class WalletTransaction(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
     # A REFUND's charge, a REVERSAL's top-up or grant.
     reverses_seq: int | None = Field(default=None, sa_column=Column(BigSeq, nullable=True))
+    # The wallet's held balance right after this entry (with balance_after, its whole state).
+    held_after: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
 
 
 class CreditBlock(SQLModel, table=True):

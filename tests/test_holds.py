@@ -382,5 +382,12 @@ async def test_walletupdated_fires_on_hold_changes(database_url: str, tmp_path: 
                 await void(api, other["id"], "v")
                 voided = await asyncio.wait_for(ws.update(), 10)
                 assert voided["transaction"] is None and money(voided["wallet"]) == (75, 0, 75)
+                # An expiry is an event too, whoever writes it (here the first read after it).
+                await create(api, 5, "h3", expiresInSeconds=1)
+                assert money((await asyncio.wait_for(ws.update(), 10))["wallet"]) == (75, 5, 70)
+                await asyncio.sleep(1.3)
+                assert money(await view(api)) == (75, 0, 75)
+                lapsed = await asyncio.wait_for(ws.update(), 10)
+                assert lapsed["transaction"] is None and money(lapsed["wallet"]) == (75, 0, 75)
     finally:
         stop_server(live)

@@ -83,7 +83,7 @@ class Context:
         if fresh is records:
             return records
         for before, after in zip(records, fresh, strict=True):
-            if after.balance != before.balance:
+            if after.modified_at != before.modified_at:  # an expiry of credits or holds
                 self.feed.wake(after.organization_id, after.customer_id, after.seq)
         return fresh
 

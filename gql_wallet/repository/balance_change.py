@@ -253,11 +253,11 @@ def _outcome(row: Any) -> BalanceChangeOutcome:
     if row.t_seq is not None:
         (
             seq, id_, wallet_seq, type_, amount, balance_after, description, reference,
-            idempotency_key, created_at, reverses_seq,
+            idempotency_key, created_at, reverses_seq, held_after,
         ) = _OUTCOME_ENTRY(row)  # fmt: skip
         transaction = TransactionRecord(
             seq, id_, wallet_seq, type_, amount, balance_after, description, reference,
-            idempotency_key, utc(created_at), reverses_seq,
+            idempotency_key, utc(created_at), reverses_seq, held_after,
         )  # fmt: skip
     hold = None
     if getattr(row, "h_seq", None) is not None:

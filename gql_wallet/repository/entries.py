@@ -22,6 +22,7 @@ def insert_transaction(
     type_: str,
     amount: int,
     balance_after: int,
+    held_after: int,
     description: str | None,
     reference: str | None,
     idempotency_key: str,
@@ -37,6 +38,7 @@ def insert_transaction(
         "p_type": type_,
         "p_amount": amount,
         "p_balance_after": balance_after,
+        "p_held_after": held_after,
         "p_description": description,
         "p_reference": reference,
         "p_idempotency_key": idempotency_key,
@@ -58,6 +60,7 @@ def insert_transaction(
         idempotency_key,
         utc(now),
         reverses_seq,
+        held_after,
     )
 
 
@@ -70,6 +73,7 @@ _INSERT_TRANSACTION = DriverWrite(
         type=bindparam("p_type"),
         amount=bindparam("p_amount"),
         balance_after=bindparam("p_balance_after"),
+        held_after=bindparam("p_held_after"),
         description=bindparam("p_description"),
         reference=bindparam("p_reference"),
         idempotency_key=bindparam("p_idempotency_key"),

@@ -117,6 +117,7 @@ class TransactionRecord(NamedTuple):
     idempotency_key: str
     created_at: datetime
     reverses_seq: int | None  # a REFUND's charge, a REVERSAL's top-up or grant
+    held_after: int  # the wallet's held balance right after it
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> TransactionRecord:
@@ -132,6 +133,7 @@ class TransactionRecord(NamedTuple):
             row.idempotency_key,
             utc(row.created_at),
             row.reverses_seq,
+            row.held_after,
         )
 
 

@@ -104,10 +104,10 @@ BEGIN
     w.balance := w.balance - v_left;
     v_entry_id := gen_random_uuid();
     INSERT INTO wallet_transactions AS t (id, organization_id, wallet_seq, type, amount,
-                                          balance_after, description, reference,
+                                          balance_after, held_after, description, reference,
                                           idempotency_key, created_at)
-    VALUES (v_entry_id, w.organization_id, w.seq, p_type, -v_left, w.balance, NULL,
-            NULL, p_key_prefix || v_entry_id::text, p_now)
+    VALUES (v_entry_id, w.organization_id, w.seq, p_type, -v_left, w.balance, w.held_balance,
+            NULL, NULL, p_key_prefix || v_entry_id::text, p_now)
     RETURNING t.seq INTO v_entry_seq;
     INSERT INTO credit_allocations (entry_seq, ordinal, block_seq, amount)
     VALUES (v_entry_seq, 0, b.seq, -v_left);
@@ -267,10 +267,10 @@ BEGIN
   END IF;
 
   INSERT INTO wallet_transactions AS t (id, organization_id, wallet_seq, type, amount,
-                                        balance_after, description, reference, idempotency_key,
-                                        created_at)
+                                        balance_after, held_after, description, reference,
+                                        idempotency_key, created_at)
   VALUES (p_entry_id, p_organization_id, wallet.seq, p_type, p_delta, wallet.balance,
-          p_description, p_reference, p_idempotency_key, v_now)
+          wallet.held_balance, p_description, p_reference, p_idempotency_key, v_now)
   RETURNING t.* INTO entry;
   IF p_block_id IS NOT NULL THEN
     INSERT INTO credit_blocks (id, organization_id, wallet_seq, source_seq, category, priority,
@@ -390,10 +390,10 @@ BEGIN
 
   IF p_restore THEN
     INSERT INTO wallet_transactions AS t (id, organization_id, wallet_seq, type, amount,
-                                          balance_after, description, reference,
+                                          balance_after, held_after, description, reference,
                                           idempotency_key, created_at, reverses_seq)
     VALUES (p_entry_id, p_organization_id, wallet.seq, p_type, v_amount, wallet.balance + v_amount,
-            p_description, NULL, p_idempotency_key, v_now, original.seq)
+            wallet.held_balance, p_description, NULL, p_idempotency_key, v_now, original.seq)
     RETURNING t.* INTO entry;
     left_to_give := v_amount;
     -- What the charge took from each block, minus what its refunds gave back, the last first.
@@ -431,10 +431,11 @@ BEGIN
     wallet := gql_wallet_expire_due(wallet, v_now, p_expiration_type, p_expiration_key_prefix);
   ELSE
     INSERT INTO wallet_transactions AS t (id, organization_id, wallet_seq, type, amount,
-                                          balance_after, description, reference,
+                                          balance_after, held_after, description, reference,
                                           idempotency_key, created_at, reverses_seq)
     VALUES (p_entry_id, p_organization_id, wallet.seq, p_type, -v_amount,
-            wallet.balance - v_amount, p_description, NULL, p_idempotency_key, v_now, original.seq)
+            wallet.balance - v_amount, wallet.held_balance, p_description, NULL,
+            p_idempotency_key, v_now, original.seq)
     RETURNING t.* INTO entry;
     UPDATE credit_blocks SET remaining = remaining - v_amount WHERE seq = v_block.seq;
     INSERT INTO credit_allocations (entry_seq, ordinal, block_seq, amount)
@@ -651,10 +652,11 @@ BEGIN
 
   IF p_capture THEN
     INSERT INTO wallet_transactions AS t (id, organization_id, wallet_seq, type, amount,
-                                          balance_after, description, reference,
+                                          balance_after, held_after, description, reference,
                                           idempotency_key, created_at)
     VALUES (p_entry_id, p_organization_id, wallet.seq, p_capture_type, -v_amount,
-            wallet.balance - v_amount, p_description, hold.reference, p_idempotency_key, v_now)
+            wallet.balance - v_amount, wallet.held_balance - hold.amount, p_description,
+            hold.reference, p_idempotency_key, v_now)
     RETURNING t.* INTO entry;
     left_to_take := v_amount;
     FOR r IN

@@ -10,6 +10,8 @@ Create Date: 2026-12-06 22:30:00.000000
 - `wallets.held_balance`: what the wallet's open holds reserve (`balance - held_balance` is the
   available balance); `wallets.next_expiry_at` now also covers open holds.
 - `idempotency_keys.hold_seq`: the hold a hold write created or answered about.
+- `wallet_transactions.held_after`: the wallet's held balance right after the entry, so that an
+  entry tells the wallet's whole state then (a live event shows it as it was).
 
 Existing rows get 0 held: there are no holds yet. On PostgreSQL the ledger functions are
 replaced whole by gql_wallet_ledger.v2.sql.
@@ -92,6 +94,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("hold_seq", "ordinal"),
     )
     op.add_column("idempotency_keys", sa.Column("hold_seq", _SEQ, nullable=True))
+    op.add_column(
+        "wallet_transactions",
+        sa.Column("held_after", sa.BigInteger(), nullable=False, server_default="0"),
+    )
     if postgresql:
         for statement in sql_statements("gql_wallet_ledger.v2.sql"):
             op.execute(statement)
@@ -108,6 +114,7 @@ def downgrade() -> None:
     if postgresql:
         for statement in sql_statements("gql_wallet_ledger.v2.down.sql"):
             op.execute(statement)
+    op.execute("ALTER TABLE wallet_transactions DROP COLUMN held_after")
     op.execute("ALTER TABLE idempotency_keys DROP COLUMN hold_seq")
     op.drop_table("hold_reservations")
     op.drop_index("ix_wallet_holds_open", table_name="wallet_holds")
