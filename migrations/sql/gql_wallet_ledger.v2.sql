@@ -45,24 +45,30 @@ END
 $$;
 
 -- The soonest expiry among the wallet's blocks with unreserved credits left and its open holds.
+-- PL/pgSQL, not SQL: a session plans its statements once (an SQL function's body is planned
+-- again on every call).
 CREATE FUNCTION gql_wallet_next_expiry(p_wallet_seq bigint) RETURNS timestamptz
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-  SELECT least(
+BEGIN
+  RETURN least(
     (SELECT min(b.expires_at) FROM credit_blocks AS b
      WHERE b.wallet_seq = p_wallet_seq AND b.remaining > 0 AND b.remaining > b.held
        AND b.expires_at IS NOT NULL),
     (SELECT min(h.expires_at) FROM wallet_holds AS h
      WHERE h.wallet_seq = p_wallet_seq AND h.status = 'OPEN'));
+END
 $$;
 
 -- Gives back to their blocks what the hold p_hold_seq reserved.
 CREATE FUNCTION gql_wallet_release(p_hold_seq bigint) RETURNS void
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
 AS $$
+BEGIN
   UPDATE credit_blocks AS b SET held = b.held - r.amount
   FROM hold_reservations AS r
   WHERE r.hold_seq = p_hold_seq AND b.seq = r.block_seq;
+END
 $$;
 
 -- Expires the (locked) wallet's open holds whose expiry has come (their reservations released),
@@ -628,7 +634,10 @@ BEGIN
   v_now := clock_timestamp();
   modified_before := wallet.modified_at;
   wallet := gql_wallet_expire_due(wallet, v_now, p_expiration_type, p_expiration_key_prefix);
-  SELECT x.* INTO hold FROM wallet_holds AS x WHERE x.seq = hold.seq;
+  IF wallet.modified_at <> modified_before THEN
+    -- Expiries were written: the hold's among them, perhaps.
+    SELECT x.* INTO hold FROM wallet_holds AS x WHERE x.seq = hold.seq;
+  END IF;
   IF hold.status = 'CAPTURED' THEN
     refusal_code := p_captured_code;
   ELSIF hold.status = 'VOIDED' THEN
