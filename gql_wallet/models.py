@@ -241,7 +241,9 @@ class WalletHold(SQLModel, table=True):
         default=None, sa_column=Column(BigSeq, primary_key=True, autoincrement=True)
     )
     id: uuid.UUID = Field(default_factory=uuid.uuid4, unique=True)
-    organization_id: uuid.UUID = Field(foreign_key="organizations.id")
+    # No foreign keys on organization_id (its wallet's) and capture_seq (the entry the store
+    # has just written under the wallet's lock): each would be one more check on every hold.
+    organization_id: uuid.UUID
     wallet_seq: int = Field(sa_column=Column(BigSeq, ForeignKey("wallets.seq"), nullable=False))
     amount: int = Field(sa_column=Column(BigInteger, nullable=False))
     captured_amount: int = Field(
@@ -254,9 +256,7 @@ class WalletHold(SQLModel, table=True):
     reference: str | None = Field(default=None, sa_column=Column(String(255)))
     idempotency_key: str = Field(sa_column=Column(String(255), nullable=False))
     created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
-    capture_seq: int | None = Field(
-        default=None, sa_column=Column(BigSeq, ForeignKey("wallet_transactions.seq"))
-    )
+    capture_seq: int | None = Field(default=None, sa_column=Column(BigSeq))
 
 
 class HoldReservation(SQLModel, table=True):

@@ -65,9 +65,7 @@ def upgrade() -> None:
             "captured_amount >= 0 AND captured_amount <= amount",
             name="ck_wallet_holds_captured_within_amount",
         ),
-        sa.ForeignKeyConstraint(["organization_id"], ["organizations.id"]),
         sa.ForeignKeyConstraint(["wallet_seq"], ["wallets.seq"]),
-        sa.ForeignKeyConstraint(["capture_seq"], ["wallet_transactions.seq"]),
         sa.PrimaryKeyConstraint("seq"),
         sa.UniqueConstraint("id"),
     )
