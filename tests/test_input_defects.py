@@ -105,6 +105,7 @@ def _valid(name: str, type_: GraphQLInputType) -> Any:
         "idempotencyKey": "k-text",
         "id": str(uuid.uuid4()),
         "transactionId": str(uuid.uuid4()),
+        "holdId": str(uuid.uuid4()),
     }[name]
 
 
