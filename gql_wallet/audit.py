@@ -73,6 +73,10 @@ async def audit(database: Database) -> AuditReport:
                     f"{names[wallet_seq]}: block {block_id} has held {held} (remaining "
                     f"{remaining}) but open holds reserve {reserved} from it"
                 )
+        for entry_id, wallet_seq in await repo.audit.captures_without_hold(
+            conn, TransactionType.CAPTURE.value
+        ):
+            report.problems.append(f"{names[wallet_seq]}: capture {entry_id} is no hold's")
         for row in await repo.audit.hold_states(conn):
             hold_id, wallet_seq, status, amount, captured, resolved_at, reserved, entry = row
             problem = _hold_problem(status, amount, captured, resolved_at, reserved, entry)

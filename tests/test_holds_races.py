@@ -16,8 +16,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
+import pytest
 
+from gql_wallet import ledger
+from gql_wallet.audit import audit
+from gql_wallet.auth import create_api_key
+from gql_wallet.db import asyncpg_dsn, create_database
+from gql_wallet.settings import Settings
 from tests.conftest import start_server, stop_server
 from tests.test_credits_races import (
     DOCUMENTS,
@@ -27,6 +34,7 @@ from tests.test_credits_races import (
     ledger_rows,
     send,
 )
+from tests.test_subscriptions import organization_of
 
 HOLD = "hold { id status amount capturedAmount } userErrors { code }"
 HOLD_DOCUMENTS = {
@@ -278,3 +286,50 @@ async def test_holds_open_across_kill_9_expire_on_time_and_capture_before(
         assert_verified(database_url)
     finally:
         stop_server(server)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_hold_resolved_by_two_processes_at_once_is_resolved_once(
+    database_url: str,
+) -> None:
+    """Two processes capture and void one hold while a third transaction holds its wallet: both
+    read the hold OPEN before they wait for the lock, and the second to get it must see what
+    the first did."""
+    settings = Settings(database_url=database_url)
+    first, second = create_database(settings), create_database(settings)
+    try:
+        key = await create_api_key(first, settings.token_secret_bytes, "acme")
+        organization = await organization_of(first, key)
+        await ledger.top_up(first, organization, ledger.BalanceChange("cus_1", "usd", 100, "t"))
+        made = await ledger.create_hold(
+            first, organization, ledger.NewHold("cus_1", "usd", 60, "h")
+        )
+        assert made.hold is not None
+        hold_id = str(made.hold.id)
+        blocker = await asyncpg.connect(asyncpg_dsn(database_url))
+        try:
+            transaction = blocker.transaction()
+            await transaction.start()
+            await blocker.execute("SELECT 1 FROM wallets WHERE customer_id = 'cus_1' FOR UPDATE")
+            capture = asyncio.create_task(
+                ledger.capture_hold(
+                    first, organization, ledger.HoldResolution(hold_id, "c", amount=10)
+                )
+            )
+            void = asyncio.create_task(
+                ledger.void_hold(second, organization, ledger.HoldResolution(hold_id, "v"))
+            )
+            await asyncio.sleep(0.5)  # both have read the hold and wait for the wallet
+            assert not capture.done() and not void.done()
+            await transaction.commit()
+            results = await asyncio.gather(capture, void)
+        finally:
+            await blocker.close()
+        applied = [r for r in results if not r.errors]
+        refused = [r.errors[0].code.value for r in results if r.errors]
+        assert len(applied) == 1, results
+        assert refused in (["HOLD_ALREADY_CAPTURED"], ["HOLD_ALREADY_VOIDED"]), refused
+        assert (await audit(first)).problems == []
+    finally:
+        await first.dispose()
+        await second.dispose()

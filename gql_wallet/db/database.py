@@ -56,9 +56,14 @@ class Database:
 
     @asynccontextmanager
     async def read_transaction(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only snapshot; never holds a write lock. For blocks that read more than once."""
-        async with connect(self.engine) as conn, conn.begin():
-            yield conn
+        """A read-only snapshot; never holds a write lock. For blocks that read more than once.
+        On PostgreSQL REPEATABLE READ, so that every statement sees the same snapshot (READ
+        COMMITTED gives each its own); a read-only one never fails to serialize."""
+        async with connect(self.engine) as conn:
+            if self.dialect.name == "postgresql":
+                await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                yield conn
 
     @asynccontextmanager
     async def read_connection(self) -> AsyncIterator[AsyncConnection]:

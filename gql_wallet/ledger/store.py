@@ -495,8 +495,7 @@ def _sqlite_resolve_hold(conn: Connection, call: ResolveHoldCall) -> BalanceChan
     if claimed is None:
         return BalanceChangeOutcome("taken", None, None, None)
     now, wallet = claimed
-    if wallet.modified_at == now:  # expiries were written: the hold's among them, perhaps
-        hold = holds.hold_by_seq(conn, hold.seq)
+    hold = holds.hold_by_seq(conn, hold.seq)  # as it is after the wallet's due expiries
     amount = 0
     code = {
         holds.CAPTURED: call.captured_code,

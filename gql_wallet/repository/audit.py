@@ -191,3 +191,16 @@ async def hold_states(conn: AsyncConnection) -> list[tuple[Any, ...]]:
         .order_by(wallet_holds.c.seq)
     )
     return [tuple(row) for row in rows]
+
+
+async def captures_without_hold(conn: AsyncConnection, capture_type: str) -> list[tuple[Any, ...]]:
+    """(entry id, wallet_seq) of every capture entry that is no hold's capture."""
+    rows = await conn.execute(
+        select(transactions.c.id, transactions.c.wallet_seq).where(
+            transactions.c.type == capture_type,
+            transactions.c.seq.not_in(
+                select(wallet_holds.c.capture_seq).where(wallet_holds.c.capture_seq.is_not(None))
+            ),
+        )
+    )
+    return [tuple(row) for row in rows]

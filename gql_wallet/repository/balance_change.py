@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
+import asyncpg
 import orjson
 from sqlalchemy import (
     Boolean,
@@ -408,15 +409,25 @@ async def expire_wallets(
     """PostgreSQL: write the due expiries of these wallets (`gql_wallet_expire`), each under its
     row lock, taken in the order of `seqs`, and return them as they are after (with
     `skip_locked`, only those it could lock at once). `expiration`: the entries' type and key
-    prefix (ledger.store.Expiration)."""
-    async with database.driver_connection() as conn:
-        rows = await _EXPIRE.fetchall(
-            conn,
-            {
-                "seqs": list(dict.fromkeys(seqs)),
-                "skip_locked": skip_locked,
-                "channel": LEDGER_CHANNEL,
-                **expiration,
-            },
-        )
-    return [WalletRecord.from_row(row) for row in rows]
+    prefix (ledger.store.Expiration).
+
+    A group commit of captures or refunds locks its wallets in another order than this (it
+    knows holds and entries, not their owners), so the two can deadlock; PostgreSQL then rolls
+    one back. Writing expiries again is safe (what one wrote, the next finds written), so this
+    tries again rather than failing the read that asked for them."""
+    parameters = {
+        "seqs": list(dict.fromkeys(seqs)),
+        "skip_locked": skip_locked,
+        "channel": LEDGER_CHANNEL,
+        **expiration,
+    }
+    attempts = 3
+    while True:
+        try:
+            async with database.driver_connection() as conn:
+                rows = await _EXPIRE.fetchall(conn, parameters)
+            return [WalletRecord.from_row(row) for row in rows]
+        except asyncpg.exceptions.DeadlockDetectedError:
+            attempts -= 1
+            if attempts == 0:
+                raise

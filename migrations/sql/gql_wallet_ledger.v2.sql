@@ -531,47 +531,31 @@ BEGIN
     outcome := 'taken';
     RETURN;
   END IF;
-  v_now := clock_timestamp();
-  -- The common case in one statement (as in gql_wallet_balance_change): the wallet exists,
-  -- none of its expiries is due, and its available balance covers the hold.
-  UPDATE wallets AS w SET held_balance = w.held_balance + p_amount, modified_at = v_now,
-    next_expiry_at = least(w.next_expiry_at, v_now + make_interval(secs => p_seconds))
+  -- The lock first, then the clock: a hold's change carries no entry, and subscribers order
+  -- such changes by modifiedAt, which must not go back.
+  SELECT w.* INTO wallet FROM wallets AS w
   WHERE w.organization_id = p_organization_id AND w.customer_id = p_customer_id
-    AND w.currency = p_currency AND w.balance - w.held_balance >= p_amount
-    AND (w.next_expiry_at IS NULL OR w.next_expiry_at > v_now)
-  RETURNING w.* INTO wallet;
+    AND w.currency = p_currency
+  FOR UPDATE;
+  outcome := 'refused';
   IF wallet.seq IS NULL THEN
-    -- Which condition failed: no wallet, a due expiry (write it, then try again), or funds.
-    SELECT w.* INTO wallet FROM wallets AS w
-    WHERE w.organization_id = p_organization_id AND w.customer_id = p_customer_id
-      AND w.currency = p_currency
-    FOR UPDATE;
-    outcome := 'refused';
-    IF wallet.seq IS NULL THEN
-      refusal_code := p_missing_code;
-      wallet := NULL;
-      UPDATE idempotency_keys AS k SET error_code = p_missing_code
-      WHERE k.organization_id = p_organization_id AND k.key = p_idempotency_key;
-      RETURN;
+    refusal_code := p_missing_code;
+    wallet := NULL;
+    UPDATE idempotency_keys AS k SET error_code = p_missing_code
+    WHERE k.organization_id = p_organization_id AND k.key = p_idempotency_key;
+    RETURN;
+  END IF;
+  v_now := clock_timestamp();
+  modified_before := wallet.modified_at;
+  wallet := gql_wallet_expire_due(wallet, v_now, p_expiration_type, p_expiration_key_prefix);
+  IF wallet.balance - wallet.held_balance < p_amount THEN
+    refusal_code := p_refused_code;
+    UPDATE idempotency_keys AS k SET error_code = p_refused_code
+    WHERE k.organization_id = p_organization_id AND k.key = p_idempotency_key;
+    IF announce AND wallet.modified_at <> modified_before THEN
+      PERFORM gql_wallet_announce(p_channel, wallet);
     END IF;
-    modified_before := wallet.modified_at;
-    wallet := gql_wallet_expire_due(wallet, v_now, p_expiration_type, p_expiration_key_prefix);
-    UPDATE wallets AS w SET held_balance = w.held_balance + p_amount, modified_at = v_now,
-      next_expiry_at = least(w.next_expiry_at, v_now + make_interval(secs => p_seconds))
-    WHERE w.seq = wallet.seq AND w.balance - w.held_balance >= p_amount
-    RETURNING w.* INTO wallet;
-    IF wallet.seq IS NULL THEN
-      refusal_code := p_refused_code;
-      SELECT w.* INTO wallet FROM wallets AS w
-      WHERE w.organization_id = p_organization_id AND w.customer_id = p_customer_id
-        AND w.currency = p_currency;
-      UPDATE idempotency_keys AS k SET error_code = p_refused_code
-      WHERE k.organization_id = p_organization_id AND k.key = p_idempotency_key;
-      IF announce AND wallet.modified_at <> modified_before THEN
-        PERFORM gql_wallet_announce(p_channel, wallet);
-      END IF;
-      RETURN;
-    END IF;
+    RETURN;
   END IF;
 
   INSERT INTO wallet_holds AS x (id, organization_id, wallet_seq, amount, captured_amount, status,
@@ -581,6 +565,10 @@ BEGIN
           p_idempotency_key, v_now)
   RETURNING x.* INTO hold;
   PERFORM gql_wallet_draw(wallet.seq, p_amount, NULL, hold.seq);
+  UPDATE wallets AS w SET held_balance = w.held_balance + p_amount, modified_at = v_now,
+    next_expiry_at = gql_wallet_next_expiry(w.seq)
+  WHERE w.seq = wallet.seq
+  RETURNING w.* INTO wallet;
   UPDATE idempotency_keys AS k SET hold_seq = hold.seq
   WHERE k.organization_id = p_organization_id AND k.key = p_idempotency_key;
   IF announce THEN
@@ -648,10 +636,9 @@ BEGIN
   v_now := clock_timestamp();
   modified_before := wallet.modified_at;
   wallet := gql_wallet_expire_due(wallet, v_now, p_expiration_type, p_expiration_key_prefix);
-  IF wallet.modified_at <> modified_before THEN
-    -- Expiries were written: the hold's among them, perhaps.
-    SELECT x.* INTO hold FROM wallet_holds AS x WHERE x.seq = hold.seq;
-  END IF;
+  -- Read again under the wallet's lock, which every change of a hold takes: the first read was
+  -- before it, and another transaction may have resolved or expired the hold since.
+  SELECT x.* INTO hold FROM wallet_holds AS x WHERE x.seq = hold.seq;
   IF hold.status = 'CAPTURED' THEN
     refusal_code := p_captured_code;
   ELSIF hold.status = 'VOIDED' THEN
@@ -704,8 +691,11 @@ BEGIN
   UPDATE wallet_holds AS x
   SET status = CASE WHEN p_capture THEN 'CAPTURED' ELSE 'VOIDED' END,
       captured_amount = v_amount, resolved_at = v_now, capture_seq = entry.seq
-  WHERE x.seq = hold.seq
+  WHERE x.seq = hold.seq AND x.status = 'OPEN'
   RETURNING x.* INTO hold;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'hold % was not open under its wallet''s lock', p_hold_id;
+  END IF;
   UPDATE wallets AS w SET balance = w.balance - v_amount,
     held_balance = w.held_balance - hold.amount, modified_at = v_now,
     next_expiry_at = gql_wallet_next_expiry(w.seq)

@@ -108,6 +108,11 @@ def downgrade() -> None:
     ).scalar_one()
     if newer:
         raise RuntimeError(f"{newer} CAPTURE entries, which revision 0007 cannot explain")
+    reserving = bind.exec_driver_sql(
+        "SELECT count(*) FROM wallet_holds WHERE status = 'OPEN'"
+    ).scalar_one()
+    if reserving:
+        raise RuntimeError(f"{reserving} open holds, whose funds revision 0007 would free")
     postgresql = bind.dialect.name == "postgresql"
     if postgresql:
         for statement in sql_statements("gql_wallet_ledger.v2.down.sql"):
