@@ -16,6 +16,7 @@ from gql_wallet.repository.records import (
     credit_blocks,
     hold_reservations,
     transactions,
+    wallets,
 )
 from gql_wallet.repository.records import wallet_holds as holds
 from tests.conftest import Api, Env, start_server, stop_server
@@ -294,6 +295,30 @@ class TestExpiry:
         assert types[:2] == ["EXPIRATION", "CAPTURE"]
         assert after["transactions"]["edges"][0]["node"]["amount"] == -30
         assert money(after) == (30, 0, 30)
+
+    async def test_the_expiry_of_a_resolved_hold_changes_nothing(self, env: Env) -> None:
+        # PostgreSQL keeps a wallet's soonest expiry as a bound that a capture or void leaves
+        # (migration 0009): when it comes, nothing is written and the wallet is not modified.
+        await top_up(env.api, 100, "t")
+        captured = (await create(env.api, 40, "h1", expiresInSeconds=1))["hold"]
+        await capture(env.api, captured["id"], "c1", amount=10)
+        voided = (await create(env.api, 20, "h2", expiresInSeconds=1))["hold"]
+        before = await void(env.api, voided["id"], "v2")
+        modified = 'query { customerWallet(customerId: "cus_1", currency: "usd") { modifiedAt } }'
+        modified_at = (await env.api(modified))["customerWallet"]["modifiedAt"]
+        await asyncio.sleep(1.3)
+        wallet = await view(env.api)
+        assert money(wallet) == money(before["wallet"]) == (90, 0, 90)
+        assert [e["node"]["type"] for e in wallet["transactions"]["edges"]] == ["CAPTURE", "TOP_UP"]
+        assert sorted(e["node"]["status"] for e in wallet["holds"]["edges"]) == [
+            "CAPTURED",
+            "VOIDED",
+        ]
+        assert (await env.api(modified))["customerWallet"]["modifiedAt"] == modified_at
+        assert await ledger.sweep_expiries(env.database) == []
+        async with env.database.read_transaction() as conn:
+            bound = (await conn.execute(select(wallets.c.next_expiry_at))).scalar_one()
+        assert bound is None  # made exact by the read
 
     async def test_the_sweeper_releases_expired_holds(self, env: Env) -> None:
         await top_up(env.api, 100, "t")
