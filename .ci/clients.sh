@@ -26,6 +26,10 @@ expect_line() {  # expect_line WHAT EXPECTED ACTUAL
 
 step "live server on SQLite"
 export GQL_WALLET_DATABASE_URL="sqlite:///$WORK/wallet.db"
+# The webhook receivers below listen on loopback, over http (a development setting), and
+# retry quickly while they start.
+export GQL_WALLET_WEBHOOKS_ALLOW_LOOPBACK_HTTP=true
+export GQL_WALLET_WEBHOOK_RETRY_DELAYS=0.5,1,1,2,2,5,5,10
 PORT=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export GQL_WALLET_URL="http://127.0.0.1:$PORT/graphql"
 .venv/bin/gql-wallet serve --host 127.0.0.1 --port "$PORT" > "$WORK/server.log" 2>&1 &
@@ -73,6 +77,54 @@ step "Python client: ariadne-codegen in its own venv (examples/python)"
 )
 expect_line "Python: balance after the top-up and its retry" "cus_py_example usd balance=1500" \
   "$(tail -n 1 "$WORK/py.out" | cut -d' ' -f1-3)"
+
+step "webhook receivers: Python and TypeScript, each with its standardwebhooks package (examples/webhooks)"
+gql() {  # gql JSON-BODY: one GraphQL request with the CI key; prints the answer
+  curl -sf -H "Authorization: Bearer $GQL_WALLET_API_KEY" -H 'Content-Type: application/json' \
+    --data "$1" "$GQL_WALLET_URL"
+}
+field() {  # field PYTHON-EXPRESSION: a value of the JSON answer on stdin
+  python3 -c "import json, sys; d = json.load(sys.stdin); print($1)"
+}
+wait_for() {  # wait_for FILE PATTERN COUNT: until FILE has COUNT lines matching PATTERN
+  for _ in $(seq 150); do
+    [ "$(grep -c -- "$2" "$1" 2>/dev/null || true)" -ge "$3" ] && return 0
+    sleep 0.2
+  done
+  echo "FAIL: $1 has no $3 lines matching $2:" >&2; cat "$1" >&2; exit 1
+}
+(cd examples/webhooks/python && python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt)
+(cd examples/webhooks/typescript && npm ci --no-audit --no-fund --loglevel=error && npm run build)
+RECEIVER_PIDS=()
+trap 'kill "${RECEIVER_PIDS[@]}" 2>/dev/null || true; cleanup' EXIT
+for lang in python typescript; do
+  port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  made=$(gql '{"query": "mutation($i: CreateWebhookEndpointInput!) { createWebhookEndpoint(input: $i) { endpoint { id } secret userErrors { code message } } }", "variables": {"i": {"url": "http://127.0.0.1:'"$port"'/hooks", "events": ["wallet.transaction.created", "wallet.balance.depleted"], "description": "'"$lang"' example"}}}')
+  secret=$(echo "$made" | field 'd["data"]["createWebhookEndpoint"]["secret"]')
+  endpoint=$(echo "$made" | field 'd["data"]["createWebhookEndpoint"]["endpoint"]["id"]')
+  eval "ENDPOINT_$lang=$endpoint"
+  if [ "$lang" = python ]; then
+    (cd examples/webhooks/python && WEBHOOK_SECRET=$secret PORT=$port exec .venv/bin/python receiver.py) > "$WORK/$lang.log" 2>&1 &
+  else
+    (cd examples/webhooks/typescript && WEBHOOK_SECRET=$secret PORT=$port exec node dist/receiver.js) > "$WORK/$lang.log" 2>&1 &
+  fi
+  RECEIVER_PIDS+=($!)
+done
+gql '{"query": "mutation { topUpWallet(input: {customerId: \"cus_hooks\", currency: \"usd\", amount: 700, idempotencyKey: \"hooks-top-up\"}) { userErrors { code } } }"}' > /dev/null
+gql '{"query": "mutation { chargeWallet(input: {customerId: \"cus_hooks\", currency: \"usd\", amount: 700, idempotencyKey: \"hooks-charge\"}) { userErrors { code } } }"}' > /dev/null
+for lang in python typescript; do
+  wait_for "$WORK/$lang.log" "^wallet\." 3
+  expect_line "$lang receiver: the top-up, the charge and the depletion, verified" \
+    "wallet.transaction.created wallet.transaction.created wallet.balance.depleted" \
+    "$(grep '^wallet\.' "$WORK/$lang.log" | sort -t= -k2 -n | cut -d' ' -f1 | tr '\n' ' ' | sed 's/ $//')"
+  # A redelivery repeats an event's webhook-id: the receiver drops it.
+  endpoint_var="ENDPOINT_$lang"
+  delivery=$(gql '{"query": "query($e: ID!) { webhookDeliveries(endpointId: $e, first: 1) { edges { node { id status } } } }", "variables": {"e": "'"${!endpoint_var}"'"}}' | field 'd["data"]["webhookDeliveries"]["edges"][0]["node"]["id"]')
+  gql '{"query": "mutation($i: RedeliverWebhookInput!) { redeliverWebhook(input: $i) { userErrors { code } } }", "variables": {"i": {"deliveryId": "'"$delivery"'"}}}' > /dev/null
+  wait_for "$WORK/$lang.log" "^duplicate evt_" 1
+  expect_line "$lang receiver: a redelivered event is dropped" "1" "$(grep -c '^duplicate evt_' "$WORK/$lang.log")"
+  grep -q '^rejected' "$WORK/$lang.log" && { echo "FAIL: $lang rejected a delivery" >&2; exit 1; }
+done
 
 step "the server audits its ledger"
 .venv/bin/gql-wallet verify

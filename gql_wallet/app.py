@@ -31,6 +31,7 @@ from gql_wallet.middleware import RequestMiddleware
 from gql_wallet.migrate import upgrade_to_head
 from gql_wallet.operations import MetricsEndpoint, Readiness, healthz
 from gql_wallet.settings import Settings, from_environment
+from gql_wallet.webhooks.worker import WebhookWorker
 
 _heap_frozen = False
 # New container objects between two young-generation collections. Python's default (700) is
@@ -64,6 +65,7 @@ class Serving:
     subscriptions: SubscriptionEndpoint
     readiness: Readiness
     sweeper: ExpirySweeper
+    webhooks: WebhookWorker
 
     @classmethod
     def build(cls, settings: Settings, schema: strawberry.Schema) -> Serving:
@@ -80,9 +82,11 @@ class Serving:
             subscriptions=SubscriptionEndpoint(view, settings.subscription_max_connections),
             readiness=Readiness(database),
             sweeper=ExpirySweeper(database, feed, settings.expiry_sweep_seconds),
+            webhooks=WebhookWorker(database, settings, feed),
         )
 
     async def close(self) -> None:
+        await self.webhooks.stop()
         await self.sweeper.stop()
         await self.shared.stop()
         await self.feed.stop()
@@ -124,6 +128,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.state.serving = running
             app.state.database = running.database
             running.sweeper.start()
+            running.webhooks.start()
             _freeze_startup_heap()
             yield
         finally:

@@ -33,6 +33,18 @@ USER_ERRORS = Counter(
     "gql_wallet_user_errors", "userErrors returned by mutations, by code.", ["code"]
 )
 LEDGER_WRITES = Counter("gql_wallet_ledger_writes", "Ledger entries committed, by type.", ["type"])
+WEBHOOK_DELIVERIES = Counter(
+    "gql_wallet_webhook_deliveries",
+    "Webhook delivery attempts, by outcome: succeeded, retrying (the attempt failed and another "
+    "is scheduled) or failed (no retry left).",
+    ["outcome"],
+)
+WEBHOOK_OLDEST_PENDING = Gauge(
+    "gql_wallet_webhook_oldest_pending_seconds",
+    "Age of the oldest change whose webhook events are not yet delivered to every subscribed "
+    "endpoint (0: none), as this process last looked.",
+    multiprocess_mode="max",
+)
 WRITE_GROUP_SIZE = Histogram(
     "gql_wallet_write_group_size",
     "Ledger writes committed together in one database transaction (group commit).",

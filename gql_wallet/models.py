@@ -97,7 +97,7 @@ class Wallet(SQLModel, table=True):
     modified_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
     # The soonest expiry of its credit blocks with unreserved credits left and of its open
     # holds (null: none), kept by every write: a read compares it with the database's clock in
-    # the same SELECT.
+    # the same SELECT. On PostgreSQL a bound, never later than that (migration 0009).
     next_expiry_at: datetime | None = Field(
         default=None, sa_column=Column(UtcDateTime, nullable=True)
     )
@@ -106,6 +106,8 @@ class Wallet(SQLModel, table=True):
     held_balance: int = Field(
         default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
     )
+    # Webhooks announce when the available balance crosses it (null: only when it reaches 0).
+    low_balance_threshold: int | None = Field(default=None, sa_column=Column(BigInteger))
 
 
 class WalletTransaction(SQLModel, table=True):
@@ -299,3 +301,130 @@ class IdempotencyKey(SQLModel, table=True):
 
 
 metadata = SQLModel.metadata
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    """Where an organization's backend receives events: an https URL, the event types it takes
+    (space-separated), and the secret deliveries are signed with (Standard Webhooks)."""
+
+    __tablename__ = "webhook_endpoints"
+
+    seq: int | None = Field(
+        default=None, sa_column=Column(BigSeq, primary_key=True, autoincrement=True)
+    )
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, unique=True)
+    organization_id: uuid.UUID = Field(foreign_key="organizations.id", index=True)
+    url: str = Field(sa_column=Column(Text, nullable=False))
+    events: str = Field(sa_column=Column(Text, nullable=False))
+    description: str | None = Field(default=None, sa_column=Column(Text))
+    secret: str = Field(sa_column=Column(String(100), nullable=False))
+    created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+    modified_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+
+
+class WebhookOutbox(SQLModel, table=True):
+    """A change that webhooks may announce, written by a trigger in the transaction that made
+    it (only for organizations with an endpoint): a ledger entry (`entry_seq`), a change of a
+    wallet's balance, held balance or threshold (the wallet after it), a hold's expiry
+    (`hold_seq`). The dispatcher turns each into
+    events and deletes it."""
+
+    __tablename__ = "webhook_outbox"
+
+    seq: int | None = Field(
+        default=None, sa_column=Column(BigSeq, primary_key=True, autoincrement=True)
+    )
+    organization_id: uuid.UUID
+    wallet_seq: int = Field(sa_column=Column(BigSeq, nullable=False))
+    kind: str = Field(sa_column=Column(String(16), nullable=False))  # entry | wallet | hold
+    entry_seq: int | None = Field(default=None, sa_column=Column(BigSeq))
+    hold_seq: int | None = Field(default=None, sa_column=Column(BigSeq))
+    balance: int | None = Field(default=None, sa_column=Column(BigInteger))
+    held_balance: int | None = Field(default=None, sa_column=Column(BigInteger))
+    threshold: int | None = Field(default=None, sa_column=Column(BigInteger))
+    created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+
+
+class WebhookBalanceState(SQLModel, table=True):
+    """What webhooks last said of a wallet's available balance (OK, LOW, DEPLETED): balance
+    events are sent when it changes, once per crossing. Written by the dispatcher only."""
+
+    __tablename__ = "webhook_balance_states"
+
+    wallet_seq: int = Field(sa_column=Column(BigSeq, primary_key=True, autoincrement=False))
+    state: str = Field(sa_column=Column(String(16), nullable=False))
+
+
+class WebhookEvent(SQLModel, table=True):
+    """One event as its endpoints receive it: `payload` is the JSON body, the same bytes on
+    every attempt. `seq` is its `sequence` (increasing within each wallet)."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (Index("ix_webhook_events_created", "created_at"),)
+
+    seq: int | None = Field(
+        default=None, sa_column=Column(BigSeq, primary_key=True, autoincrement=True)
+    )
+    id: str = Field(sa_column=Column(String(40), nullable=False, unique=True))  # evt_...
+    organization_id: uuid.UUID
+    wallet_seq: int = Field(sa_column=Column(BigSeq, nullable=False))
+    type: str = Field(sa_column=Column(String(40), nullable=False))
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event to one endpoint: PENDING until an attempt gets a 2xx (SUCCEEDED) or the retry
+    schedule runs out (FAILED). A worker claims an attempt by moving `next_attempt_at` past the
+    attempt's timeout, so no two processes send the same attempt."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'PENDING'"),
+            sqlite_where=text("status = 'PENDING'"),
+        ),
+        Index("ix_webhook_deliveries_endpoint", "endpoint_seq", "seq"),
+    )
+
+    seq: int | None = Field(
+        default=None, sa_column=Column(BigSeq, primary_key=True, autoincrement=True)
+    )
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, unique=True)
+    event_seq: int = Field(
+        sa_column=Column(BigSeq, ForeignKey("webhook_events.seq"), nullable=False)
+    )
+    endpoint_seq: int = Field(
+        sa_column=Column(
+            BigSeq, ForeignKey("webhook_endpoints.seq", ondelete="CASCADE"), nullable=False
+        )
+    )
+    status: str = Field(sa_column=Column(String(16), nullable=False))
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    next_attempt_at: datetime | None = Field(default=None, sa_column=Column(UtcDateTime))
+    last_status_code: int | None = Field(default=None, sa_column=Column(Integer))
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+    completed_at: datetime | None = Field(default=None, sa_column=Column(UtcDateTime))
+
+
+class WebhookAttempt(SQLModel, table=True):
+    """One attempt of a delivery: when, the HTTP status (null: no answer) or what failed."""
+
+    __tablename__ = "webhook_attempts"
+
+    delivery_seq: int = Field(
+        sa_column=Column(
+            BigSeq,
+            ForeignKey("webhook_deliveries.seq", ondelete="CASCADE"),
+            primary_key=True,
+            autoincrement=False,
+        )
+    )
+    number: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    started_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+    status_code: int | None = Field(default=None, sa_column=Column(Integer))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    duration_ms: int = Field(sa_column=Column(Integer, nullable=False))

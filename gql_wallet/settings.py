@@ -121,6 +121,45 @@ class Settings(BaseSettings):
         "written within this long even if nobody reads or writes the wallet (every read and "
         "write writes them first anyway).",
     )
+    webhook_retry_delays: str = Field(
+        default="5,300,1800,7200,18000,36000,36000",
+        pattern=r"^\s*\d+(\.\d+)?\s*(,\s*\d+(\.\d+)?\s*)*$",
+        description="Seconds to wait before each retry of a webhook delivery, comma-separated; "
+        "each wait varies by up to 10% (jitter). After the last one fails the delivery is "
+        "FAILED. The default retries 7 times over 27.6 hours.",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=60,
+        description="Seconds one webhook delivery attempt may take, connecting included.",
+    )
+    webhooks_allow_loopback_http: bool = Field(
+        default=False,
+        description="Development only: accept endpoint URLs on loopback addresses (127.0.0.1, "
+        "::1, localhost), over http too. Otherwise an endpoint must be https and resolve to "
+        "public addresses only.",
+    )
+    webhook_max_in_flight: int = Field(
+        default=128,
+        ge=1,
+        le=1000,
+        description="Webhook deliveries one process sends at once, over all endpoints.",
+    )
+    webhook_max_in_flight_per_endpoint: int = Field(
+        default=16,
+        ge=1,
+        le=100,
+        description="Webhook deliveries one process sends at once to one endpoint: a slow "
+        "endpoint ties up at most this many, never the others' share.",
+    )
+    webhook_poll_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        description="Seconds between looks for new webhook events and due deliveries when "
+        "there was nothing to do (a process wakes at once for its own writes).",
+    )
     subscription_max_connections: int = Field(
         default=2_000, ge=1, description="Most WebSocket connections one server process accepts."
     )
@@ -232,6 +271,10 @@ class Settings(BaseSettings):
     @property
     def development(self) -> bool:
         return self.environment == "development"
+
+    @property
+    def webhook_retry_schedule(self) -> tuple[float, ...]:
+        return tuple(float(part) for part in self.webhook_retry_delays.split(","))
 
     @property
     def token_secret_bytes(self) -> bytes:

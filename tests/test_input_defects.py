@@ -106,6 +106,10 @@ def _valid(name: str, type_: GraphQLInputType) -> Any:
         "id": str(uuid.uuid4()),
         "transactionId": str(uuid.uuid4()),
         "holdId": str(uuid.uuid4()),
+        "url": "https://hooks.example.com/wallets",
+        "events": ["wallet.transaction.created"],
+        "endpointId": str(uuid.uuid4()),
+        "deliveryId": str(uuid.uuid4()),
     }[name]
 
 

@@ -61,6 +61,10 @@ class Context:
     def category_balances(self) -> DataLoader[int, dict[str, int]]:
         return DataLoader(load_fn=self._load_category_balances)
 
+    @cached_property
+    def low_balance_thresholds(self) -> DataLoader[int, int | None]:
+        return DataLoader(load_fn=self._load_thresholds)
+
     def customer_scope(self, requested: str | None) -> tuple[bool, str | None]:
         """(visible, customer filter) for a read that may name a customer.
 
@@ -130,3 +134,8 @@ class Context:
         for wallet_seq, category, total in rows:
             found.setdefault(wallet_seq, {})[category] = total
         return [found.get(seq, {}) for seq in wallet_seqs]
+
+    async def _load_thresholds(self, wallet_seqs: Sequence[int]) -> list[int | None]:
+        async with self.database.read_connection() as conn:
+            found = await repo.webhooks.thresholds(conn, wallet_seqs)
+        return [found.get(seq) for seq in wallet_seqs]

@@ -11,6 +11,7 @@ from strawberry.extensions import SchemaExtension
 from strawberry.extensions.runner import SchemaExtensionsRunner
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
+from strawberry.types.base import get_object_definition
 
 from gql_wallet.graphql.documents import DocumentPolicy, Documents
 from gql_wallet.graphql.errors import ErrorPolicy, should_mask_error
@@ -21,6 +22,7 @@ from gql_wallet.graphql.mutations import Mutation
 from gql_wallet.graphql.queries import Query
 from gql_wallet.graphql.subscriptions import Subscription
 from gql_wallet.graphql.types import DATETIME_SCALAR, SAFE_INT_SCALAR, SafeInt
+from gql_wallet.graphql.webhooks import WebhookMutations, WebhookQueries
 from gql_wallet.logs import logger, request_id
 from gql_wallet.settings import Settings
 
@@ -45,6 +47,19 @@ class WalletSchema(strawberry.Schema):
                 )
 
 
+# The roots: each domain's fields, in one type each.
+@strawberry.type(name="Query", description=get_object_definition(Query, strict=True).description)
+class _Query(Query, WebhookQueries):
+    pass
+
+
+@strawberry.type(
+    name="Mutation", description=get_object_definition(Mutation, strict=True).description
+)
+class _Mutation(Mutation, WebhookMutations):
+    pass
+
+
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     """The schema; with `settings`, also every limit and safeguard the server runs with."""
     extensions: list[Callable[[], SchemaExtension]] = []
@@ -57,8 +72,8 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         )
         extensions = [ErrorPolicy, lambda: DocumentPolicy(documents)]
     return WalletSchema(
-        query=Query,
-        mutation=Mutation,
+        query=_Query,
+        mutation=_Mutation,
         subscription=Subscription,
         config=StrawberryConfig(
             scalar_map={SafeInt: SAFE_INT_SCALAR, datetime: DATETIME_SCALAR},

@@ -212,6 +212,19 @@ class WalletErrorCode(enum.Enum):
         "CAPTURE_EXCEEDS_HOLD",
         description="The capture's amount is more than the hold's. Final for its key.",
     )
+    WEBHOOK_URL_NOT_ALLOWED = strawberry.enum_value(
+        "WEBHOOK_URL_NOT_ALLOWED",
+        description="The endpoint URL is not https, or its host is or resolves to a private, "
+        "loopback, link-local or other non-public address. Nothing written.",
+    )
+    WEBHOOK_ENDPOINT_NOT_FOUND = strawberry.enum_value(
+        "WEBHOOK_ENDPOINT_NOT_FOUND",
+        description="Your organization has no webhook endpoint with this ID. Nothing written.",
+    )
+    WEBHOOK_DELIVERY_NOT_FOUND = strawberry.enum_value(
+        "WEBHOOK_DELIVERY_NOT_FOUND",
+        description="Your organization has no webhook delivery with this ID. Nothing written.",
+    )
 
 
 def error_code(code: ErrorCode) -> WalletErrorCode:
@@ -384,6 +397,15 @@ class CustomerWallet:
     async def paid_balance(self, info: Info[Context, None]) -> SafeInt:
         totals = await info.context.category_balances.load(self.seq)
         return SafeInt(totals.get("PAID", 0))
+
+    @strawberry.field(
+        description="Webhooks send wallet.balance.low when availableBalance falls below it, and "
+        "wallet.balance.recovered when it is back at or above it (setLowBalanceThreshold). "
+        "Null: only wallet.balance.depleted (at 0) and its recovery are sent."
+    )
+    async def low_balance_threshold(self, info: Info[Context, None]) -> SafeInt | None:
+        threshold = await info.context.low_balance_thresholds.load(self.seq)
+        return None if threshold is None else SafeInt(threshold)
 
     @strawberry.field(
         description="The wallet's credit blocks in burn-down order: the order charges spend "

@@ -272,3 +272,8 @@ async def holds_by_id(
         wallet_holds.c.organization_id == organization_id, wallet_holds.c.id.in_(ids)
     )
     return [HoldRecord.from_row(row) for row in (await conn.execute(query)).all()]
+
+
+async def holds_by_seq(conn: AsyncConnection, seqs: Sequence[int]) -> list[HoldRecord]:
+    query = select(*_HOLD_COLUMNS).where(wallet_holds.c.seq.in_(seqs))
+    return [HoldRecord.from_row(row) for row in (await conn.execute(query)).all()]
