@@ -98,6 +98,17 @@ async def settled(env: Env, seconds: float = 20) -> None:
     raise AssertionError("webhooks did not settle")
 
 
+async def finished(env: Env, endpoint_id: str, seconds: float = 20) -> dict[str, Any]:
+    """The endpoint's one delivery once it is SUCCEEDED or FAILED (its outcome recorded)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        page = (await env.api(DELIVERIES, {"e": endpoint_id}))["webhookDeliveries"]
+        [node] = [edge["node"] for edge in page["edges"]]
+        if node["status"] != "PENDING" or time.monotonic() > deadline:
+            return node  # type: ignore[no-any-return]
+        await asyncio.sleep(0.1)
+
+
 def types(bodies: list[dict[str, Any]]) -> list[str]:
     return [body["type"] for body in bodies]
 
@@ -396,22 +407,14 @@ class TestDelivery:
         # Growing delays with jitter: 0.2 s +-10% between attempts here.
         gaps = [b.at - a.at for a, b in itertools.pairwise(failing)]
         assert all(gap >= 0.15 for gap in gaps), gaps
-        history = (await env.api(DELIVERIES, {"e": hooks_["/fail/2"]["id"]}))["webhookDeliveries"]
-        [delivery] = [edge["node"] for edge in history["edges"]]
+        delivery = await finished(env, hooks_["/fail/2"]["id"])
         assert delivery["status"] == "SUCCEEDED" and delivery["attemptCount"] == 3
         assert [a["statusCode"] for a in delivery["attempts"]] == [500, 500, 200]
-        closed = (await env.api(DELIVERIES, {"e": hooks_["/close/2"]["id"]}))["webhookDeliveries"]
-        attempts = closed["edges"][0]["node"]["attempts"]
+        attempts = (await finished(env, hooks_["/close/2"]["id"]))["attempts"]
         assert [a["statusCode"] for a in attempts] == [None, None, 200]
         assert all(a["error"] for a in attempts[:2])
         # The hanging endpoint: every attempt times out (1 s here), then it is FAILED.
-        deadline = time.monotonic() + 20
-        while True:
-            hung = (await env.api(DELIVERIES, {"e": hooks_["/hang"]["id"]}))["webhookDeliveries"]
-            node = hung["edges"][0]["node"]
-            if node["status"] != "PENDING" or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
+        node = await finished(env, hooks_["/hang"]["id"])
         assert node["status"] == "FAILED" and node["attemptCount"] == 4
         assert node["nextAttemptAt"] is None and node["completedAt"] is not None
         assert all("no answer within 1 s" in a["error"] for a in node["attempts"])

@@ -50,10 +50,12 @@ async def _endpoint(server: LiveServer, key: str, url: str) -> None:
     assert made["createWebhookEndpoint"]["userErrors"] == []
 
 
-async def _burst(server_url: str, key: str, prefix: str, count: int, clients: int) -> set[str]:
+async def _burst(
+    server_url: str, key: str, prefix: str, count: int, clients: int, done: set[str] | None = None
+) -> set[str]:
     """`count` top-ups from `clients` clients; the keys acknowledged (others may have been
-    cut off by a kill)."""
-    done: set[str] = set()
+    cut off by a kill), added to `done` as they are."""
+    done = set() if done is None else done
 
     async def client_loop(c: int) -> None:
         async with httpx.AsyncClient(base_url=server_url, timeout=10) as client:
@@ -122,16 +124,24 @@ async def test_kill_9_during_a_burst_loses_no_event(database_url: str, tmp_path:
         try:
             key = server.new_key("acme")
             await _endpoint(server, key, receiver.url("/ok"))
+            acknowledged: set[str] = set()
             for cycle in range(3):
-                burst = asyncio.create_task(_burst(server.url, key, f"c{cycle}", 400, 12))
-                await asyncio.sleep(rng.uniform(0.3, 1.0))
+                burst = asyncio.create_task(
+                    _burst(server.url, key, f"c{cycle}", 400, 12, acknowledged)
+                )
+                # Into the burst (some writes acknowledged, however slow the machine), then a
+                # random moment more.
+                deadline = time.monotonic() + 30
+                while len(acknowledged) < 20 * (cycle + 1) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(rng.uniform(0.0, 0.5))
                 os.killpg(server.process.pid, signal.SIGKILL)
                 server.process.wait(timeout=30)
                 await burst
                 server = start_server(database_url, workers=2, log=log, env=SERVER_ENV)
             # The lease of an attempt cut off by a kill ends after twice the timeout (4 s).
             committed = await _delivered_everything(receiver, database_url, 60)
-            assert len(committed) > 0
+            assert len(committed) >= len(acknowledged) >= 60
         finally:
             stop_server(server)
     assert_verified(database_url)

@@ -295,25 +295,26 @@ async def delete_outbox(conn: AsyncConnection, seqs: Sequence[int]) -> None:
         await conn.execute(delete(outbox).where(outbox.c.seq.in_(seqs)))
 
 
-async def insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[int]:
-    """New events (id, organization_id, wallet_seq, type, created_at), their bodies to come
-    (`set_event_payloads`: a body carries its event's seq); their seqs, in `rows`' order."""
-    if not rows:
+async def next_event_seqs(conn: AsyncConnection, count: int) -> list[int]:
+    """`count` seqs for new events, increasing. PostgreSQL: from the table's sequence; SQLite:
+    after the largest (the dispatcher holds the write lock, so no other writer takes them)."""
+    if count == 0:
         return []
-    statement = insert(events).returning(events.c.seq, sort_by_parameter_order=True)
-    found = await conn.execute(statement, [{**row, "payload": ""} for row in rows])
-    return [int(row[0]) for row in found.all()]
-
-
-async def set_event_payloads(conn: AsyncConnection, payloads: dict[int, str]) -> None:
-    """Each event's body, once."""
-    if payloads:
-        await conn.execute(
-            update(events)
-            .where(events.c.seq == bindparam("p_seq"))
-            .values(payload=bindparam("p_payload")),
-            [{"p_seq": seq, "p_payload": payload} for seq, payload in payloads.items()],
+    if conn.dialect.name == "postgresql":
+        taken = await conn.execute(
+            select(func.nextval(func.pg_get_serial_sequence("webhook_events", "seq"))).select_from(
+                func.generate_series(1, count)
+            )
         )
+        return sorted(int(row[0]) for row in taken.all())
+    largest = (await conn.execute(select(func.coalesce(func.max(events.c.seq), 0)))).scalar_one()
+    return list(range(int(largest) + 1, int(largest) + 1 + count))
+
+
+async def insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """New events (seq, id, organization_id, wallet_seq, type, payload, created_at)."""
+    if rows:
+        await conn.execute(insert(events), rows)
 
 
 async def insert_deliveries(

@@ -146,15 +146,9 @@ async def dispatch(database: Database, context: Callable[[], Context]) -> int:
         endpoints = await repo.webhooks.endpoints_of(conn, [e.organization_id for e in found])
         now = await repo.webhooks.clock(conn)
         ids = [f"evt_{uuid.uuid4().hex}" for _ in found]
-        seqs = await repo.webhooks.insert_events(
-            conn,
-            [
-                {"id": event_id, "organization_id": event.organization_id,
-                 "wallet_seq": event.wallet.seq, "type": event.type,
-                 "created_at": event.created_at}
-                for event_id, event in zip(ids, found, strict=True)
-            ],
-        )  # fmt: skip
+        # A body carries its event's seq (`sequence`): the seqs are taken first, then each
+        # event is written once, body and all.
+        seqs = await repo.webhooks.next_event_seqs(conn, len(found))
         bodies = await render(
             context(),
             [
@@ -171,7 +165,15 @@ async def dispatch(database: Database, context: Callable[[], Context]) -> int:
                 for event_id, seq, event in zip(ids, seqs, found, strict=True)
             ],
         )
-        await repo.webhooks.set_event_payloads(conn, dict(zip(seqs, bodies, strict=True)))
+        await repo.webhooks.insert_events(
+            conn,
+            [
+                {"seq": seq, "id": event_id, "organization_id": event.organization_id,
+                 "wallet_seq": event.wallet.seq, "type": event.type, "payload": body,
+                 "created_at": event.created_at}
+                for seq, event_id, event, body in zip(seqs, ids, found, bodies, strict=True)
+            ],
+        )  # fmt: skip
         pairs = [
             (seq, endpoint.seq)
             for seq, event in zip(seqs, found, strict=True)

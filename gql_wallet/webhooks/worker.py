@@ -36,6 +36,7 @@ from gql_wallet.webhooks.dispatch import dispatch
 from gql_wallet.webhooks.guard import AddressNotAllowed, guarded_client
 
 AGE_EVERY_SECONDS = 5.0
+CLAIM_COALESCE_SECONDS = 0.02
 USER_AGENT = "gql_wallet-webhooks/1"
 
 
@@ -112,6 +113,9 @@ class WebhookWorker:
             if not busy:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wakeup.wait(), self.settings.webhook_poll_seconds)
+                    # Woken by an attempt that ended: let the others that end about now end
+                    # too, so that one claim takes all their slots.
+                    await asyncio.sleep(CLAIM_COALESCE_SECONDS)
                 self.wakeup.clear()
 
     async def _claim(self) -> int:
