@@ -10,7 +10,6 @@ import itertools
 import json
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -22,6 +21,7 @@ from gql_wallet.settings import Settings
 from gql_wallet.webhooks.events import EVENT_TYPES
 from gql_wallet.webhooks.guard import AddressNotAllowed, guarded_client
 from tests.conftest import Env, app_env, changed
+from tests.test_credits import later
 from tests.test_holds import create as create_hold
 from tests.webhook_receiver import Receiver
 
@@ -351,7 +351,7 @@ class TestEvents:
                         "currency": "usd",
                         "amount": 50,
                         "idempotencyKey": "g",
-                        "expiresAt": _later(1.0),
+                        "expiresAt": later(1.0),
                     }
                 },
             )
@@ -474,10 +474,6 @@ class TestDelivery:
         assert 'gql_wallet_webhook_deliveries_total{outcome="retrying"}' in text
         assert 'gql_wallet_webhook_deliveries_total{outcome="succeeded"}' in text
         assert "gql_wallet_webhook_oldest_pending_seconds" in text
-
-
-def _later(seconds: float) -> str:
-    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
 
 
 async def test_pagination_of_deliveries(hooks: tuple[Env, Receiver]) -> None:

@@ -300,7 +300,7 @@ class RevokeCustomerSessionPayload:
     )
 
 
-def _user_errors(errors: tuple[UserError, ...]) -> list[WalletUserError]:
+def user_errors(errors: tuple[UserError, ...]) -> list[WalletUserError]:
     if errors:
         current_request().outcome = "user_error"
     for error in errors:
@@ -351,7 +351,7 @@ def write_parts(
     return (
         CustomerWallet.from_record(result.wallet) if result.wallet else None,
         WalletTransaction.from_record(result.transaction) if result.transaction else None,
-        _user_errors(result.errors),
+        user_errors(result.errors),
     )
 
 
@@ -404,7 +404,7 @@ class Mutation:
             )
         if errors:
             return CreateCustomerSessionPayload(
-                customer_session=None, token=None, user_errors=_user_errors(tuple(errors))
+                customer_session=None, token=None, user_errors=user_errors(tuple(errors))
             )
         token, record = await auth.create_customer_session(
             info.context.database,
@@ -430,7 +430,7 @@ class Mutation:
         require_write(info)
         if errors := check_text(str(input.id), "id"):
             return RevokeCustomerSessionPayload(
-                customer_session=None, user_errors=_user_errors(tuple(errors))
+                customer_session=None, user_errors=user_errors(tuple(errors))
             )
         record = None
         try:
@@ -448,7 +448,7 @@ class Mutation:
                 ("input", "id"),
             )
             return RevokeCustomerSessionPayload(
-                customer_session=None, user_errors=_user_errors((error,))
+                customer_session=None, user_errors=user_errors((error,))
             )
         return RevokeCustomerSessionPayload(
             customer_session=CustomerSession.from_record(record), user_errors=[]

@@ -13,7 +13,7 @@ from strawberry.types import Info
 from gql_wallet import repository as repo
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.errors import RequestError, refuse
-from gql_wallet.graphql.mutations import _user_errors, require_write
+from gql_wallet.graphql.mutations import require_write, user_errors
 from gql_wallet.graphql.types import (
     DEFAULT_PAGE_SIZE,
     CustomerWallet,
@@ -258,7 +258,7 @@ def _endpoint_payload(result: service.EndpointResult) -> WebhookEndpointPayload:
     return WebhookEndpointPayload(
         endpoint=None if result.endpoint is None else WebhookEndpoint.from_record(result.endpoint),
         secret=result.secret,
-        user_errors=_user_errors(result.errors),
+        user_errors=user_errors(result.errors),
     )
 
 
@@ -356,7 +356,7 @@ class WebhookMutations:
         )
         return SetLowBalanceThresholdPayload(
             wallet=None if wallet is None else CustomerWallet.from_record(wallet),
-            user_errors=_user_errors(errors),
+            user_errors=user_errors(errors),
         )
 
     @strawberry.mutation(description="Attempt a delivery once more, now, whatever its status.")
@@ -371,5 +371,5 @@ class WebhookMutations:
         )
         return RedeliverWebhookPayload(
             delivery=None if delivery is None else WebhookDelivery.from_record(delivery),
-            user_errors=_user_errors(errors),
+            user_errors=user_errors(errors),
         )

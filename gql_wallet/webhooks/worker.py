@@ -87,9 +87,6 @@ class WebhookWorker:
         self.task = asyncio.get_running_loop().create_task(self._run())
         self.recorder = asyncio.get_running_loop().create_task(self._record())
 
-    def wake(self) -> None:
-        self.wakeup.set()
-
     def _context(self) -> Context:
         # Rendering reads records the dispatcher hands it; no field it selects checks access.
         principal = Principal(uuid.UUID(int=0), uuid.UUID(int=0), frozenset())
