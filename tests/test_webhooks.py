@@ -435,6 +435,18 @@ class TestDelivery:
         # healthy endpoint's deliveries go on meanwhile.
         assert lags[-1] < 4.0, lags
 
+    async def test_a_connection_is_kept_for_the_next_delivery(
+        self, hooks: tuple[Env, Receiver]
+    ) -> None:
+        env, receiver = hooks
+        await endpoint(env, receiver, "/ok", [ALL[0]])
+        for n in range(12):
+            await env.api.top_up("cus_1", 10, f"k{n}")
+            await receiver.wait_for(n + 1, "/ok")
+        # One at a time, each delivery finds the last one's connection open (a response read
+        # to its end): one connection, not one per delivery.
+        assert receiver.accepted == 1, receiver.accepted
+
     async def test_failed_after_the_schedule_then_redelivered(
         self, hooks: tuple[Env, Receiver]
     ) -> None:

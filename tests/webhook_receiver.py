@@ -32,6 +32,7 @@ class Receiver:
     server: asyncio.Server | None = None
     port: int = 0
     connections: set[asyncio.StreamWriter] = field(default_factory=set)
+    accepted: int = 0  # connections, over all time
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -52,6 +53,7 @@ class Receiver:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections.add(writer)
+        self.accepted += 1
         try:
             while True:
                 line = await reader.readline()

@@ -38,6 +38,7 @@ from gql_wallet.webhooks.guard import AddressNotAllowed, guarded_client
 AGE_EVERY_SECONDS = 5.0
 CLAIM_COALESCE_SECONDS = 0.02
 USER_AGENT = "gql_wallet-webhooks/1"
+RESPONSE_READ_LIMIT = 64 * 1024  # bytes of an answer read to keep its connection
 
 
 def retry_delay(schedule: tuple[float, ...], attempt: int) -> float | None:
@@ -147,8 +148,17 @@ class WebhookWorker:
                     "POST", attempt.url, content=attempt.payload.encode(), headers=headers
                 )
                 response = await self.client.send(request, stream=True)
-                status = response.status_code
-                await response.aclose()  # the body is not needed
+                try:
+                    status = response.status_code
+                    # The body is not needed, but read to its end (a short one) the connection
+                    # stays open for the next delivery; closed before, it is dropped.
+                    read = 0
+                    async for chunk in response.aiter_raw():
+                        read += len(chunk)
+                        if read > RESPONSE_READ_LIMIT:
+                            break
+                finally:
+                    await response.aclose()
         except TimeoutError:
             error = f"no answer within {self.settings.webhook_timeout_seconds:g} s"
         except AddressNotAllowed as refused:
