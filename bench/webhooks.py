@@ -9,7 +9,8 @@ arrived. Measured in rounds that alternate, so that a slow spell of the machine 
 - none: `chargeWallet` of 60 cents for the first organization's customers (no endpoint: its
   changes are not even recorded for webhooks);
 - one endpoint: the same for the second organization's, each charge also recorded, dispatched
-  as an event and delivered, by the same server processes, while the clients write.
+  as an event and delivered by the delivery process `gql-wallet serve` starts (niced, as by
+  default), while the clients write.
 
 Each round starts once the deliveries of the rounds before it are all made, so that none works
 into it. Issue 19's target: write throughput with one subscribed endpoint at least 0.8x that with

@@ -31,7 +31,7 @@ from gql_wallet.middleware import RequestMiddleware
 from gql_wallet.migrate import upgrade_to_head
 from gql_wallet.operations import MetricsEndpoint, Readiness, healthz
 from gql_wallet.settings import Settings, from_environment
-from gql_wallet.webhooks.worker import WebhookWorker
+from gql_wallet.webhooks.worker import PendingAge, WebhookWorker
 
 _heap_frozen = False
 # New container objects between two young-generation collections. Python's default (700) is
@@ -66,6 +66,7 @@ class Serving:
     readiness: Readiness
     sweeper: ExpirySweeper
     webhooks: WebhookWorker
+    pending_age: PendingAge
 
     @classmethod
     def build(cls, settings: Settings, schema: strawberry.Schema) -> Serving:
@@ -83,10 +84,12 @@ class Serving:
             readiness=Readiness(database),
             sweeper=ExpirySweeper(database, feed, settings.expiry_sweep_seconds),
             webhooks=WebhookWorker(database, settings, feed),
+            pending_age=PendingAge(database),
         )
 
     async def close(self) -> None:
         await self.webhooks.stop()
+        await self.pending_age.stop()
         await self.sweeper.stop()
         await self.shared.stop()
         await self.feed.stop()
@@ -128,7 +131,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.state.serving = running
             app.state.database = running.database
             running.sweeper.start()
-            running.webhooks.start()
+            if settings.webhook_delivery == "app":
+                running.webhooks.start()
+            running.pending_age.start()
             _freeze_startup_heap()
             yield
         finally:

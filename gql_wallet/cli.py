@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import enum
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -147,6 +148,17 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         async with database.read_transaction() as conn:
             return await repo.count_api_keys(conn)
 
+    delivering = settings.webhook_delivery == "process"
+    if (args.workers > 1 or delivering) and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Each process writes its metrics under this folder; every scrape sums them all.
+        # prometheus_client reads it when imported: a lone server process starts again.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gql-wallet-metrics-")
+        if args.workers == 1:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            again = [sys.executable, "-m", "gql_wallet.cli", *sys.argv[1:]]
+            os.execv(sys.executable, again)  # noqa: S606 (this command, again)
+
     # Open (and migrate) once here, before any worker starts: a database that is not there
     # stops the start with one line. Then hint at the first step if needed.
     access = Access.CREATE if settings.migrate_on_start else Access.AS_IS
@@ -164,12 +176,17 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         )
     if settings.graphiql_enabled:
         print(f"GraphiQL: http://{args.host}:{args.port}/graphql", file=sys.stderr)
-    if args.workers > 1:
-        # Each worker writes its metrics under this folder; every scrape sums them all.
-        metrics_dir = tempfile.mkdtemp(prefix="gql-wallet-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     if settings.metrics_enabled and settings.metrics_port is not None:
         _serve_metrics(args.host, settings.metrics_port)
+    deliverers = _start_deliverers(settings) if delivering else []
+    try:
+        _run_uvicorn(settings, args)
+    finally:
+        _stop_deliverers(deliverers, settings.shutdown_timeout_seconds)
+    return 0
+
+
+def _run_uvicorn(settings: Settings, args: argparse.Namespace) -> None:
     uvicorn.run(
         "gql_wallet.app:create_app",
         factory=True,
@@ -186,7 +203,36 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         ws_ping_timeout=settings.ws_ping_timeout_seconds,
         ws_max_size=settings.max_body_bytes,
     )
+
+
+def _deliver(settings: Settings, args: argparse.Namespace) -> int:
+    from gql_wallet.webhooks.worker import deliver
+
+    if args.nice:
+        os.nice(args.nice)
+    asyncio.run(deliver(settings, args.parent))
     return 0
+
+
+def _start_deliverers(settings: Settings) -> list[subprocess.Popen[bytes]]:
+    """The delivery processes of `serve`: in its process group (a signal to the group reaches
+    them), niced, and gone with it."""
+    command = [sys.executable, "-m", "gql_wallet.cli", "webhooks", "deliver"]
+    command += ["--nice", str(settings.webhook_delivery_nice), "--parent", str(os.getpid())]
+    count = settings.webhook_delivery_processes
+    return [subprocess.Popen(command) for _ in range(count)]  # noqa: S603 (our own command)
+
+
+def _stop_deliverers(processes: list[subprocess.Popen[bytes]], seconds: float) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def http_protocol(settings: Settings) -> str:
@@ -322,6 +368,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
     serve.set_defaults(run=_serve)
+
+    webhooks = commands.add_parser("webhooks", help="webhook delivery")
+    webhook_commands = webhooks.add_subparsers(dest="webhook_command", required=True)
+    deliver = webhook_commands.add_parser(
+        "deliver",
+        help="send webhooks until stopped (SIGTERM); as many as wanted, on any hosts, may run "
+        "at once. `gql-wallet serve` starts its own unless GQL_WALLET_WEBHOOK_DELIVERY says not",
+    )
+    deliver.add_argument("--nice", type=int, default=0, help=argparse.SUPPRESS)
+    deliver.add_argument("--parent", type=int, default=None, help=argparse.SUPPRESS)
+    deliver.set_defaults(run=_deliver)
 
     keys = commands.add_parser("api-keys", help="manage organization API keys")
     key_commands = keys.add_subparsers(dest="key_command", required=True)

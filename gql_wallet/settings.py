@@ -153,12 +153,34 @@ class Settings(BaseSettings):
         description="Webhook deliveries one process sends at once to one endpoint: a slow "
         "endpoint ties up at most this many, never the others' share.",
     )
+    webhook_delivery: Literal["process", "app", "none"] = Field(
+        default="process",
+        description="Who sends webhooks. process: `gql-wallet serve` starts delivery processes "
+        "beside its server processes, at a lower CPU priority, so that deliveries never slow "
+        "the writes they report; app: every app process delivers too (one process, no other; "
+        "for an app served by other means); none: not this host (another runs `gql-wallet "
+        "webhooks deliver`).",
+    )
+    webhook_delivery_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Delivery processes `gql-wallet serve` starts (webhook_delivery=process).",
+    )
+    webhook_delivery_nice: int = Field(
+        default=19,
+        ge=0,
+        le=19,
+        description="The niceness of delivery processes started by `gql-wallet serve`: when the "
+        "machine is busy, the server processes get the CPU first and deliveries catch up after "
+        "(19: deliveries take the CPU the server leaves; 0: they share it evenly).",
+    )
     webhook_poll_seconds: float = Field(
         default=0.5,
         gt=0,
         le=60,
         description="Seconds between looks for new webhook events and due deliveries when "
-        "there was nothing to do (a process wakes at once for its own writes).",
+        "there was nothing to do.",
     )
     subscription_max_connections: int = Field(
         default=2_000, ge=1, description="Most WebSocket connections one server process accepts."

@@ -256,8 +256,12 @@ def changed(settings: Settings, update: dict[str, Any]) -> Settings:
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     # Rate limits are off here: tests that need them turn them on (tests/test_hardening.py).
+    # The app sends its own webhooks here (`gql-wallet serve` starts delivery processes).
     return Settings(
-        database_url=database_url, rate_limit_api_key="", rate_limit_customer_session=""
+        database_url=database_url,
+        rate_limit_api_key="",
+        rate_limit_customer_session="",
+        webhook_delivery="app",
     )
 
 

@@ -5,10 +5,12 @@ that did not commit). Against a real HTTP receiver on loopback, on both database
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import signal
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import LiveServer, start_server, stop_server
+from tests.conftest import CLI, LiveServer, start_server, stop_server
 from tests.test_credits_races import assert_verified, ledger_rows
 from tests.webhook_receiver import Receiver
 
@@ -94,8 +96,9 @@ async def _delivered_everything(receiver: Receiver, database_url: str, seconds: 
 
 
 async def test_two_processes_deliver_no_attempt_twice(database_url: str, tmp_path: Path) -> None:
+    env = {**SERVER_ENV, "GQL_WALLET_WEBHOOK_DELIVERY_PROCESSES": "2"}
     async with Receiver() as receiver:
-        server = start_server(database_url, workers=2, log=tmp_path / "s.log", env=SERVER_ENV)
+        server = start_server(database_url, workers=2, log=tmp_path / "s.log", env=env)
         try:
             key = server.new_key("acme")
             await _endpoint(server, key, receiver.url("/ok"))
@@ -145,3 +148,100 @@ async def test_kill_9_during_a_burst_loses_no_event(database_url: str, tmp_path:
         finally:
             stop_server(server)
     assert_verified(database_url)
+
+
+def _children(pid: int) -> dict[int, tuple[str, int]]:
+    """The child processes of `pid`: their command lines and niceness, from /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after the command's name, which may hold spaces
+        if int(fields[1]) == pid:
+            found[int(entry.name)] = (command, int(fields[16]))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def test_serve_delivers_from_a_niced_process_that_ends_with_it(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with Receiver() as receiver:
+        server = start_server(database_url, workers=2, log=tmp_path / "s.log", env=SERVER_ENV)
+        try:
+            children = _children(server.process.pid)
+            deliverers = {p: nice for p, (c, nice) in children.items() if "webhooks deliver" in c}
+            servers = {p: nice for p, (c, nice) in children.items() if "webhooks deliver" not in c}
+            assert list(deliverers.values()) == [19], children
+            assert set(servers.values()) == {0}, children
+            key = server.new_key("acme")
+            await _endpoint(server, key, receiver.url("/ok"))
+            assert len(await _burst(server.url, key, "n", 5, 1)) == 5
+            await _delivered_everything(receiver, database_url, 20)
+            # serve killed alone (no SIGTERM to pass on): its delivery process still ends.
+            os.kill(server.process.pid, signal.SIGKILL)
+            server.process.wait(timeout=10)
+            [deliverer] = deliverers
+            deadline = time.monotonic() + 10
+            while _alive(deliverer) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert not _alive(deliverer)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.process.pid, signal.SIGKILL)
+        log = (tmp_path / "s.log").read_text()
+        assert "Traceback" not in log, log[-3000:]
+
+
+def _oldest_pending(server: LiveServer) -> float:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    [line] = [x for x in text.splitlines() if x.startswith("gql_wallet_webhook_oldest_pending")]
+    return float(line.split()[-1])
+
+
+async def test_delivery_elsewhere(database_url: str, tmp_path: Path) -> None:
+    """With GQL_WALLET_WEBHOOK_DELIVERY=none serve sends nothing (and its processes report what
+    waits); `gql-wallet webhooks deliver`, run on its own, sends it and stops on SIGTERM."""
+    env = {**SERVER_ENV, "GQL_WALLET_WEBHOOK_DELIVERY": "none"}
+    async with Receiver() as receiver:
+        server = start_server(database_url, workers=1, log=tmp_path / "s.log", env=env)
+        try:
+            assert not any(
+                "webhooks deliver" in c for c, _ in _children(server.process.pid).values()
+            )
+            key = server.new_key("acme")
+            await _endpoint(server, key, receiver.url("/ok"))
+            assert len(await _burst(server.url, key, "e", 3, 1)) == 3
+            # The server processes watch the oldest pending event while nobody delivers it.
+            deadline = time.monotonic() + 20
+            while (age := _oldest_pending(server)) < 1.0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+            assert age >= 1.0, age
+            assert receiver.requests == []
+            with (tmp_path / "d.log").open("ab") as out:
+                deliverer = subprocess.Popen(
+                    [CLI, "webhooks", "deliver"],
+                    env={**os.environ, "GQL_WALLET_DATABASE_URL": database_url, **SERVER_ENV},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            try:
+                await _delivered_everything(receiver, database_url, 20)
+            finally:
+                deliverer.terminate()
+                assert deliverer.wait(timeout=20) == 0
+        finally:
+            stop_server(server)
+        assert "Traceback" not in (tmp_path / "d.log").read_text()

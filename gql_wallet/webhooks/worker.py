@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import signal
 import time
 import uuid
 from collections import Counter
@@ -26,7 +28,7 @@ from standardwebhooks import Webhook
 from gql_wallet import metrics
 from gql_wallet import repository as repo
 from gql_wallet.auth import Principal
-from gql_wallet.db import Database
+from gql_wallet.db import Database, create_database
 from gql_wallet.feed import LedgerFeed
 from gql_wallet.graphql.context import Context
 from gql_wallet.logs import logger
@@ -77,7 +79,6 @@ class WebhookWorker:
         self.task: asyncio.Task[None] | None = None
         self.recorder: asyncio.Task[None] | None = None
         self.client: httpx.AsyncClient | None = None
-        self.age_checked = 0.0
 
     def start(self) -> None:
         self.client = guarded_client(
@@ -103,8 +104,6 @@ class WebhookWorker:
                     busy = await dispatch(self.database, self._context) > 0
                 if due or busy:
                     busy = await self._claim() > 0 or busy
-                if time.monotonic() - self.age_checked > AGE_EVERY_SECONDS:
-                    await self._observe_age()
             except Exception:
                 logger.exception("webhook worker failed; trying again")
                 await asyncio.sleep(1)
@@ -195,13 +194,6 @@ class WebhookWorker:
                 label = {PENDING: "retrying", FAILED: "failed"}.get(outcome.status, "succeeded")
                 metrics.WEBHOOK_DELIVERIES.labels(label).inc()
 
-    async def _observe_age(self) -> None:
-        self.age_checked = time.monotonic()
-        async with self.database.read_connection() as conn:
-            oldest = await repo.webhooks.oldest_pending_at(conn)
-            now = await repo.webhooks.clock(conn)
-        metrics.WEBHOOK_OLDEST_PENDING.set(0 if oldest is None else (now - oldest).total_seconds())
-
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
@@ -217,3 +209,56 @@ class WebhookWorker:
                 await self.recorder
         if self.client is not None:
             await self.client.aclose()
+
+
+class PendingAge:
+    """`gql_wallet_webhook_oldest_pending_seconds`, read every few seconds by every server
+    process: they get the CPU first, so the gauge stays fresh when delivery falls behind."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with self.database.read_transaction() as conn:
+                    oldest = await repo.webhooks.oldest_pending_at(conn)
+                    now = await repo.webhooks.clock(conn)
+                age = 0.0 if oldest is None else (now - oldest).total_seconds()
+                metrics.WEBHOOK_OLDEST_PENDING.set(max(age, 0.0))
+            except Exception:
+                logger.exception("reading the oldest pending webhook failed")
+            await asyncio.sleep(AGE_EVERY_SECONDS)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+
+async def deliver(settings: Settings, parent: int | None = None) -> None:
+    """A delivery process (`gql-wallet webhooks deliver`): the worker, until SIGTERM or SIGINT,
+    or until `parent` (the `gql-wallet serve` that started it) is gone."""
+    database = create_database(settings)
+    # Rendering reads no feed; the worker's Context only needs one to exist.
+    worker = WebhookWorker(database, settings, LedgerFeed(database, settings))
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    worker.start()
+    try:
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 1)
+            if parent is not None and os.getppid() != parent:
+                logger.info("gql-wallet serve (pid %d) has stopped, and so does delivery", parent)
+                break
+    finally:
+        await worker.stop()
+        await database.dispose()
