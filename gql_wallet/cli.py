@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -178,11 +179,12 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         print(f"GraphiQL: http://{args.host}:{args.port}/graphql", file=sys.stderr)
     if settings.metrics_enabled and settings.metrics_port is not None:
         _serve_metrics(args.host, settings.metrics_port)
-    deliverers = _start_deliverers(settings) if delivering else []
+    deliverers = _Deliverers(settings) if delivering else None
     try:
         _run_uvicorn(settings, args)
     finally:
-        _stop_deliverers(deliverers, settings.shutdown_timeout_seconds)
+        if deliverers is not None:
+            deliverers.stop(settings.shutdown_timeout_seconds)
     return 0
 
 
@@ -210,29 +212,56 @@ def _deliver(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.nice:
         os.nice(args.nice)
-    asyncio.run(deliver(settings, args.parent))
+    with asyncio.Runner(loop_factory=_uvloop()) as runner:
+        runner.run(deliver(settings, args.parent))
     return 0
 
 
-def _start_deliverers(settings: Settings) -> list[subprocess.Popen[bytes]]:
+def _uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed, as uvicorn picks it for the server."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+class _Deliverers:
     """The delivery processes of `serve`: in its process group (a signal to the group reaches
-    them), niced, and gone with it."""
-    command = [sys.executable, "-m", "gql_wallet.cli", "webhooks", "deliver"]
-    command += ["--nice", str(settings.webhook_delivery_nice), "--parent", str(os.getpid())]
-    count = settings.webhook_delivery_processes
-    return [subprocess.Popen(command) for _ in range(count)]  # noqa: S603 (our own command)
+    them), niced, started again if one ends while serve runs, and gone with serve."""
 
+    def __init__(self, settings: Settings) -> None:
+        self.command = [sys.executable, "-m", "gql_wallet.cli", "webhooks", "deliver"]
+        self.command += ["--nice", str(settings.webhook_delivery_nice)]
+        self.command += ["--parent", str(os.getpid())]
+        self.stopping = threading.Event()
+        self.processes = [self._start() for _ in range(settings.webhook_delivery_processes)]
+        for slot in range(len(self.processes)):
+            threading.Thread(target=self._watch, args=(slot,), daemon=True).start()
 
-def _stop_deliverers(processes: list[subprocess.Popen[bytes]], seconds: float) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout=seconds)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    def _start(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.command)  # noqa: S603 (our own command)
+
+    def _watch(self, slot: int) -> None:
+        while True:
+            code = self.processes[slot].wait()
+            if self.stopping.wait(1.0):
+                return
+            print(f"gql-wallet: a webhook delivery process ended ({code}); starting another",
+                  file=sys.stderr)  # fmt: skip
+            self.processes[slot] = self._start()
+
+    def stop(self, seconds: float) -> None:
+        self.stopping.set()
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=seconds)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def http_protocol(settings: Settings) -> str:

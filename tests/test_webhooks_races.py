@@ -190,10 +190,24 @@ async def test_serve_delivers_from_a_niced_process_that_ends_with_it(
             await _endpoint(server, key, receiver.url("/ok"))
             assert len(await _burst(server.url, key, "n", 5, 1)) == 5
             await _delivered_everything(receiver, database_url, 20)
+            # A delivery process that dies is replaced, and the next writes are delivered.
+            [first] = deliverers
+            os.kill(first, signal.SIGKILL)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                found = [
+                    p for p, (c, _n) in _children(server.process.pid).items()
+                    if "webhooks deliver" in c and p != first and _alive(p)
+                ]  # fmt: skip
+                if found:
+                    break
+                await asyncio.sleep(0.2)
+            [deliverer] = found
+            assert len(await _burst(server.url, key, "m", 5, 1)) == 5
+            await _delivered_everything(receiver, database_url, 20)
             # serve killed alone (no SIGTERM to pass on): its delivery process still ends.
             os.kill(server.process.pid, signal.SIGKILL)
             server.process.wait(timeout=10)
-            [deliverer] = deliverers
             deadline = time.monotonic() + 10
             while _alive(deliverer) and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)

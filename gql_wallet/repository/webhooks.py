@@ -255,18 +255,20 @@ async def lock_dispatch(conn: AsyncConnection) -> bool:
     return bool((await conn.execute(select(func.pg_try_advisory_xact_lock(7344512010)))).scalar())
 
 
-async def work_waiting(conn: AsyncConnection) -> tuple[bool, bool]:
-    """(changes in the outbox, deliveries due by the database's clock): whether the workers
-    have anything to do, read without a write transaction."""
-    changes = (await conn.execute(select(outbox.c.seq).limit(1))).first() is not None
-    due = (
-        await conn.execute(
-            select(deliveries.c.seq)
-            .where(deliveries.c.status == PENDING, deliveries.c.next_attempt_at <= db_now())
-            .limit(1)
-        )
-    ).first() is not None
-    return changes, due
+async def changes_waiting(conn: AsyncConnection) -> bool:
+    """Whether the outbox holds changes to dispatch (read without a write transaction)."""
+    return (await conn.execute(select(outbox.c.seq).limit(1))).first() is not None
+
+
+async def deliveries_due(conn: AsyncConnection) -> bool:
+    """Whether some delivery is due by the database's clock (read without a write
+    transaction)."""
+    found = await conn.execute(
+        select(deliveries.c.seq)
+        .where(deliveries.c.status == PENDING, deliveries.c.next_attempt_at <= db_now())
+        .limit(1)
+    )
+    return found.first() is not None
 
 
 async def outbox_batch(conn: AsyncConnection, limit: int) -> list[OutboxRow]:

@@ -76,8 +76,7 @@ class WebhookWorker:
         self.wakeup = asyncio.Event()
         self.outcomes: list[Outcome] = []  # attempts made, not yet recorded
         self.recorded = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-        self.recorder: asyncio.Task[None] | None = None
+        self.tasks: list[asyncio.Task[None]] = []
         self.client: httpx.AsyncClient | None = None
 
     def start(self) -> None:
@@ -86,34 +85,55 @@ class WebhookWorker:
             self.settings.webhook_timeout_seconds,
             self.settings.webhook_max_in_flight,
         )
-        self.task = asyncio.get_running_loop().create_task(self._run())
-        self.recorder = asyncio.get_running_loop().create_task(self._record())
+        loop = asyncio.get_running_loop()
+        self.tasks = [
+            loop.create_task(self._dispatching()),
+            loop.create_task(self._claiming()),
+            loop.create_task(self._record()),
+        ]
 
     def _context(self) -> Context:
         # Rendering reads records the dispatcher hands it; no field it selects checks access.
         principal = Principal(uuid.UUID(int=0), uuid.UUID(int=0), frozenset())
         return Context(self.database, principal, self.settings, self.feed)
 
-    async def _run(self) -> None:
+    async def _dispatching(self) -> None:
+        """Turn the outbox's changes into deliveries, batch after batch while there are any."""
         while True:
-            busy = False
+            made = 0
             try:
                 async with self.database.read_connection() as conn:
-                    changes, due = await repo.webhooks.work_waiting(conn)
-                if changes:
-                    busy = await dispatch(self.database, self._context) > 0
-                if due or busy:
-                    busy = await self._claim() > 0 or busy
+                    waiting = await repo.webhooks.changes_waiting(conn)
+                if waiting:
+                    made = await dispatch(self.database, self._context)
             except Exception:
-                logger.exception("webhook worker failed; trying again")
+                logger.exception("webhook dispatch failed; trying again")
                 await asyncio.sleep(1)
-            if not busy:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wakeup.wait(), self.settings.webhook_poll_seconds)
-                    # Woken by an attempt that ended: let the others that end about now end
-                    # too, so that one claim takes all their slots.
-                    await asyncio.sleep(CLAIM_COALESCE_SECONDS)
-                self.wakeup.clear()
+            if made:
+                self.wakeup.set()  # new deliveries are due
+            else:
+                await asyncio.sleep(self.settings.webhook_poll_seconds)
+
+    async def _claiming(self) -> None:
+        """Claim due attempts: at once when woken (an attempt ended, or new deliveries were
+        made), else when a look every poll finds some due (retries)."""
+        while True:
+            try:
+                if self.wakeup.is_set() or await self._any_due():
+                    self.wakeup.clear()
+                    await self._claim()
+            except Exception:
+                logger.exception("claiming webhook attempts failed; trying again")
+                await asyncio.sleep(1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wakeup.wait(), self.settings.webhook_poll_seconds)
+                # Let the attempts that end about now end too, so that one claim takes all
+                # their slots.
+                await asyncio.sleep(CLAIM_COALESCE_SECONDS)
+
+    async def _any_due(self) -> bool:
+        async with self.database.read_connection() as conn:
+            return await repo.webhooks.deliveries_due(conn)
 
     async def _claim(self) -> int:
         free = self.settings.webhook_max_in_flight - len(self.sending)
@@ -195,18 +215,13 @@ class WebhookWorker:
                 metrics.WEBHOOK_DELIVERIES.labels(label).inc()
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        for task in list(self.sending):
-            task.cancel()
-        if self.sending:
-            await asyncio.gather(*self.sending, return_exceptions=True)
-        if self.recorder is not None:
-            self.recorder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.recorder
+        # No new work; then the attempts under way (each made again when its lease ends); then
+        # the recorder.
+        working, recorder = self.tasks[:-1], self.tasks[-1:]
+        for tasks in (working, list(self.sending), recorder):
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         if self.client is not None:
             await self.client.aclose()
 
