@@ -34,11 +34,12 @@ from gql_wallet.graphql.context import Context
 from gql_wallet.logs import logger
 from gql_wallet.repository.webhooks import FAILED, PENDING, Claimed, Outcome
 from gql_wallet.settings import Settings
-from gql_wallet.webhooks.dispatch import dispatch
+from gql_wallet.webhooks.dispatch import BATCH, dispatch
 from gql_wallet.webhooks.guard import AddressNotAllowed, guarded_client
 
 AGE_EVERY_SECONDS = 5.0
 CLAIM_COALESCE_SECONDS = 0.02
+DISPATCH_GATHER_SECONDS = 0.1
 USER_AGENT = "gql_wallet-webhooks/1"
 RESPONSE_READ_LIMIT = 64 * 1024  # bytes of an answer read to keep its connection
 
@@ -111,6 +112,10 @@ class WebhookWorker:
                 await asyncio.sleep(1)
             if made:
                 self.wakeup.set()  # new deliveries are due
+                if made < BATCH:
+                    # Let the next batch gather: each one's commit waits for the disk, as
+                    # the ledger's writes do.
+                    await asyncio.sleep(DISPATCH_GATHER_SECONDS)
             else:
                 await asyncio.sleep(self.settings.webhook_poll_seconds)
 
