@@ -435,6 +435,27 @@ class TestDelivery:
         # healthy endpoint's deliveries go on meanwhile.
         assert lags[-1] < 4.0, lags
 
+    async def test_an_endpoint_deleted_mid_attempt_holds_up_no_outcome(
+        self, hooks: tuple[Env, Receiver]
+    ) -> None:
+        env, receiver = hooks
+        doomed = await endpoint(env, receiver, "/hang", [ALL[0]])
+        await endpoint(env, receiver, "/ok", [ALL[0]])
+        await env.api.top_up("cus_1", 10, "a")
+        deadline = time.monotonic() + 10
+        while not any(path == "/hang" for path, _id in receiver.tries):
+            assert time.monotonic() < deadline, receiver.tries
+            await asyncio.sleep(0.02)
+        # Its delivery goes with it while its attempt is under way; the attempt's outcome has
+        # nothing left to be recorded on, and the outcomes of others are recorded all the same.
+        gone = (await env.api(DELETE, {"i": {"id": doomed["id"]}}))["deleteWebhookEndpoint"]
+        assert gone["userErrors"] == []
+        await asyncio.sleep(1.5)  # its attempt times out (1 s here)
+        await env.api.top_up("cus_1", 10, "b")
+        await settled(env)
+        await asyncio.sleep(2.5)  # an outcome not recorded would be attempted again by now
+        assert len(receiver.answered("/ok")) == len(received(receiver, "/ok")) == 2
+
     async def test_a_connection_is_kept_for_the_next_delivery(
         self, hooks: tuple[Env, Receiver]
     ) -> None:

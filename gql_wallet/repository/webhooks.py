@@ -444,8 +444,19 @@ class Outcome(NamedTuple):
 
 async def record_attempts(conn: AsyncConnection, outcomes: Sequence[Outcome]) -> None:
     """Record attempts' outcomes, in one transaction: each delivery SUCCEEDED on a 2xx, else due
-    again `retry_in` seconds from now (database clock), or FAILED when no retry is left."""
+    again `retry_in` seconds from now (database clock), or FAILED when no retry is left. The
+    outcome of a delivery deleted meanwhile (with its endpoint) is dropped."""
     await _without_waiting_for_the_disk(conn)
+    # Locked, so that the endpoint's deletion waits until its attempts are recorded.
+    live = select(deliveries.c.seq).where(
+        deliveries.c.seq.in_([o.claimed.delivery_seq for o in outcomes])
+    )
+    if conn.dialect.name == "postgresql":
+        live = live.with_for_update(key_share=True)
+    kept = set((await conn.execute(live)).scalars())
+    outcomes = [o for o in outcomes if o.claimed.delivery_seq in kept]
+    if not outcomes:
+        return
     now = await clock(conn)
     await conn.execute(
         insert(attempts),
