@@ -212,6 +212,8 @@ def _deliver(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.nice:
         os.nice(args.nice)
+    if args.idle and hasattr(os, "SCHED_IDLE"):  # Linux only
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     with asyncio.Runner(loop_factory=_uvloop()) as runner:
         runner.run(deliver(settings, args.parent))
     return 0
@@ -228,11 +230,13 @@ def _uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 class _Deliverers:
     """The delivery processes of `serve`: in its process group (a signal to the group reaches
-    them), niced, started again if one ends while serve runs, and gone with serve."""
+    them), niced and idle-scheduled, started again if one ends while serve runs, and gone with
+    serve."""
 
     def __init__(self, settings: Settings) -> None:
         self.command = [sys.executable, "-m", "gql_wallet.cli", "webhooks", "deliver"]
         self.command += ["--nice", str(settings.webhook_delivery_nice)]
+        self.command += ["--idle"] if settings.webhook_delivery_idle else []
         self.command += ["--parent", str(os.getpid())]
         self.stopping = threading.Event()
         self.processes = [self._start() for _ in range(settings.webhook_delivery_processes)]
@@ -406,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
         "at once. `gql-wallet serve` starts its own unless GQL_WALLET_WEBHOOK_DELIVERY says not",
     )
     deliver.add_argument("--nice", type=int, default=0, help=argparse.SUPPRESS)
+    deliver.add_argument("--idle", action="store_true", help=argparse.SUPPRESS)
     deliver.add_argument("--parent", type=int, default=None, help=argparse.SUPPRESS)
     deliver.set_defaults(run=_deliver)
 

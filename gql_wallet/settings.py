@@ -175,6 +175,13 @@ class Settings(BaseSettings):
         "machine is busy, the server processes get the CPU first and deliveries catch up after "
         "(19: deliveries take the CPU the server leaves; 0: they share it evenly).",
     )
+    webhook_delivery_idle: bool = Field(
+        default=True,
+        description="Linux: delivery processes started by `gql-wallet serve` run under the "
+        "SCHED_IDLE policy, on CPU time no other process wants. A niceness alone still gives "
+        "them slices of the moments the server processes wait for the database; false: the "
+        "niceness only.",
+    )
     webhook_poll_seconds: float = Field(
         default=0.5,
         gt=0,

@@ -186,6 +186,9 @@ async def test_serve_delivers_from_a_niced_process_that_ends_with_it(
             servers = {p: nice for p, (c, nice) in children.items() if "webhooks deliver" not in c}
             assert list(deliverers.values()) == [19], children
             assert set(servers.values()) == {0}, children
+            # And scheduled on CPU time no other process wants.
+            assert [os.sched_getscheduler(p) for p in deliverers] == [os.SCHED_IDLE]
+            assert {os.sched_getscheduler(p) for p in servers} == {os.SCHED_OTHER}
             key = server.new_key("acme")
             await _endpoint(server, key, receiver.url("/ok"))
             assert len(await _burst(server.url, key, "n", 5, 1)) == 5
