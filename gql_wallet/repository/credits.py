@@ -35,6 +35,7 @@ from gql_wallet.repository.records import (
     CreditBlockRecord,
     TransactionRecord,
     WalletRecord,
+    among,
     credit_allocations,
     credit_blocks,
     db_now,
@@ -462,7 +463,7 @@ async def undone_amounts(conn: AsyncConnection, entry_seqs: Sequence[int]) -> di
 async def transactions_by_seq(
     conn: AsyncConnection, seqs: Sequence[int]
 ) -> list[TransactionRecord]:
-    query = select(*transactions.c).where(transactions.c.seq.in_(seqs))
+    query = select(*transactions.c).where(among(conn, transactions.c.seq, seqs))
     return [TransactionRecord.from_row(row) for row in (await conn.execute(query)).all()]
 
 

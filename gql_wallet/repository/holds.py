@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gql_wallet.repository.driver import DriverWrite
 from gql_wallet.repository.records import (
     HoldRecord,
+    among,
     credit_blocks,
     db_now,
     hold_reservations,
@@ -275,5 +276,5 @@ async def holds_by_id(
 
 
 async def holds_by_seq(conn: AsyncConnection, seqs: Sequence[int]) -> list[HoldRecord]:
-    query = select(*_HOLD_COLUMNS).where(wallet_holds.c.seq.in_(seqs))
+    query = select(*_HOLD_COLUMNS).where(among(conn, wallet_holds.c.seq, seqs))
     return [HoldRecord.from_row(row) for row in (await conn.execute(query)).all()]

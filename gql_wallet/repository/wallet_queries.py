@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gql_wallet.db import Database, DriverConnection, OnDemandConnection
 from gql_wallet.repository.driver import DriverRead, GroupedPages
-from gql_wallet.repository.records import _WALLET_COLUMNS, WalletRecord, wallets
+from gql_wallet.repository.records import _WALLET_COLUMNS, WalletRecord, among, wallets
 
 
 def insert_wallet_if_missing(
@@ -103,7 +103,9 @@ async def get_wallet_by_id(
 
 
 async def get_wallets_by_seq(conn: AsyncConnection, seqs: Sequence[int]) -> list[WalletRecord]:
-    rows = (await conn.execute(select(*_WALLET_COLUMNS).where(wallets.c.seq.in_(seqs)))).all()
+    rows = (
+        await conn.execute(select(*_WALLET_COLUMNS).where(among(conn, wallets.c.seq, seqs)))
+    ).all()
     return [WalletRecord.from_row(row) for row in rows]
 
 

@@ -22,7 +22,7 @@ from gql_wallet.models import (
     WebhookEvent,
     WebhookOutbox,
 )
-from gql_wallet.repository.records import db_now, utc, wallets
+from gql_wallet.repository.records import among, db_now, utc, wallets
 
 endpoints: Table = WebhookEndpoint.__table__  # type: ignore[attr-defined]
 outbox: Table = WebhookOutbox.__table__  # type: ignore[attr-defined]
@@ -278,7 +278,7 @@ async def outbox_batch(conn: AsyncConnection, limit: int) -> list[OutboxRow]:
 
 async def balance_states(conn: AsyncConnection, wallet_seqs: Sequence[int]) -> dict[int, str]:
     query = select(balance_state.c.wallet_seq, balance_state.c.state).where(
-        balance_state.c.wallet_seq.in_(wallet_seqs)
+        among(conn, balance_state.c.wallet_seq, wallet_seqs)
     )
     return {row[0]: row[1] for row in (await conn.execute(query)).all()}
 
@@ -286,7 +286,7 @@ async def balance_states(conn: AsyncConnection, wallet_seqs: Sequence[int]) -> d
 async def save_balance_states(conn: AsyncConnection, states: dict[int, str]) -> None:
     if not states:
         return
-    await conn.execute(delete(balance_state).where(balance_state.c.wallet_seq.in_(list(states))))
+    await conn.execute(delete(balance_state).where(among(conn, balance_state.c.wallet_seq, states)))
     await conn.execute(
         insert(balance_state), [{"wallet_seq": w, "state": s} for w, s in states.items()]
     )
@@ -294,7 +294,7 @@ async def save_balance_states(conn: AsyncConnection, states: dict[int, str]) -> 
 
 async def delete_outbox(conn: AsyncConnection, seqs: Sequence[int]) -> None:
     if seqs:
-        await conn.execute(delete(outbox).where(outbox.c.seq.in_(seqs)))
+        await conn.execute(delete(outbox).where(among(conn, outbox.c.seq, seqs)))
 
 
 async def next_event_seqs(conn: AsyncConnection, count: int) -> list[int]:
@@ -394,7 +394,7 @@ async def claim_due(
         return []
     await conn.execute(
         update(deliveries)
-        .where(deliveries.c.seq.in_(seqs))
+        .where(among(conn, deliveries.c.seq, seqs))
         .values(
             attempts=deliveries.c.attempts + 1,
             next_attempt_at=now + timedelta(seconds=lease_seconds),
@@ -416,7 +416,7 @@ async def claim_due(
                 events, events.c.seq == deliveries.c.event_seq
             )
         )
-        .where(deliveries.c.seq.in_(seqs))
+        .where(among(conn, deliveries.c.seq, seqs))
     )
     return [
         Claimed(row[0], row[1], row[2], row[3], row[4], row[5], row[6], utc(row[7]))
@@ -449,7 +449,7 @@ async def record_attempts(conn: AsyncConnection, outcomes: Sequence[Outcome]) ->
     await _without_waiting_for_the_disk(conn)
     # Locked, so that the endpoint's deletion waits until its attempts are recorded.
     live = select(deliveries.c.seq).where(
-        deliveries.c.seq.in_([o.claimed.delivery_seq for o in outcomes])
+        among(conn, deliveries.c.seq, [o.claimed.delivery_seq for o in outcomes])
     )
     if conn.dialect.name == "postgresql":
         live = live.with_for_update(key_share=True)

@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpcore
 import httpx
+from httpcore._utils import is_socket_readable
 
 
 class AddressNotAllowed(Exception):
@@ -76,6 +78,38 @@ async def check_url(url: str, allow_loopback: bool) -> str | None:
     return None
 
 
+class _Stream(httpcore.AsyncNetworkStream):
+    """httpcore's stream, with its socket kept: the pool asks every idle connection whether
+    its socket is readable on every request, and anyio's answer to "which socket" costs more
+    than the question."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream, sock: socket.socket | None) -> None:
+        self.inner = inner
+        self.sock = sock
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        return await self.inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self.inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+    ) -> httpcore.AsyncNetworkStream:
+        return _Stream(await self.inner.start_tls(ssl_context, server_hostname, timeout), self.sock)
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            return is_socket_readable(self.sock)
+        return self.inner.get_extra_info(info)
+
+
 class _GuardedBackend(httpcore.AsyncNetworkBackend):
     """httpcore's own backend, connecting only to an address `resolve` allowed."""
 
@@ -93,7 +127,8 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         address = await resolve(host, port, self.allow_loopback)
         # TLS still names `host` (httpcore passes the URL's host as the server name).
-        return await self.inner.connect_tcp(address, port, timeout, local_address, socket_options)
+        stream = await self.inner.connect_tcp(address, port, timeout, local_address, socket_options)
+        return _Stream(stream, stream.get_extra_info("socket"))
 
     async def connect_unix_socket(
         self,
