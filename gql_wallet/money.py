@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from datetime import datetime
 
 import pycountry
 
@@ -119,3 +120,28 @@ def check_text(
             (*at, field),
         )
     ]
+
+
+def check_instant(value: object, name: str, at: tuple[str, ...] = ARGUMENT) -> list[UserError]:
+    """INVALID_INPUT unless `value` (None: not given) is a time with its UTC offset; an
+    unparsable DateTime arrives as text."""
+    if value is None or isinstance(value, datetime):
+        return []
+    return [
+        UserError(
+            ErrorCode.INVALID_INPUT,
+            f"{name} must be an ISO 8601 time with its UTC offset, e.g. 2026-03-31T23:59:59+00:00.",
+            (*at, name),
+        )
+    ]
+
+
+def check_period(start: object, end: object, at: tuple[str, ...] = ARGUMENT) -> list[UserError]:
+    """INVALID_INPUT unless each bound given is a time (check_instant) and `from` is not after
+    `to`."""
+    errors = [*check_instant(start, "from", at), *check_instant(end, "to", at)]
+    if not errors and isinstance(start, datetime) and isinstance(end, datetime) and start > end:
+        errors.append(
+            UserError(ErrorCode.INVALID_INPUT, "from must not be after to.", (*at, "from"))
+        )
+    return errors

@@ -42,7 +42,7 @@ from gql_wallet.settings import Settings
 # their page size from `first`; a customer has one wallet per currency, rarely more than a few,
 # and an entry touches a few credit blocks (a charge may span more: an estimate, not a bound).
 CONNECTION_FIELDS = frozenset({"wallets", "transactions", "credits"})
-LIST_FIELD_SIZES = {"customerWallets": 10, "allocations": 10}
+LIST_FIELD_SIZES = {"customerWallets": 10, "allocations": 10, "totals": 8}
 
 
 class DocumentShape:

@@ -19,12 +19,20 @@ from gql_wallet.graphql.types import (
     CustomerWalletEdge,
     FirstArgument,
     WalletHold,
+    WalletTransaction,
     decode_cursor,
     encode_cursor,
     page_info,
     page_size,
 )
-from gql_wallet.money import ARGUMENT, check_currency, check_text, normalize_currency
+from gql_wallet.money import (
+    ARGUMENT,
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    check_currency,
+    check_text,
+    normalize_currency,
+)
+from gql_wallet.repository import TransactionRecord
 
 CustomerIdArg = Annotated[
     str, strawberry.argument(description="The organization's own ID for the customer.")
@@ -127,6 +135,45 @@ class Query:
                 return None
         return WalletHold.from_record(found[0])
 
+    @strawberry.field(
+        description="A ledger entry by its ID; null if there is none or it is not yours (a "
+        "customer session sees only its customer's entries)."
+    )
+    async def transaction(
+        self,
+        info: Info[Context, None],
+        id: Annotated[strawberry.ID, strawberry.argument(description="The entry's ID.")],
+    ) -> WalletTransaction | None:
+        refuse(check_text(str(id), "id", at=ARGUMENT))
+        try:
+            entry_id = uuid.UUID(str(id))
+        except ValueError:
+            return None
+        async with info.context.database.read_connection() as conn:
+            found = await repo.statements.transaction_by_id(
+                conn, info.context.principal.organization_id, entry_id
+            )
+        return await _visible(info, found)
+
+    @strawberry.field(
+        description="The ledger entry that the write with this idempotency key made: how a "
+        "backend finds the outcome of a write whose answer it lost. Null if no entry has that "
+        "key (the write was refused, never arrived, or made a hold), or it is not yours."
+    )
+    async def transaction_by_idempotency_key(
+        self,
+        info: Info[Context, None],
+        key: Annotated[
+            str, strawberry.argument(description="The idempotency key the write was sent with.")
+        ],
+    ) -> WalletTransaction | None:
+        refuse(check_text(key, "key", MAX_IDEMPOTENCY_KEY_LENGTH, required=True, at=ARGUMENT))
+        async with info.context.database.read_connection() as conn:
+            found = await repo.statements.transaction_by_key(
+                conn, info.context.principal.organization_id, key
+            )
+        return await _visible(info, found)
+
     @strawberry.field(description="The organization's wallets, oldest first, cursor-paginated.")
     async def wallets(
         self,
@@ -165,3 +212,17 @@ class Query:
         return CustomerWalletConnection(
             edges=edges, page_info=page_info([e.cursor for e in edges], len(records) > size)
         )
+
+
+async def _visible(
+    info: Info[Context, None], found: TransactionRecord | None
+) -> WalletTransaction | None:
+    """The entry, unless the caller is a customer session of another customer."""
+    if found is None:
+        return None
+    _, customer = info.context.customer_scope(None)
+    if customer is not None:
+        wallet = await info.context.wallets_by_seq.load(found.wallet_seq)
+        if wallet.customer_id != customer:
+            return None
+    return WalletTransaction.from_record(found)

@@ -15,9 +15,9 @@ from strawberry.types import Info
 from gql_wallet import repository as repo
 from gql_wallet.errors import ErrorCode
 from gql_wallet.graphql.context import Context
-from gql_wallet.graphql.errors import RequestError
+from gql_wallet.graphql.errors import RequestError, refuse
 from gql_wallet.ledger import REFUNDABLE, REVERSIBLE, InvalidDateTime
-from gql_wallet.money import MAX_SAFE_INT
+from gql_wallet.money import MAX_SAFE_INT, check_instant, check_period
 from gql_wallet.repository import (
     AllocationRecord,
     CreditBlockRecord,
@@ -443,7 +443,10 @@ class CustomerWallet:
             edges=edges, page_info=page_info([e.cursor for e in edges], len(rows) > size)
         )
 
-    @strawberry.field(description="The wallet's ledger, newest entry first.")
+    @strawberry.field(
+        description="The wallet's ledger, newest entry first; optionally only the entries of a "
+        "period (from < createdAt <= to, as in statement) and of some types."
+    )
     async def transactions(
         self,
         info: Info[Context, None],
@@ -452,12 +455,37 @@ class CustomerWallet:
             str | None,
             strawberry.argument(description="Return entries after (older than) this cursor."),
         ] = None,
+        from_: Annotated[
+            datetime | None,
+            strawberry.argument(name="from", description="Only entries created after this."),
+        ] = None,
+        to: Annotated[
+            datetime | None,
+            strawberry.argument(description="Only entries created at or before this."),
+        ] = None,
+        types: Annotated[
+            list[WalletTransactionType] | None,
+            strawberry.argument(description="Only entries of these types."),
+        ] = None,
     ) -> WalletTransactionConnection:
         size = page_size(first)
         before_seq = decode_cursor("tx", after)
-        rows = await repo.list_transactions(
-            info.context.database, self.seq, before_seq=before_seq, limit=size + 1
-        )
+        refuse(check_period(from_, to))
+        if from_ is None and to is None and types is None:
+            rows = await repo.list_transactions(
+                info.context.database, self.seq, before_seq=before_seq, limit=size + 1
+            )
+        else:
+            query = repo.statements.period_page(
+                self.seq,
+                before_seq,
+                size + 1,
+                from_,
+                to,
+                None if types is None else [t.name for t in types],
+            )
+            async with info.context.database.read_connection() as conn:
+                rows = [TransactionRecord.from_row(row) for row in await conn.execute(query)]
         edges = [
             WalletTransactionEdge(
                 cursor=encode_cursor("tx", row.seq), node=WalletTransaction.from_record(row)
@@ -467,6 +495,107 @@ class CustomerWallet:
         return WalletTransactionConnection(
             edges=edges, page_info=page_info([e.cursor for e in edges], len(rows) > size)
         )
+
+    @strawberry.field(
+        description="The wallet's balance at an instant, from its ledger: every entry created "
+        "at or before `at` counted, none after (0 before the wallet's first entry)."
+    )
+    async def balance_at(
+        self,
+        info: Info[Context, None],
+        at: Annotated[datetime, strawberry.argument(description="The instant.")],
+    ) -> WalletBalanceAt:
+        refuse(check_instant(at, "at"))
+        async with info.context.database.read_transaction() as conn:
+            found = await repo.statements.balance_at(conn, self.seq, at)
+        return _balance_at(at, found)
+
+    @strawberry.field(
+        description="The wallet's statement for a period: its balance at `from` and at `to`, "
+        "and the entries created after `from` and at or before `to`, totalled by type. "
+        "openingBalance + the totals' sum == closingBalance."
+    )
+    async def statement(
+        self,
+        info: Info[Context, None],
+        from_: Annotated[
+            datetime, strawberry.argument(name="from", description="The period's start.")
+        ],
+        to: Annotated[datetime, strawberry.argument(description="The period's end.")],
+    ) -> WalletStatement:
+        refuse(check_period(from_, to))
+        async with info.context.database.read_transaction() as conn:
+            opening = await repo.statements.balance_at(conn, self.seq, from_)
+            totals = await repo.statements.totals_by_type(conn, self.seq, from_, to)
+            closing = await repo.statements.balance_at(conn, self.seq, to)
+        return WalletStatement(
+            from_=from_,
+            to=to,
+            opening=_balance_at(from_, opening),
+            closing=_balance_at(to, closing),
+            opening_balance=SafeInt(opening.balance),
+            closing_balance=SafeInt(closing.balance),
+            totals=[
+                WalletStatementTotal(
+                    type=cast(WalletTransactionType, t.type),
+                    amount=SafeInt(t.total),
+                    count=t.entries,
+                )
+                for t in totals
+            ],
+            entry_count=sum(t.entries for t in totals),
+        )
+
+
+@strawberry.type(description="A wallet's balance at an instant, from its ledger.")
+class WalletBalanceAt:
+    at: datetime = strawberry.field(description="The instant.")
+    balance: SafeInt = strawberry.field(
+        description="The sum of the amounts of every entry created at or before `at`."
+    )
+    paid_balance: SafeInt = strawberry.field(
+        description="The part of balance in PAID credits (top-ups) at that instant."
+    )
+    promotional_balance: SafeInt = strawberry.field(
+        description="The part of balance in PROMOTIONAL credits (grants) at that instant."
+    )
+
+
+def _balance_at(at: datetime, found: repo.statements.BalanceAt) -> WalletBalanceAt:
+    return WalletBalanceAt(
+        at=at,
+        balance=SafeInt(found.balance),
+        paid_balance=SafeInt(found.paid),
+        promotional_balance=SafeInt(found.promotional),
+    )
+
+
+@strawberry.type(description="The entries of one type in a statement's period.")
+class WalletStatementTotal:
+    type: WalletTransactionType = strawberry.field(description="The entries' type.")
+    amount: SafeInt = strawberry.field(description="The sum of their amounts (signed).")
+    count: int = strawberry.field(description="How many there are.")
+
+
+@strawberry.type(
+    description="A wallet's statement: the entries created after `from` and at or before "
+    "`to`. openingBalance + the sum of totals' amounts == closingBalance."
+)
+class WalletStatement:
+    from_: datetime = strawberry.field(name="from", description="The period's start.")
+    to: datetime = strawberry.field(description="The period's end.")
+    opening_balance: SafeInt = strawberry.field(description="balanceAt(from).balance.")
+    closing_balance: SafeInt = strawberry.field(description="balanceAt(to).balance.")
+    opening: WalletBalanceAt = strawberry.field(
+        description="balanceAt(from), with its paid and promotional parts."
+    )
+    closing: WalletBalanceAt = strawberry.field(
+        description="balanceAt(to), with its paid and promotional parts."
+    )
+    totals: list[WalletStatementTotal] = strawberry.field(
+        description="One per entry type present in the period, by type name."
+    )
+    entry_count: int = strawberry.field(description="How many entries the period holds.")
 
 
 @strawberry.type(

@@ -13,7 +13,7 @@ run them with `await conn.run_sync(fn, ...)`, which costs what `await conn.execu
 One module per domain; this package re-exports what the services use.
 """
 
-from gql_wallet.repository import audit, credits, holds, webhooks
+from gql_wallet.repository import audit, credits, holds, statements, webhooks
 from gql_wallet.repository.audit import all_wallets, ledger_of
 from gql_wallet.repository.balance_change import (
     BalanceChangeOutcome,
@@ -150,6 +150,7 @@ __all__ = [
     "revoke_customer_session",
     "send_balance_change",
     "send_balance_changes",
+    "statements",
     "transactions",
     "utc",
     "wallets",

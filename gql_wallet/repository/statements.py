@@ -1,0 +1,132 @@
+"""Reconciliation reads: a wallet's balance at an instant, its statement over a period, and the
+lookups of one entry. Every figure is a sum over the ledger's entries (and, for the split by
+category, over the credit blocks they created and the allocations they made), so that a
+balance at an instant is what the entries committed by then add up to: CONTRACT part 2,
+"Statements"."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import NamedTuple
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gql_wallet.repository.records import (
+    TransactionRecord,
+    credit_allocations,
+    credit_blocks,
+    transactions,
+)
+
+PAID, PROMOTIONAL = "PAID", "PROMOTIONAL"
+
+
+class BalanceAt(NamedTuple):
+    balance: int
+    paid: int
+    promotional: int
+
+
+class TypeTotal(NamedTuple):
+    type: str
+    total: int
+    entries: int
+
+
+async def balance_at(conn: AsyncConnection, wallet_seq: int, at: datetime) -> BalanceAt:
+    """The wallet's balance, and its paid and promotional parts, counting every entry created
+    at or before `at`: the blocks those entries created, plus what those entries spent from
+    or gave back to them."""
+    balance = (
+        await conn.execute(
+            select(func.coalesce(func.sum(transactions.c.amount), 0)).where(
+                transactions.c.wallet_seq == wallet_seq, transactions.c.created_at <= at
+            )
+        )
+    ).scalar_one()
+    created = (
+        select(credit_blocks.c.category, credit_blocks.c.amount)
+        .join(transactions, transactions.c.seq == credit_blocks.c.source_seq)
+        .where(credit_blocks.c.wallet_seq == wallet_seq, transactions.c.created_at <= at)
+    )
+    moved = (
+        select(credit_blocks.c.category, credit_allocations.c.amount)
+        .join(credit_blocks, credit_blocks.c.seq == credit_allocations.c.block_seq)
+        .join(transactions, transactions.c.seq == credit_allocations.c.entry_seq)
+        .where(credit_blocks.c.wallet_seq == wallet_seq, transactions.c.created_at <= at)
+    )
+    parts = created.union_all(moved).subquery()
+    by_category = dict(
+        (
+            await conn.execute(
+                select(parts.c.category, func.sum(parts.c.amount)).group_by(parts.c.category)
+            )
+        ).all()
+    )
+    return BalanceAt(
+        int(balance), int(by_category.get(PAID, 0)), int(by_category.get(PROMOTIONAL, 0))
+    )
+
+
+async def totals_by_type(
+    conn: AsyncConnection, wallet_seq: int, start: datetime, end: datetime
+) -> list[TypeTotal]:
+    """The sum and number of the wallet's entries of each type created after `start` and at
+    or before `end`, by type name."""
+    query = (
+        select(transactions.c.type, func.sum(transactions.c.amount), func.count())
+        .where(
+            transactions.c.wallet_seq == wallet_seq,
+            transactions.c.created_at > start,
+            transactions.c.created_at <= end,
+        )
+        .group_by(transactions.c.type)
+        .order_by(transactions.c.type)
+    )
+    return [TypeTotal(row[0], int(row[1]), int(row[2])) for row in await conn.execute(query)]
+
+
+def period_page(
+    wallet_seq: int,
+    before_seq: int | None,
+    limit: int,
+    start: datetime | None,
+    end: datetime | None,
+    types: Sequence[str] | None,
+) -> Select[tuple[int, ...]]:
+    """A page of the wallet's entries, newest first, keyset-paginated by seq, of those created
+    after `start`, at or before `end`, of one of `types` (None: no such bound)."""
+    query = select(*transactions.c).where(transactions.c.wallet_seq == wallet_seq)
+    if before_seq is not None:
+        query = query.where(transactions.c.seq < before_seq)
+    if start is not None:
+        query = query.where(transactions.c.created_at > start)
+    if end is not None:
+        query = query.where(transactions.c.created_at <= end)
+    if types is not None:
+        query = query.where(transactions.c.type.in_(types))
+    return query.order_by(transactions.c.seq.desc()).limit(limit)
+
+
+async def transaction_by_id(
+    conn: AsyncConnection, organization_id: uuid.UUID, entry_id: uuid.UUID
+) -> TransactionRecord | None:
+    query = select(*transactions.c).where(
+        transactions.c.organization_id == organization_id, transactions.c.id == entry_id
+    )
+    row = (await conn.execute(query)).first()
+    return None if row is None else TransactionRecord.from_row(row)
+
+
+async def transaction_by_key(
+    conn: AsyncConnection, organization_id: uuid.UUID, key: str
+) -> TransactionRecord | None:
+    """The entry the write with this idempotency key made (the organization's one key space)."""
+    query = select(*transactions.c).where(
+        transactions.c.organization_id == organization_id, transactions.c.idempotency_key == key
+    )
+    row = (await conn.execute(query)).first()
+    return None if row is None else TransactionRecord.from_row(row)
