@@ -26,6 +26,7 @@ from gql_wallet.graphql.graphiql import ASSETS_URL
 from gql_wallet.graphql.http import GraphQLEndpoint
 from gql_wallet.graphql.schema import build_schema
 from gql_wallet.graphql.websocket import SubscriptionEndpoint, SubscriptionView
+from gql_wallet.http_exports import ExportEndpoint
 from gql_wallet.ledger.sweeper import ExpirySweeper
 from gql_wallet.middleware import RequestMiddleware
 from gql_wallet.migrate import upgrade_to_head
@@ -62,6 +63,7 @@ class Serving:
     feed: LedgerFeed
     shared: SharedSubscriptions
     endpoint: GraphQLEndpoint
+    exports: ExportEndpoint
     subscriptions: SubscriptionEndpoint
     readiness: Readiness
     sweeper: ExpirySweeper
@@ -80,6 +82,7 @@ class Serving:
             feed=feed,
             shared=shared,
             endpoint=GraphQLEndpoint(schema, database, settings, authenticator, feed),
+            exports=ExportEndpoint(database, settings, authenticator),
             subscriptions=SubscriptionEndpoint(view, settings.subscription_max_connections),
             readiness=Readiness(database),
             sweeper=ExpirySweeper(database, feed, settings.expiry_sweep_seconds),
@@ -104,6 +107,10 @@ def serving(app: Starlette) -> Serving:
 
 async def _graphql(request: Request) -> Response:
     return await serving(request.app).endpoint.handle(request)
+
+
+async def _exports(request: Request) -> Response:
+    return await serving(request.app).exports.handle(request)
 
 
 class _Subscriptions:
@@ -154,6 +161,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", _ready, methods=["GET"]),
         Route("/metrics", MetricsEndpoint(settings).serve, methods=["GET"]),
+        Route("/exports/transactions", _exports, methods=["GET"]),
     ]
     if settings.graphiql_enabled:
         # GraphiQL's scripts and styles, from package data: the page needs no network.

@@ -182,6 +182,13 @@ class Settings(BaseSettings):
         "them slices of the moments the server processes wait for the database; false: the "
         "niceness only.",
     )
+    export_max_days: int = Field(
+        default=366,
+        ge=1,
+        le=36_600,
+        description="The longest period one export of a ledger may cover, in days (`gql-wallet "
+        "export`, GET /exports/transactions); a longer one is refused: split it.",
+    )
     webhook_poll_seconds: float = Field(
         default=0.5,
         gt=0,

@@ -7,9 +7,9 @@ balance at an instant is what the entries committed by then add up to: CONTRACT 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -18,7 +18,10 @@ from gql_wallet.repository.records import (
     TransactionRecord,
     credit_allocations,
     credit_blocks,
+    organizations,
     transactions,
+    utc,
+    wallets,
 )
 
 PAID, PROMOTIONAL = "PAID", "PROMOTIONAL"
@@ -130,3 +133,62 @@ async def transaction_by_key(
     )
     row = (await conn.execute(query)).first()
     return None if row is None else TransactionRecord.from_row(row)
+
+
+class ExportRow(NamedTuple):
+    """An entry as exports show it: with its wallet's ID, customer and currency."""
+
+    id: uuid.UUID
+    created_at: datetime
+    wallet_id: uuid.UUID
+    customer_id: str
+    currency: str
+    type: str
+    amount: int
+    balance_after: int
+    description: str | None
+    reference: str | None
+    idempotency_key: str
+
+
+_EXPORT_COLUMNS = (
+    transactions.c.id, transactions.c.created_at, wallets.c.id, wallets.c.customer_id,
+    wallets.c.currency, transactions.c.type, transactions.c.amount, transactions.c.balance_after,
+    transactions.c.description, transactions.c.reference, transactions.c.idempotency_key,
+)  # fmt: skip
+
+
+def _organization_entries(organization_id: uuid.UUID, start: datetime, end: datetime) -> Any:
+    return (
+        select(*_EXPORT_COLUMNS)
+        .join(wallets, wallets.c.seq == transactions.c.wallet_seq)
+        .where(
+            transactions.c.organization_id == organization_id,
+            transactions.c.created_at > start,
+            transactions.c.created_at <= end,
+        )
+    )
+
+
+async def count_entries(
+    conn: AsyncConnection, organization_id: uuid.UUID, start: datetime, end: datetime
+) -> int:
+    entries = _organization_entries(organization_id, start, end).subquery()
+    return int((await conn.execute(select(func.count()).select_from(entries))).scalar_one())
+
+
+async def stream_entries(
+    conn: AsyncConnection, organization_id: uuid.UUID, start: datetime, end: datetime
+) -> AsyncIterator[ExportRow]:
+    """The organization's entries created after `start` and at or before `end`, in ledger order,
+    fetched a thousand at a time (a server-side cursor on PostgreSQL): memory stays flat."""
+    query = _organization_entries(organization_id, start, end).order_by(transactions.c.seq)
+    result = await conn.stream(query.execution_options(yield_per=1000))
+    async for row in result:
+        yield ExportRow(row[0], utc(row[1]), *row[2:])
+
+
+async def organization_named(conn: AsyncConnection, name: str) -> uuid.UUID | None:
+    found = await conn.execute(select(organizations.c.id).where(organizations.c.name == name))
+    value = found.scalar()
+    return None if value is None else uuid.UUID(str(value))

@@ -1,0 +1,170 @@
+"""Exports of an organization's ledger: what a period's export holds, how it is refused, and
+its two formats. The command line (`gql-wallet export`) and HTTP (`GET /exports/transactions`)
+both stream `Export.chunks()`.
+
+An export is one snapshot: it is read in one read transaction (REPEATABLE READ on PostgreSQL,
+a read transaction on SQLite), so writes committed while it streams are not in it, and every
+entry committed before it began (within the period) is."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from datetime import datetime
+from typing import Any
+
+import iso4217
+import orjson
+
+from gql_wallet import repository as repo
+from gql_wallet.db import Database
+from gql_wallet.errors import ErrorCode, UserError
+from gql_wallet.money import ARGUMENT, check_period
+
+FORMATS = ("csv", "ndjson")
+# The GraphQL names of WalletTransaction's fields, and the wallet's; *Decimal: the amount in
+# the currency's major unit, for a spreadsheet.
+COLUMNS = (
+    "id", "createdAt", "walletId", "customerId", "currency", "type", "amount", "amountDecimal",
+    "balanceAfter", "balanceAfterDecimal", "description", "reference", "idempotencyKey",
+)  # fmt: skip
+ROWS_PER_CHUNK = 1000
+
+
+def check_export(
+    start: object, end: object, fmt: str, max_days: int, at: tuple[str, ...] = ARGUMENT
+) -> list[UserError]:
+    """INVALID_INPUT, naming the argument: a bound that is not a time with its offset, `from`
+    after `to`, a period longer than `max_days`, a format other than csv or ndjson."""
+    if fmt not in FORMATS:
+        return [
+            UserError(ErrorCode.INVALID_INPUT, "format must be csv or ndjson.", (*at, "format"))
+        ]
+    if start is None or end is None:
+        name = "from" if start is None else "to"
+        return [UserError(ErrorCode.INVALID_INPUT, f"{name} is required.", (*at, name))]
+    if errors := check_period(start, end, at):
+        return errors
+    assert isinstance(start, datetime)  # checked
+    assert isinstance(end, datetime)
+    if (end - start).total_seconds() > max_days * 86_400:
+        return [
+            UserError(
+                ErrorCode.INVALID_INPUT,
+                f"An export covers at most {max_days} days (GQL_WALLET_EXPORT_MAX_DAYS); "
+                "split the period.",
+                (*at, "to"),
+            )
+        ]
+    return []
+
+
+def parse_instant(text: str | None) -> datetime | str | None:
+    """A bound as given on a command line or in a URL: a datetime if it is ISO 8601 with its
+    UTC offset, else the text itself (which `check_export` refuses), None if absent."""
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    return value if value.tzinfo is not None else text
+
+
+def minor_unit_exponent(currency: str) -> int:
+    """Digits after the decimal point in the currency's major unit (usd 2, jpy 0, bhd 3); 0 for
+    a code without a minor unit (gold, special drawing rights)."""
+    try:
+        return iso4217.Currency(currency.upper()).exponent or 0
+    except ValueError:
+        return 0
+
+
+def in_major_units(amount: int, exponent: int) -> str:
+    """-1234 cents -> "-12.34": exact, from the integer (never a float)."""
+    if exponent == 0:
+        return str(amount)
+    sign = "-" if amount < 0 else ""
+    digits = str(abs(amount)).rjust(exponent + 1, "0")
+    return f"{sign}{digits[:-exponent]}.{digits[-exponent:]}"
+
+
+def _record(row: repo.statements.ExportRow) -> dict[str, Any]:
+    exponent = minor_unit_exponent(row.currency)
+    return {
+        "id": str(row.id),
+        "createdAt": row.created_at.isoformat(),
+        "walletId": str(row.wallet_id),
+        "customerId": row.customer_id,
+        "currency": row.currency,
+        "type": row.type,
+        "amount": row.amount,
+        "amountDecimal": in_major_units(row.amount, exponent),
+        "balanceAfter": row.balance_after,
+        "balanceAfterDecimal": in_major_units(row.balance_after, exponent),
+        "description": row.description,
+        "reference": row.reference,
+        "idempotencyKey": row.idempotency_key,
+    }
+
+
+class Export:
+    """One export, as an async context: entering opens its snapshot and counts its entries
+    (`total`); `chunks()` then yields its text, a thousand rows at a time."""
+
+    def __init__(
+        self,
+        database: Database,
+        organization_id: uuid.UUID,
+        start: datetime,
+        end: datetime,
+        fmt: str,
+    ) -> None:
+        self.database = database
+        self.organization_id = organization_id
+        self.start, self.end, self.format = start, end, fmt
+        self.total = 0
+        self.exported = 0
+        self._stack = AsyncExitStack()
+        self._conn: Any = None
+
+    async def __aenter__(self) -> Export:
+        self._conn = await self._stack.enter_async_context(self.database.read_transaction())
+        self.total = await repo.statements.count_entries(
+            self._conn, self.organization_id, self.start, self.end
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def chunks(self) -> AsyncIterator[str]:
+        rows = repo.statements.stream_entries(
+            self._conn, self.organization_id, self.start, self.end
+        )
+        batch: list[dict[str, Any]] = []
+        if self.format == "csv":
+            yield self._csv([dict(zip(COLUMNS, COLUMNS, strict=True))])
+        async for row in rows:
+            batch.append(_record(row))
+            if len(batch) == ROWS_PER_CHUNK:
+                yield self._text(batch)
+                batch = []
+        if batch:
+            yield self._text(batch)
+
+    def _text(self, batch: list[dict[str, Any]]) -> str:
+        self.exported += len(batch)
+        if self.format == "csv":
+            return self._csv(batch)
+        return "".join(orjson.dumps(record).decode() + "\n" for record in batch)
+
+    @staticmethod
+    def _csv(batch: list[dict[str, Any]]) -> str:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, COLUMNS, lineterminator="\r\n")
+        writer.writerows(batch)
+        return out.getvalue()
