@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
 import enum
 import os
 import stat
@@ -399,6 +400,8 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
                     async for chunk in job.chunks():
                         out.write(chunk)
                         advance(job.exported)
+                if args.statement is not None:
+                    args.statement.write_text(await job.statement(), newline="")
                 return job.exported
         finally:
             if out is not sys.stdout:
@@ -425,7 +428,9 @@ def _progress(output: Path | None, total: int) -> Iterator[Callable[[int], None]
         yield lambda done: bar.update(task, completed=done)
 
 
-def _verify(settings: Settings, _args: argparse.Namespace) -> int:
+def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    if args.statement is not None:
+        return _verify_statement(settings, args.statement)
     report = _with_database(settings, audit, Access.READ)
     for problem in report.problems:
         print(f"INCONSISTENT {problem}")
@@ -434,6 +439,28 @@ def _verify(settings: Settings, _args: argparse.Namespace) -> int:
         f"{_plural(report.transactions, 'transaction')}: {_plural(len(report.problems), 'problem')}"
     )
     return 1 if report.problems else 0
+
+
+def _verify_statement(settings: Settings, path: Path) -> int:
+    from gql_wallet.ledger import exports
+
+    try:
+        with path.open(newline="") as file:
+            rows = list(csv.DictReader(file))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise CommandError(f"cannot read {path}: {error}") from None
+
+    async def check(database: Database) -> list[str]:
+        return await exports.check_statement(database, rows)
+
+    problems = _with_database(settings, check, Access.READ)
+    for problem in problems:
+        print(f"MISMATCH {problem}")
+    print(
+        f"verified {_plural(len(rows), 'statement row')} against the ledger: "
+        f"{_plural(len(problems), 'problem')}"
+    )
+    return 1 if problems else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -522,6 +549,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="end, inclusive: ISO 8601 with its UTC offset")  # fmt: skip
     ledger.add_argument("--format", default="csv", help="csv (default) or ndjson")
     ledger.add_argument("--output", type=Path, default=None, help="file (default: stdout)")
+    ledger.add_argument(
+        "--statement", type=Path, default=None, metavar="FILE",
+        help="also write each wallet's opening balance, total and closing balance for the "
+        "period (CSV, same snapshot), for `gql-wallet verify --statement FILE`",
+    )  # fmt: skip
     ledger.set_defaults(run=_export)
 
     verify = commands.add_parser(
@@ -533,6 +565,11 @@ def build_parser() -> argparse.ArgumentParser:
         "naming each bad wallet (INCONSISTENT lines), or when there is no database, it "
         "cannot be opened, or its schema is not at the newest revision.",
     )
+    verify.add_argument(
+        "--statement", type=Path, default=None, metavar="FILE",
+        help="instead, check a statement file of `gql-wallet export --statement` against the "
+        "ledger (MISMATCH lines; exit 1 on any)",
+    )  # fmt: skip
     verify.set_defaults(run=_verify)
     return parser
 

@@ -217,3 +217,46 @@ async def test_the_same_over_http(env: Env) -> None:
     assert (await get(None, **period)).status_code == 401
     session = await env.customer_session(env.api, "cus_1")
     assert (await get(session.key, **period)).status_code == 403
+
+
+async def test_a_statement_file_that_verify_checks(env: Env, tmp_path: Path) -> None:
+    await _ledger(env)
+    url, statement = env.settings.database_url, tmp_path / "statement.csv"
+    first = (await env.api(
+        '{ customerWallets(customerId: "cus_1") { transactions(first: 1) { edges { node {'
+        " createdAt } } } } }"
+    ))["customerWallets"]  # fmt: skip
+    cut = first[0]["transactions"]["edges"][0]["node"]["createdAt"]  # cus_1's last usd entry
+    await asyncio.to_thread(
+        cli, url, "export", "--organization", "org-a", "--from", START, "--to", _end(),
+        "--output", str(tmp_path / "x.csv"), "--statement", str(statement),
+    )  # fmt: skip
+    rows = list(csv.DictReader(io.StringIO(statement.read_text(), newline="")))
+    assert list(rows[0]) == list(exports.STATEMENT_COLUMNS)
+    assert [(r["customerId"], r["currency"], r["openingBalance"], r["total"],
+             r["closingBalance"], r["entryCount"]) for r in rows] == [
+        ("cus_1", "usd", "0", "2369", "2369", "3"), ("cus_2", "usd", "0", "1234", "1234", "1"),
+        ("cus_1", "jpy", "0", "500", "500", "1"),
+    ]  # fmt: skip
+    done = await asyncio.to_thread(cli, url, "verify", "--statement", str(statement))
+    assert "verified 3 statement rows against the ledger: 0 problems" in done.stdout
+    # A figure changed, and a wallet left out: each named, exit 1.
+    rows[0]["closingBalance"] = "2370"
+    del rows[1]
+    with statement.open("w", newline="") as file:
+        writer = csv.DictWriter(file, exports.STATEMENT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    bad = await asyncio.to_thread(cli, url, "verify", "--statement", str(statement), check=False)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "closingBalance 2370, the ledger says 2369" in bad.stdout
+    assert "has entries by" in bad.stdout and "but no row" in bad.stdout
+    # A later period opens where this one closed.
+    later = tmp_path / "later.csv"
+    await asyncio.to_thread(
+        cli, url, "export", "--organization", "org-a", "--from", cut, "--to", _end(),
+        "--format", "ndjson", "--output", str(tmp_path / "y.ndjson"), "--statement", str(later),
+    )  # fmt: skip
+    opened = {r["customerId"] + r["currency"]: r for r in csv.DictReader(later.open(newline=""))}
+    assert opened["cus_1usd"]["openingBalance"] == "2369"
+    assert opened["cus_1usd"]["entryCount"] == "0"

@@ -32,6 +32,12 @@ COLUMNS = (
     "balanceAfter", "balanceAfterDecimal", "description", "reference", "idempotencyKey",
 )  # fmt: skip
 ROWS_PER_CHUNK = 1000
+# An export's statement file: one row per wallet with an entry by `to`, which
+# `gql-wallet verify --statement` checks against the ledger.
+STATEMENT_COLUMNS = (
+    "organizationId", "walletId", "customerId", "currency", "from", "to", "openingBalance",
+    "total", "closingBalance", "entryCount",
+)  # fmt: skip
 
 
 def check_export(
@@ -162,9 +168,78 @@ class Export:
             return self._csv(batch)
         return "".join(orjson.dumps(record).decode() + "\n" for record in batch)
 
+    async def statement(self) -> str:
+        """The statement file of this export's period, from the same snapshot (CSV)."""
+        found = await repo.statements.wallet_statements(
+            self._conn, self.organization_id, self.start, self.end
+        )
+        period = {"from": self.start.isoformat(), "to": self.end.isoformat()}
+        rows = [
+            {
+                "organizationId": str(self.organization_id),
+                "walletId": str(row.wallet_id),
+                "customerId": row.customer_id,
+                "currency": row.currency,
+                **period,
+                "openingBalance": row.opening,
+                "total": row.total,
+                "closingBalance": row.closing,
+                "entryCount": row.entries,
+            }
+            for row in found
+        ]
+        header = dict(zip(STATEMENT_COLUMNS, STATEMENT_COLUMNS, strict=True))
+        return self._csv([header, *rows], STATEMENT_COLUMNS)
+
     @staticmethod
-    def _csv(batch: list[dict[str, Any]]) -> str:
+    def _csv(batch: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
         out = io.StringIO()
-        writer = csv.DictWriter(out, COLUMNS, lineterminator="\r\n")
+        writer = csv.DictWriter(out, columns, lineterminator="\r\n")
         writer.writerows(batch)
         return out.getvalue()
+
+
+async def check_statement(database: Database, rows: list[dict[str, str]]) -> list[str]:
+    """What is wrong in a statement file (its rows, as csv.DictReader reads them), checked
+    against the ledger in one snapshot: each row's balances at `from` and `to`, the sum and
+    number of the entries between, and that no wallet with an entry by `to` is missing."""
+    problems: list[str] = []
+    periods: dict[tuple[uuid.UUID, datetime, datetime], set[uuid.UUID]] = {}
+    async with database.read_transaction() as conn:
+        for number, row in enumerate(rows, start=2):  # the header is line 1
+            try:
+                organization = uuid.UUID(row["organizationId"])
+                wallet = uuid.UUID(row["walletId"])
+                start, end = datetime.fromisoformat(row["from"]), datetime.fromisoformat(row["to"])
+                claimed = [int(row[k]) for k in ("openingBalance", "total", "closingBalance")]
+                count = int(row["entryCount"])
+            except (KeyError, ValueError, TypeError):
+                problems.append(
+                    f"line {number}: not a statement row ({', '.join(STATEMENT_COLUMNS)})"
+                )
+                continue
+            periods.setdefault((organization, start, end), set()).add(wallet)
+            seq = await repo.statements.wallet_seq_of(conn, wallet)
+            if seq is None:
+                problems.append(f"line {number}: wallet {wallet}: no such wallet")
+                continue
+            opening = await repo.statements.balance_at(conn, seq, start)
+            closing = await repo.statements.balance_at(conn, seq, end)
+            totals = await repo.statements.totals_by_type(conn, seq, start, end)
+            ledger = [opening.balance, sum(t.total for t in totals), closing.balance]
+            entries = sum(t.entries for t in totals)
+            for name, said, found in zip(
+                ("openingBalance", "total", "closingBalance", "entryCount"),
+                [*claimed, count],
+                [*ledger, entries],
+                strict=True,
+            ):
+                if said != found:
+                    problems.append(
+                        f"line {number}: wallet {wallet}: {name} {said}, the ledger says {found}"
+                    )
+        for (organization, start, end), listed in periods.items():
+            every = await repo.statements.wallet_statements(conn, organization, start, end)
+            for missing in sorted(str(r.wallet_id) for r in every if r.wallet_id not in listed):
+                problems.append(f"wallet {missing}: has entries by {end.isoformat()} but no row")
+    return problems

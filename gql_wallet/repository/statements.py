@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gql_wallet.repository.records import (
@@ -192,3 +192,50 @@ async def organization_named(conn: AsyncConnection, name: str) -> uuid.UUID | No
     found = await conn.execute(select(organizations.c.id).where(organizations.c.name == name))
     value = found.scalar()
     return None if value is None else uuid.UUID(str(value))
+
+
+class WalletStatementRow(NamedTuple):
+    """One wallet's statement for a period, as an export's statement file holds it."""
+
+    wallet_id: uuid.UUID
+    customer_id: str
+    currency: str
+    opening: int
+    total: int
+    closing: int
+    entries: int
+
+
+async def wallet_statements(
+    conn: AsyncConnection, organization_id: uuid.UUID, start: datetime, end: datetime
+) -> list[WalletStatementRow]:
+    """Each of the organization's wallets with an entry created at or before `end`: its
+    balance at `start`, the sum and number of its entries after `start` up to `end`, and its
+    balance at `end`; oldest wallet first."""
+    in_period = transactions.c.created_at > start
+    query = (
+        select(
+            wallets.c.id,
+            wallets.c.customer_id,
+            wallets.c.currency,
+            func.sum(case((in_period, 0), else_=transactions.c.amount)),
+            func.sum(case((in_period, transactions.c.amount), else_=0)),
+            func.sum(transactions.c.amount),
+            func.count(case((in_period, 1))),
+        )
+        .join(wallets, wallets.c.seq == transactions.c.wallet_seq)
+        .where(transactions.c.organization_id == organization_id, transactions.c.created_at <= end)
+        .group_by(wallets.c.seq, wallets.c.id, wallets.c.customer_id, wallets.c.currency)
+        .order_by(wallets.c.seq)
+    )
+    return [
+        WalletStatementRow(
+            uuid.UUID(str(r[0])), r[1], r[2], int(r[3]), int(r[4]), int(r[5]), int(r[6])
+        )
+        for r in await conn.execute(query)
+    ]
+
+
+async def wallet_seq_of(conn: AsyncConnection, wallet_id: uuid.UUID) -> int | None:
+    found = (await conn.execute(select(wallets.c.seq).where(wallets.c.id == wallet_id))).scalar()
+    return None if found is None else int(found)
