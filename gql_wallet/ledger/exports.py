@@ -98,23 +98,15 @@ def in_major_units(amount: int, exponent: int) -> str:
     return f"{sign}{digits[:-exponent]}.{digits[-exponent:]}"
 
 
-def _record(row: repo.statements.ExportRow) -> dict[str, Any]:
+def _values(row: repo.statements.ExportRow) -> tuple[Any, ...]:
+    """An entry's values, in COLUMNS' order."""
     exponent = minor_unit_exponent(row.currency)
-    return {
-        "id": str(row.id),
-        "createdAt": row.created_at.isoformat(),
-        "walletId": str(row.wallet_id),
-        "customerId": row.customer_id,
-        "currency": row.currency,
-        "type": row.type,
-        "amount": row.amount,
-        "amountDecimal": in_major_units(row.amount, exponent),
-        "balanceAfter": row.balance_after,
-        "balanceAfterDecimal": in_major_units(row.balance_after, exponent),
-        "description": row.description,
-        "reference": row.reference,
-        "idempotencyKey": row.idempotency_key,
-    }
+    return (
+        str(row.id), row.created_at.isoformat(), str(row.wallet_id), row.customer_id,
+        row.currency, row.type, row.amount, in_major_units(row.amount, exponent),
+        row.balance_after, in_major_units(row.balance_after, exponent), row.description,
+        row.reference, row.idempotency_key,
+    )  # fmt: skip
 
 
 class Export:
@@ -151,51 +143,52 @@ class Export:
         rows = repo.statements.stream_entries(
             self._conn, self.organization_id, self.start, self.end
         )
-        batch: list[dict[str, Any]] = []
+        batch: list[tuple[Any, ...]] = []
         if self.format == "csv":
-            yield self._csv([dict(zip(COLUMNS, COLUMNS, strict=True))])
+            yield self._csv([COLUMNS])
         async for row in rows:
-            batch.append(_record(row))
+            batch.append(_values(row))
             if len(batch) == ROWS_PER_CHUNK:
                 yield self._text(batch)
                 batch = []
         if batch:
             yield self._text(batch)
 
-    def _text(self, batch: list[dict[str, Any]]) -> str:
+    def _text(self, batch: list[tuple[Any, ...]]) -> str:
         self.exported += len(batch)
         if self.format == "csv":
             return self._csv(batch)
-        return "".join(orjson.dumps(record).decode() + "\n" for record in batch)
+        return "".join(
+            orjson.dumps(dict(zip(COLUMNS, values, strict=True))).decode() + "\n"
+            for values in batch
+        )
 
     async def statement(self) -> str:
         """The statement file of this export's period, from the same snapshot (CSV)."""
         found = await repo.statements.wallet_statements(
             self._conn, self.organization_id, self.start, self.end
         )
-        period = {"from": self.start.isoformat(), "to": self.end.isoformat()}
+        period = (self.start.isoformat(), self.end.isoformat())
         rows = [
-            {
-                "organizationId": str(self.organization_id),
-                "walletId": str(row.wallet_id),
-                "customerId": row.customer_id,
-                "currency": row.currency,
-                **period,
-                "openingBalance": row.opening,
-                "total": row.total,
-                "closingBalance": row.closing,
-                "entryCount": row.entries,
-            }
+            (
+                str(self.organization_id),
+                str(row.wallet_id),
+                row.customer_id,
+                row.currency,
+                *period,
+                row.opening,
+                row.total,
+                row.closing,
+                row.entries,
+            )
             for row in found
         ]
-        header = dict(zip(STATEMENT_COLUMNS, STATEMENT_COLUMNS, strict=True))
-        return self._csv([header, *rows], STATEMENT_COLUMNS)
+        return self._csv([STATEMENT_COLUMNS, *rows])
 
     @staticmethod
-    def _csv(batch: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
+    def _csv(rows: list[tuple[Any, ...]]) -> str:
         out = io.StringIO()
-        writer = csv.DictWriter(out, columns, lineterminator="\r\n")
-        writer.writerows(batch)
+        csv.writer(out, lineterminator="\r\n").writerows(rows)
         return out.getvalue()
 
 
