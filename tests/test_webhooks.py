@@ -6,6 +6,7 @@ tests/test_webhooks_races.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import time
@@ -18,6 +19,7 @@ from standardwebhooks import Webhook
 
 from gql_wallet.repository.webhooks import deliveries, events, outbox
 from gql_wallet.settings import Settings
+from gql_wallet.webhooks import worker as worker_module
 from gql_wallet.webhooks.events import EVENT_TYPES
 from gql_wallet.webhooks.guard import AddressNotAllowed, guarded_client
 from tests.conftest import Env, app_env, changed
@@ -535,3 +537,27 @@ async def test_unknown_endpoint_for_deliveries(env: Env) -> None:
     status, body = await env.api.answer(DELIVERIES, {"e": "nope"})
     assert body["data"] is None and "no webhook endpoint" in body["errors"][0]["message"]
     assert status == 200
+
+
+async def test_a_worker_stops_even_if_a_task_will_not(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a task does whose database connection's cleanup hangs: SQLAlchemy runs that cleanup
+    # to its end even when the task is cancelled.
+    monkeypatch.setattr(worker_module, "STOP_SECONDS", 0.2)
+    released = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not released.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await released.wait()
+
+    worker = worker_module.WebhookWorker(None, settings, None)  # type: ignore[arg-type]
+    worker.tasks = [asyncio.create_task(stubborn()), asyncio.create_task(asyncio.sleep(3600))]
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    await asyncio.wait_for(worker.stop(), 5)
+    assert time.monotonic() - started < 2
+    assert worker.tasks[1].cancelled() and not worker.tasks[0].done()
+    released.set()
+    await worker.tasks[0]

@@ -38,6 +38,7 @@ from gql_wallet.webhooks.dispatch import BATCH, dispatch
 from gql_wallet.webhooks.guard import AddressNotAllowed, guarded_client
 
 AGE_EVERY_SECONDS = 5.0
+STOP_SECONDS = 5.0
 CLAIM_COALESCE_SECONDS = 0.02
 DISPATCH_GATHER_SECONDS = 0.1
 USER_AGENT = "gql_wallet-webhooks/1"
@@ -224,11 +225,22 @@ class WebhookWorker:
         # the recorder.
         working, recorder = self.tasks[:-1], self.tasks[-1:]
         for tasks in (working, list(self.sending), recorder):
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _cancel(tasks)
         if self.client is not None:
             await self.client.aclose()
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the tasks and wait for them, STOP_SECONDS at most: a task cancelled inside a
+    database call waits for the connection's cleanup, which SQLAlchemy shields from
+    cancellation, and one that never ends must not keep the process from stopping (what it
+    was doing is done again when its lease ends)."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        _done, stuck = await asyncio.wait(tasks, timeout=STOP_SECONDS)
+        if stuck:
+            logger.warning("%d webhook tasks did not stop within %g s", len(stuck), STOP_SECONDS)
 
 
 class PendingAge:
@@ -256,9 +268,7 @@ class PendingAge:
 
     async def stop(self) -> None:
         if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            await _cancel([self.task])
 
 
 async def deliver(settings: Settings, parent: int | None = None) -> None:
