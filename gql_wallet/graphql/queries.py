@@ -95,10 +95,8 @@ class Query:
         info: Info[Context, None],
         id: Annotated[strawberry.ID, strawberry.argument(description="The wallet's ID.")],
     ) -> CustomerWallet | None:
-        refuse(check_text(str(id), "id", at=ARGUMENT))
-        try:
-            wallet_id = uuid.UUID(str(id))
-        except ValueError:
+        wallet_id = _id(id)
+        if wallet_id is None:
             return None
         _, customer = info.context.customer_scope(None)
         async with info.context.database.read_connection() as conn:
@@ -117,22 +115,15 @@ class Query:
         info: Info[Context, None],
         id: Annotated[strawberry.ID, strawberry.argument(description="The hold's ID.")],
     ) -> WalletHold | None:
-        refuse(check_text(str(id), "id", at=ARGUMENT))
-        try:
-            hold_id = uuid.UUID(str(id))
-        except ValueError:
+        hold_id = _id(id)
+        if hold_id is None:
             return None
-        _, customer = info.context.customer_scope(None)
         async with info.context.database.read_connection() as conn:
             found = await repo.holds.holds_by_id(
                 conn, info.context.principal.organization_id, [hold_id]
             )
-        if not found:
+        if not found or not await _yours(info, found[0].wallet_seq):
             return None
-        if customer is not None:
-            wallet = await info.context.wallets_by_seq.load(found[0].wallet_seq)
-            if wallet.customer_id != customer:
-                return None
         return WalletHold.from_record(found[0])
 
     @strawberry.field(
@@ -144,10 +135,8 @@ class Query:
         info: Info[Context, None],
         id: Annotated[strawberry.ID, strawberry.argument(description="The entry's ID.")],
     ) -> WalletTransaction | None:
-        refuse(check_text(str(id), "id", at=ARGUMENT))
-        try:
-            entry_id = uuid.UUID(str(id))
-        except ValueError:
+        entry_id = _id(id)
+        if entry_id is None:
             return None
         async with info.context.database.read_connection() as conn:
             found = await repo.statements.transaction_by_id(
@@ -214,15 +203,29 @@ class Query:
         )
 
 
+def _id(id: strawberry.ID) -> uuid.UUID | None:
+    """An ID argument as a UUID; None when it is not one (nothing has that ID). Text that no
+    input may hold is refused, as in writes."""
+    refuse(check_text(str(id), "id", at=ARGUMENT))
+    try:
+        return uuid.UUID(str(id))
+    except ValueError:
+        return None
+
+
+async def _yours(info: Info[Context, None], wallet_seq: int) -> bool:
+    """Whether the caller may see what belongs to this wallet of its organization: a customer
+    session sees its own customer's only."""
+    _, customer = info.context.customer_scope(None)
+    if customer is None:
+        return True
+    wallet = await info.context.wallets_by_seq.load(wallet_seq)
+    return wallet.customer_id == customer
+
+
 async def _visible(
     info: Info[Context, None], found: TransactionRecord | None
 ) -> WalletTransaction | None:
-    """The entry, unless the caller is a customer session of another customer."""
-    if found is None:
+    if found is None or not await _yours(info, found.wallet_seq):
         return None
-    _, customer = info.context.customer_scope(None)
-    if customer is not None:
-        wallet = await info.context.wallets_by_seq.load(found.wallet_seq)
-        if wallet.customer_id != customer:
-            return None
     return WalletTransaction.from_record(found)
