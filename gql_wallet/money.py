@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pycountry
 
@@ -120,6 +120,18 @@ def check_text(
             (*at, field),
         )
     ]
+
+
+def parse_instant(text: object) -> datetime | None:
+    """The instant an ISO 8601 text with its UTC offset names, in UTC; None if it names none
+    (not such a text, no offset, or outside the years 1-9999 once in UTC)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(text)
+        return None if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
 
 
 def check_instant(value: object, name: str, at: tuple[str, ...] = ARGUMENT) -> list[UserError]:

@@ -30,6 +30,18 @@ SAFE_INTS = st.one_of(
     st.sampled_from([0, 1, -1, 2**53 - 1, 2**53, 2**63, 10**30]),
 ).map(nodes.Int)
 schemathesis.graphql.scalar("SafeInt", SAFE_INTS)
+# Instants: valid ones with their offset, around the edges of time, and text that is not one
+# (no offset, out of range, not a time at all).
+ODD_TIMES = (
+    "2026-03-31T23:59:59+00:00", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00",
+    "2026-03-31T23:59:59", "2026-13-01T00:00:00+00:00", "yesterday", "",
+)  # fmt: skip
+DATETIMES = st.one_of(
+    st.datetimes(timezones=st.timezones()).map(lambda value: value.isoformat()),
+    st.sampled_from(ODD_TIMES),
+    st.text(max_size=40),
+).map(nodes.String)
+schemathesis.graphql.scalar("DateTime", DATETIMES)
 FUZZ_SETTINGS = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -111,7 +123,7 @@ def test_schemathesis_operations(server: LiveServer, token: str) -> None:
 def test_hypothesis_graphql_documents(server: LiveServer, token: str) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=server.url, timeout=30) as client:
-        scalars = {"SafeInt": SAFE_INTS}
+        scalars = {"SafeInt": SAFE_INTS, "DateTime": DATETIMES}
 
         @given(
             document=st.one_of(

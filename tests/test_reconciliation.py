@@ -178,3 +178,18 @@ async def test_an_entry_by_id_and_by_idempotency_key(env: Env) -> None:
     assert (await stranger(BY_KEY, {"key": "c1"}))["transactionByIdempotencyKey"] is None
     _status, body = await env.api.answer(BY_KEY, {"key": ""})
     assert body["errors"][0]["extensions"]["code"] == "INVALID_INPUT", body
+
+
+async def test_instants_at_the_edges_of_time(env: Env) -> None:
+    wallet_id, _entries = await _history(env)
+    earliest, latest = "0001-01-01T00:00:00+00:00", "9999-12-31T23:59:59.999999+00:00"
+    assert (await _balance_at(env.api, wallet_id, earliest))["balance"] == 0
+    assert (await _balance_at(env.api, wallet_id, latest))["balance"] == 1_000
+    found = (await env.api(STATEMENT, {"id": wallet_id, "from": earliest, "to": latest}))["wallet"][
+        "statement"
+    ]
+    assert (found["openingBalance"], found["closingBalance"], found["entryCount"]) == (0, 1_000, 4)
+    # Instants that exist only with their offset, not in UTC: refused, not a server error.
+    for at in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
+        status, body = await env.api.answer(BALANCE_AT, {"id": wallet_id, "at": at})
+        assert status == 200 and body["errors"][0]["extensions"]["code"] == "INVALID_INPUT", body

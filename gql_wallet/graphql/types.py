@@ -17,7 +17,7 @@ from gql_wallet.errors import ErrorCode
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.errors import RequestError, refuse
 from gql_wallet.ledger import REFUNDABLE, REVERSIBLE, InvalidDateTime
-from gql_wallet.money import MAX_SAFE_INT, check_instant, check_period
+from gql_wallet.money import MAX_SAFE_INT, check_instant, check_period, parse_instant
 from gql_wallet.repository import (
     AllocationRecord,
     CreditBlockRecord,
@@ -79,13 +79,8 @@ def serialize_datetime(value: Any) -> str:
 def _parse_datetime(value: Any) -> datetime | InvalidDateTime:
     """An input that does not parse is handed on as `InvalidDateTime`: the operation that takes
     it refuses it with its own typed code (e.g. INVALID_EXPIRY), writing nothing."""
-    try:
-        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
-        return InvalidDateTime(str(value)[:64])
-    return parsed
+    parsed = parse_instant(value)
+    return InvalidDateTime(str(value)[:64]) if parsed is None else parsed
 
 
 DATETIME_SCALAR = strawberry.scalar(

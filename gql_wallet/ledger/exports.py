@@ -19,6 +19,7 @@ from typing import Any
 import iso4217
 import orjson
 
+from gql_wallet import money
 from gql_wallet import repository as repo
 from gql_wallet.db import Database
 from gql_wallet.errors import ErrorCode, UserError
@@ -69,15 +70,12 @@ def check_export(
 
 
 def parse_instant(text: str | None) -> datetime | str | None:
-    """A bound as given on a command line or in a URL: a datetime if it is ISO 8601 with its
-    UTC offset, else the text itself (which `check_export` refuses), None if absent."""
+    """A bound as given on a command line or in a URL: the instant (money.parse_instant), else
+    the text itself, which `check_export` refuses; None if absent."""
     if text is None:
         return None
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        return text
-    return value if value.tzinfo is not None else text
+    found = money.parse_instant(text)
+    return text if found is None else found
 
 
 def minor_unit_exponent(currency: str) -> int:
