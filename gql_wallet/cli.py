@@ -396,7 +396,8 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
         out = sys.stdout if args.output is None else args.output.open("w", newline="")
         try:
             async with exports.Export(database, organization_id, start, end, args.format) as job:
-                with _progress(args.output, job.total) as advance:
+                total = await job.count() if _shows_progress(args.output) else None
+                with _progress(total) as advance:
                     async for chunk in job.chunks():
                         out.write(chunk)
                         advance(job.exported)
@@ -412,12 +413,17 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _progress(output: Path | None, total: int) -> Iterator[Callable[[int], None]]:
-    """A progress bar on a terminal's stderr, unless the export is written to that terminal or
-    into a pipe; else nothing."""
+def _shows_progress(output: Path | None) -> bool:
+    """A progress bar goes to a terminal's stderr, unless the export is written to that
+    terminal or into a pipe."""
     to_file = output is not None or stat.S_ISREG(os.fstat(sys.stdout.fileno()).st_mode)
-    if not (sys.stderr.isatty() and to_file):
+    return sys.stderr.isatty() and to_file
+
+
+@contextlib.contextmanager
+def _progress(total: int | None) -> Iterator[Callable[[int], None]]:
+    """A progress bar of `total` rows on stderr; None: nothing."""
+    if total is None:
         yield lambda _done: None
         return
     from rich.console import Console

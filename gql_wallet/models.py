@@ -148,6 +148,11 @@ class WalletTransaction(SQLModel, table=True):
     held_after: int = Field(
         default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
     )
+    # The caller's metadata: canonical JSON of string keys to string values, {} for none.
+    metadata_: str = Field(
+        default="{}",
+        sa_column=Column("metadata", Text, nullable=False, server_default="{}"),
+    )
 
 
 class CreditBlock(SQLModel, table=True):
@@ -259,6 +264,11 @@ class WalletHold(SQLModel, table=True):
     idempotency_key: str = Field(sa_column=Column(String(255), nullable=False))
     created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
     capture_seq: int | None = Field(default=None, sa_column=Column(BigSeq))
+    # The caller's metadata (as an entry's); a capture that is given none takes the hold's.
+    metadata_: str = Field(
+        default="{}",
+        sa_column=Column("metadata", Text, nullable=False, server_default="{}"),
+    )
 
 
 class HoldReservation(SQLModel, table=True):

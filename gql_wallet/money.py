@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from datetime import UTC, datetime
 
@@ -157,3 +158,60 @@ def check_period(start: object, end: object, at: tuple[str, ...] = ARGUMENT) -> 
             UserError(ErrorCode.INVALID_INPUT, "from must not be after to.", (*at, "from"))
         )
     return errors
+
+
+# Metadata on a write, as Stripe limits it: string keys to string values.
+MAX_METADATA_KEYS = 50
+MAX_METADATA_KEY_LENGTH = 40
+MAX_METADATA_VALUE_LENGTH = 500
+NO_METADATA = "{}"
+
+
+def check_metadata(
+    value: object, field: str = "metadata", at: tuple[str, ...] = INPUT
+) -> list[UserError]:
+    """INVALID_INPUT unless `value` (None: not given) is a JSON object of at most 50 keys of
+    1-40 characters, each to a text value of at most 500 characters (both as check_text)."""
+    problem = _metadata_problem(value)
+    if problem is None:
+        return []
+    return [UserError(ErrorCode.INVALID_INPUT, f"{field} {problem}", (*at, field))]
+
+
+def _metadata_problem(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        return "must be a JSON object of string keys to string values."
+    if len(value) > MAX_METADATA_KEYS:
+        return f"may have at most {MAX_METADATA_KEYS} keys, not {len(value)}."
+    for key, item in value.items():
+        shown = repr(key[:MAX_METADATA_KEY_LENGTH]) if isinstance(key, str) else "?"
+        if not (
+            isinstance(key, str)
+            and 1 <= len(key) <= MAX_METADATA_KEY_LENGTH
+            and is_unicode_text(key)
+        ):
+            return (
+                f"keys must be 1-{MAX_METADATA_KEY_LENGTH} characters of Unicode text without "
+                f"NUL characters: {shown} is not."
+            )
+        if not (
+            isinstance(item, str)
+            and len(item) <= MAX_METADATA_VALUE_LENGTH
+            and is_unicode_text(item)
+        ):
+            return (
+                f"values must be text of at most {MAX_METADATA_VALUE_LENGTH} characters without "
+                f"NUL characters: the value of {shown} is not."
+            )
+    return None
+
+
+def canonical_metadata(value: object) -> str:
+    """Checked metadata (check_metadata) as stored: canonical JSON (keys sorted), "{}" for
+    none. Equal text means equal metadata."""
+    if not value:
+        return NO_METADATA
+    assert isinstance(value, dict)  # checked
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))

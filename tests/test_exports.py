@@ -156,10 +156,10 @@ async def test_an_export_is_one_snapshot_while_writes_go_on(env: Env) -> None:
     start, end = datetime.now(UTC) - timedelta(days=1), datetime.now(UTC) + timedelta(days=1)
     organization = await _organization(env)
     async with exports.Export(env.database, organization, start, end, "ndjson") as job:
-        total = job.total
         async for chunk in job.chunks():
             rows += [json.loads(line) for line in chunk.splitlines()]
             await asyncio.sleep(0.05)  # writes commit meanwhile
+        total = await job.count()  # after the writes, in the same snapshot
     stop.set()
     written = sum(await asyncio.gather(*writers))
     assert written > 20 and len(rows) == total

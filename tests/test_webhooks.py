@@ -237,7 +237,9 @@ class TestEvents:
         env, receiver = hooks
         hook = await endpoint(env, receiver, "/ok", [ALL[0]])
         await env.api.top_up("cus_1", 500, "t1")
-        await env.api.charge("cus_1", 120, "c1", description="usage")
+        await env.api.charge(
+            "cus_1", 120, "c1", description="usage", metadata={"usage_record": "ur_1"}
+        )
         await receiver.wait_for(2, "/ok")
         verifier = Webhook(hook["secret"])
         bodies = []
@@ -257,6 +259,8 @@ class TestEvents:
         assert charge["data"]["transaction"]["type"] == "CHARGE"
         assert charge["data"]["transaction"]["description"] == "usage"
         assert charge["data"]["transaction"]["idempotencyKey"] == "c1"
+        assert charge["data"]["transaction"]["metadata"] == {"usage_record": "ur_1"}
+        assert top_up["data"]["transaction"]["metadata"] == {}
         # The wallet as it was right after each change.
         assert top_up["data"]["wallet"]["balance"] == 500
         assert charge["data"]["wallet"]["balance"] == 380

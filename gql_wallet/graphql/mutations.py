@@ -19,6 +19,7 @@ from gql_wallet.graphql.errors import FORBIDDEN
 from gql_wallet.graphql.types import (
     CustomerSession,
     CustomerWallet,
+    Metadata,
     SafeInt,
     WalletHold,
     WalletTransaction,
@@ -40,6 +41,10 @@ _KEY = (
 )
 _DESCRIPTION = "Free text shown in the ledger, up to 500 characters."
 _REFERENCE = "Your reference (an invoice or payment ID), up to 255 characters."
+_METADATA = (
+    "Your own data, stored with the entry and returned on WalletTransaction.metadata: string "
+    "keys (at most 50, 1-40 characters) to string values (at most 500 characters)."
+)
 
 
 @strawberry.input(description="Fields shared by TopUpWalletInput and ChargeWalletInput.")
@@ -53,6 +58,7 @@ class BalanceChangeInput:
     idempotency_key: str = strawberry.field(description=_KEY)
     description: str | None = strawberry.field(default=None, description=_DESCRIPTION)
     reference: str | None = strawberry.field(default=None, description=_REFERENCE)
+    metadata: Metadata | None = strawberry.field(default=None, description=_METADATA)
 
 
 _EXPIRES_AT = (
@@ -89,6 +95,7 @@ class RefundChargeInput:
     )
     idempotency_key: str = strawberry.field(description=_UNDO_KEY)
     description: str | None = strawberry.field(default=None, description=_DESCRIPTION)
+    metadata: Metadata | None = strawberry.field(default=None, description=_METADATA)
 
 
 @strawberry.input(
@@ -105,6 +112,7 @@ class ReverseTopUpInput:
     )
     idempotency_key: str = strawberry.field(description=_UNDO_KEY)
     description: str | None = strawberry.field(default=None, description=_DESCRIPTION)
+    metadata: Metadata | None = strawberry.field(default=None, description=_METADATA)
 
 
 @strawberry.input(
@@ -125,6 +133,12 @@ class CreateHoldInput:
     )
     description: str | None = strawberry.field(default=None, description=_DESCRIPTION)
     reference: str | None = strawberry.field(default=None, description=_REFERENCE)
+    metadata: Metadata | None = strawberry.field(
+        default=None,
+        description="Your own data, stored with the hold (WalletHold.metadata) and given to its "
+        "CAPTURE entry unless captureHold is given its own: string keys (at most 50, 1-40 "
+        "characters) to string values (at most 500 characters).",
+    )
 
 
 _HOLD_ID = "The ID of the hold."
@@ -139,6 +153,11 @@ class CaptureHoldInput:
     )
     idempotency_key: str = strawberry.field(description=_KEY)
     description: str | None = strawberry.field(default=None, description=_DESCRIPTION)
+    metadata: Metadata | None = strawberry.field(
+        default=None,
+        description="Your own data for the CAPTURE entry; omitted or empty: the hold's. "
+        "Limits as for createHold.",
+    )
 
 
 @strawberry.input(description="Release a hold without paying anything.")
@@ -325,6 +344,7 @@ def balance_change(data: BalanceChangeInput) -> ledger.BalanceChange:
         reference=data.reference,
         expires_at=getattr(data, "expires_at", None),
         priority=getattr(data, "priority", None),
+        metadata=data.metadata,
     )
 
 
@@ -334,6 +354,7 @@ def undo(data: RefundChargeInput | ReverseTopUpInput) -> ledger.Undo:
         idempotency_key=data.idempotency_key,
         amount=data.amount,
         description=data.description,
+        metadata=data.metadata,
     )
 
 
@@ -538,6 +559,7 @@ class Mutation:
                 expires_in_seconds=input.expires_in_seconds,
                 description=input.description,
                 reference=input.reference,
+                metadata=input.metadata,
             ),
         )
         wallet, _, errors = write_parts(info.context, result)
@@ -562,6 +584,7 @@ class Mutation:
                 idempotency_key=input.idempotency_key,
                 amount=input.amount,
                 description=input.description,
+                metadata=input.metadata,
             ),
         )
         wallet, transaction, errors = write_parts(info.context, result)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 
 import strawberry
 from graphql import GraphQLError
@@ -21,7 +20,7 @@ from gql_wallet.graphql.limits import validation_rules
 from gql_wallet.graphql.mutations import Mutation
 from gql_wallet.graphql.queries import Query
 from gql_wallet.graphql.subscriptions import Subscription
-from gql_wallet.graphql.types import DATETIME_SCALAR, SAFE_INT_SCALAR, SafeInt
+from gql_wallet.graphql.types import SCALARS
 from gql_wallet.graphql.webhooks import WebhookMutations, WebhookQueries
 from gql_wallet.logs import logger, request_id
 from gql_wallet.settings import Settings
@@ -76,7 +75,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         mutation=_Mutation,
         subscription=Subscription,
         config=StrawberryConfig(
-            scalar_map={SafeInt: SAFE_INT_SCALAR, datetime: DATETIME_SCALAR},
+            scalar_map=SCALARS,
             # "Did you mean ...?" would reveal the schema even with introspection off.
             disable_field_suggestions=True,
         ),

@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 from datetime import UTC, datetime
 from typing import Annotated, Any, NewType, cast
 
+import orjson
 import strawberry
-from graphql import GraphQLError, IntValueNode, ValueNode
+from graphql import GraphQLError, IntValueNode, ValueNode, value_from_ast_untyped
 from strawberry.types import Info
 
 from gql_wallet import repository as repo
@@ -17,7 +19,15 @@ from gql_wallet.errors import ErrorCode
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.errors import RequestError, refuse
 from gql_wallet.ledger import REFUNDABLE, REVERSIBLE, InvalidDateTime
-from gql_wallet.money import MAX_SAFE_INT, check_instant, check_period, parse_instant
+from gql_wallet.money import (
+    ARGUMENT,
+    MAX_SAFE_INT,
+    canonical_metadata,
+    check_instant,
+    check_metadata,
+    check_period,
+    parse_instant,
+)
 from gql_wallet.repository import (
     AllocationRecord,
     CreditBlockRecord,
@@ -90,6 +100,50 @@ DATETIME_SCALAR = strawberry.scalar(
     serialize=serialize_datetime,
     parse_value=_parse_datetime,
 )
+
+Metadata = NewType("Metadata", object)
+
+
+@functools.lru_cache(maxsize=4096)
+def _metadata_object(stored: str) -> dict[str, str]:
+    # Shared, read-only: the response's serializer only reads it.
+    return cast(dict[str, str], orjson.loads(stored))
+
+
+def _serialize_metadata(value: Any) -> dict[str, str]:
+    if isinstance(value, str):  # as stored: canonical JSON
+        return _metadata_object(value)
+    raise GraphQLError(f"Metadata cannot represent {type(value).__name__}.")
+
+
+def _parse_metadata(value: Any) -> object:
+    # Any JSON value gets through, so that the operation refuses a wrong one with a typed
+    # userError (INVALID_INPUT on its field) instead of a request error.
+    return value
+
+
+def _parse_metadata_literal(node: ValueNode, variables: dict[str, Any] | None = None) -> object:
+    return value_from_ast_untyped(node, variables)
+
+
+METADATA_SCALAR = strawberry.scalar(
+    name="Metadata",
+    description=(
+        "Your own data on a write: a JSON object of string keys to string values, at most 50 "
+        "keys of 1-40 characters, values of at most 500 characters (Stripe's limits). Stored "
+        "with the entry (or hold) as given, and part of the idempotency comparison."
+    ),
+    serialize=_serialize_metadata,
+    parse_value=_parse_metadata,
+    parse_literal=_parse_metadata_literal,
+)
+
+# The Python types of the custom scalars, for every schema that renders these types.
+SCALARS: dict[object, Any] = {
+    SafeInt: SAFE_INT_SCALAR,
+    datetime: DATETIME_SCALAR,
+    Metadata: METADATA_SCALAR,
+}
 
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
@@ -440,7 +494,8 @@ class CustomerWallet:
 
     @strawberry.field(
         description="The wallet's ledger, newest entry first; optionally only the entries of a "
-        "period (from < createdAt <= to, as in statement) and of some types."
+        "period (from < createdAt <= to, as in statement), of some types, and whose metadata "
+        "has given keys and values."
     )
     async def transactions(
         self,
@@ -462,11 +517,19 @@ class CustomerWallet:
             list[WalletTransactionType] | None,
             strawberry.argument(description="Only entries of these types."),
         ] = None,
+        metadata: Annotated[
+            Metadata | None,
+            strawberry.argument(
+                description="Only entries whose metadata has every one of these keys, each "
+                'with this value: {"usage_record": "ur_123"}.'
+            ),
+        ] = None,
     ) -> WalletTransactionConnection:
         size = page_size(first)
         before_seq = decode_cursor("tx", after)
         refuse(check_period(from_, to))
-        if from_ is None and to is None and types is None:
+        refuse(check_metadata(metadata, at=ARGUMENT))
+        if from_ is None and to is None and types is None and metadata is None:
             rows = await repo.list_transactions(
                 info.context.database, self.seq, before_seq=before_seq, limit=size + 1
             )
@@ -478,6 +541,7 @@ class CustomerWallet:
                 from_,
                 to,
                 None if types is None else [t.name for t in types],
+                None if metadata is None else canonical_metadata(metadata),
             )
             async with info.context.database.read_connection() as conn:
                 rows = [TransactionRecord.from_row(row) for row in await conn.execute(query)]
@@ -617,6 +681,10 @@ class WalletTransaction:
         description="The idempotency key of the write that created this entry (an EXPIRATION's "
         "is gql-wallet:expiration: and the entry's ID)."
     )
+    metadata: Metadata = strawberry.field(
+        description="The metadata given with the write ({} if none; a CAPTURE given none has "
+        "its hold's)."
+    )
     seq: strawberry.Private[int]
     wallet_seq: strawberry.Private[int]
     reverses_seq: strawberry.Private[int | None]
@@ -735,6 +803,9 @@ class WalletHold:
     )
     idempotency_key: str = strawberry.field(
         description="The idempotency key of the createHold that made it."
+    )
+    metadata: Metadata = strawberry.field(
+        description="The metadata given with createHold ({} if none)."
     )
     seq: strawberry.Private[int]
     wallet_seq: strawberry.Private[int]

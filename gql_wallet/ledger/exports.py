@@ -31,6 +31,7 @@ FORMATS = ("csv", "ndjson")
 COLUMNS = (
     "id", "createdAt", "walletId", "customerId", "currency", "type", "amount", "amountDecimal",
     "balanceAfter", "balanceAfterDecimal", "description", "reference", "idempotencyKey",
+    "metadata",
 )  # fmt: skip
 ROWS_PER_CHUNK = 1000
 # An export's statement file: one row per wallet with an entry by `to`, which
@@ -103,13 +104,14 @@ def _values(row: repo.statements.ExportRow) -> tuple[Any, ...]:
         str(row.id), row.created_at.isoformat(), str(row.wallet_id), row.customer_id,
         row.currency, row.type, row.amount, in_major_units(row.amount, exponent),
         row.balance_after, in_major_units(row.balance_after, exponent), row.description,
-        row.reference, row.idempotency_key,
+        row.reference, row.idempotency_key, row.metadata,
     )  # fmt: skip
 
 
 class Export:
-    """One export, as an async context: entering opens its snapshot and counts its entries
-    (`total`); `chunks()` then yields its text, a thousand rows at a time."""
+    """One export, as an async context: entering opens its snapshot; `chunks()` then yields
+    its text, a thousand rows at a time. Metadata is its JSON text in a CSV, an object in
+    NDJSON."""
 
     def __init__(
         self,
@@ -122,17 +124,19 @@ class Export:
         self.database = database
         self.organization_id = organization_id
         self.start, self.end, self.format = start, end, fmt
-        self.total = 0
         self.exported = 0
         self._stack = AsyncExitStack()
         self._conn: Any = None
 
     async def __aenter__(self) -> Export:
         self._conn = await self._stack.enter_async_context(self.database.read_transaction())
-        self.total = await repo.statements.count_entries(
+        return self
+
+    async def count(self) -> int:
+        """How many entries the export holds (a progress bar's total), from its snapshot."""
+        return await repo.statements.count_entries(
             self._conn, self.organization_id, self.start, self.end
         )
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
@@ -156,8 +160,12 @@ class Export:
         self.exported += len(batch)
         if self.format == "csv":
             return self._csv(batch)
+        # The metadata, stored as canonical JSON, goes into the line as it is.
         return "".join(
-            orjson.dumps(dict(zip(COLUMNS, values, strict=True))).decode() + "\n"
+            orjson.dumps(
+                dict(zip(COLUMNS, (*values[:-1], orjson.Fragment(values[-1])), strict=True))
+            ).decode()
+            + "\n"
             for values in batch
         )
 

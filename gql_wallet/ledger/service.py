@@ -35,7 +35,9 @@ from gql_wallet.money import (
     MAX_IDEMPOTENCY_KEY_LENGTH,
     MAX_REFERENCE_LENGTH,
     MAX_SAFE_INT,
+    canonical_metadata,
     check_amount,
+    check_metadata,
     check_owner,
     check_text,
     normalize_currency,
@@ -79,6 +81,7 @@ class BalanceChange:
     # A top-up's or grant's block: when it expires (None: never) and its priority.
     expires_at: datetime | InvalidDateTime | None = None
     priority: int | None = None
+    metadata: object = None  # string keys to string values, as sent (checked here)
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class Undo:
     idempotency_key: str
     amount: int | None = None
     description: str | None = None
+    metadata: object = None
 
 
 @dataclass(frozen=True)
@@ -103,16 +107,19 @@ class NewHold:
     expires_in_seconds: int | None = None
     description: str | None = None
     reference: str | None = None
+    metadata: object = None
 
 
 @dataclass(frozen=True)
 class HoldResolution:
-    """The input of captureHold (`amount` None: the whole hold) or voidHold."""
+    """The input of captureHold (`amount` None: the whole hold; `metadata` None: the hold's)
+    or voidHold."""
 
     hold_id: str
     idempotency_key: str
     amount: int | None = None
     description: str | None = None
+    metadata: object = None
 
 
 @dataclass(frozen=True)
@@ -222,6 +229,7 @@ def _validate(change: BalanceChange) -> list[UserError]:
         *check_text(change.reference, "reference", MAX_REFERENCE_LENGTH, required=False),
         *_check_expiry(change.expires_at),
         *_check_priority(change.priority),
+        *check_metadata(change.metadata),
     ]
 
 
@@ -270,6 +278,7 @@ def _target(
     amount: int | None,
     key: str,
     description: str | None,
+    metadata: object,
 ) -> uuid.UUID | WriteResult:
     """The ID of the entry or hold a write acts on, or its refusal: the input's checks, and
     `not_found` for an ID that is no UUID (nothing has it)."""
@@ -278,6 +287,7 @@ def _target(
         *([] if amount is None else check_amount(amount)),
         *_check_key(key),
         *check_text(description, "description", MAX_DESCRIPTION_LENGTH, required=False),
+        *check_metadata(metadata),
     ]
     if errors:
         return WriteResult(errors=tuple(errors))
@@ -287,8 +297,12 @@ def _target(
         return WriteResult(errors=(_refusal(not_found),))
 
 
-def _canonical(fields: dict[str, object]) -> str:
-    """The normalised input as canonical JSON: equal text means the same request."""
+def _canonical(fields: dict[str, object], metadata: object = None) -> str:
+    """The normalised input as canonical JSON: equal text means the same request. Metadata
+    (checked) only when there is some, so that a key first used before metadata existed still
+    replays."""
+    if metadata:
+        fields = {**fields, "metadata": metadata}
     return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
 
@@ -307,7 +321,7 @@ def _canonical_request(kind: TransactionType, change: BalanceChange, currency: s
         fields["expiresAt"] = change.expires_at.astimezone(UTC).isoformat()
     if change.priority not in (None, DEFAULT_PRIORITY):
         fields["priority"] = change.priority
-    return _canonical(fields)
+    return _canonical(fields, change.metadata)
 
 
 async def top_up(
@@ -370,6 +384,7 @@ async def _write(
             ceiling=BALANCE_CEILING,
             description=change.description,
             reference=change.reference,
+            metadata=canonical_metadata(change.metadata),
             create_missing=kind in _CREDITS,
             missing_code=ErrorCode.WALLET_NOT_FOUND.value,
             refused_code=_OUT_OF_RANGE[kind].value,
@@ -438,7 +453,7 @@ async def _undo(
 ) -> WriteResult:
     original_id = _target(
         undo.transaction_id, "transactionId", ErrorCode.TRANSACTION_NOT_FOUND, undo.amount,
-        undo.idempotency_key, undo.description,
+        undo.idempotency_key, undo.description, undo.metadata,
     )  # fmt: skip
     if isinstance(original_id, WriteResult):
         return original_id
@@ -448,7 +463,8 @@ async def _undo(
             "transactionId": str(original_id),
             "amount": undo.amount,
             "description": undo.description,
-        }
+        },
+        undo.metadata,
     )
     done = await store.apply_undo(
         database,
@@ -463,6 +479,7 @@ async def _undo(
             undoable_types=_UNDOABLE[kind],
             ceiling=BALANCE_CEILING,
             description=undo.description,
+            metadata=canonical_metadata(undo.metadata),
             not_found_code=ErrorCode.TRANSACTION_NOT_FOUND.value,
             wrong_type_code=ErrorCode.TRANSACTION_NOT_REFUNDABLE.value,
             exceeds_code=_UNDO_EXCEEDS[kind].value,
@@ -496,6 +513,7 @@ async def create_hold(
         *_check_key(new.idempotency_key),
         *check_text(new.description, "description", MAX_DESCRIPTION_LENGTH, required=False),
         *check_text(new.reference, "reference", MAX_REFERENCE_LENGTH, required=False),
+        *check_metadata(new.metadata),
     ]
     if not HOLD_MIN_SECONDS <= seconds <= HOLD_MAX_SECONDS:
         errors.append(
@@ -518,7 +536,8 @@ async def create_hold(
             "expiresInSeconds": seconds,
             "description": new.description,
             "reference": new.reference,
-        }
+        },
+        new.metadata,
     )
     done = await store.apply_create_hold(
         database,
@@ -532,6 +551,7 @@ async def create_hold(
             seconds=seconds,
             description=new.description,
             reference=new.reference,
+            metadata=canonical_metadata(new.metadata),
             missing_code=ErrorCode.WALLET_NOT_FOUND.value,
             refused_code=ErrorCode.INSUFFICIENT_FUNDS.value,
             expiration=EXPIRATION,
@@ -575,14 +595,16 @@ async def _resolve_hold(
 ) -> WriteResult:
     hold_id = _target(
         resolution.hold_id, "holdId", ErrorCode.HOLD_NOT_FOUND, resolution.amount,
-        resolution.idempotency_key, resolution.description,
+        resolution.idempotency_key, resolution.description, resolution.metadata,
     )  # fmt: skip
     if isinstance(hold_id, WriteResult):
         return hold_id
     fields: dict[str, object] = {"type": "CAPTURE" if capture else "VOID", "holdId": str(hold_id)}
+    # A capture given no metadata (or {}) takes its hold's.
+    metadata = resolution.metadata if capture and resolution.metadata else None
     if capture:
         fields.update(amount=resolution.amount, description=resolution.description)
-    request = _canonical(fields)
+    request = _canonical(fields, metadata)
     done = await store.apply_resolve_hold(
         database,
         store.ResolveHoldCall(
@@ -593,6 +615,7 @@ async def _resolve_hold(
             capture=capture,
             amount=resolution.amount if capture else None,
             description=resolution.description if capture else None,
+            metadata=None if metadata is None else canonical_metadata(metadata),
             capture_type=TransactionType.CAPTURE.value,
             not_found_code=ErrorCode.HOLD_NOT_FOUND.value,
             captured_code=ErrorCode.HOLD_ALREADY_CAPTURED.value,

@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection
 
 from gql_wallet import repository as repo
 from gql_wallet.db import Database
+from gql_wallet.money import NO_METADATA
 from gql_wallet.repository import BalanceChangeOutcome, WalletRecord, holds
 from gql_wallet.repository import credits as blocks
 
@@ -84,6 +85,7 @@ class BalanceChangeCall:
     ceiling: int
     description: str | None
     reference: str | None
+    metadata: str  # canonical JSON (money.canonical_metadata)
     create_missing: bool  # create the wallet if there is none (then apply)
     missing_code: str  # recorded when there is no wallet (and none is created)
     refused_code: str  # recorded when the change would leave floor..ceiling
@@ -110,6 +112,7 @@ class UndoCall:
     undoable_types: tuple[str, ...]
     ceiling: int
     description: str | None
+    metadata: str
     not_found_code: str
     wrong_type_code: str
     exceeds_code: str
@@ -131,6 +134,7 @@ class CreateHoldCall:
     seconds: int
     description: str | None
     reference: str | None
+    metadata: str
     missing_code: str  # no wallet
     refused_code: str  # the available balance does not cover it
     expiration: Expiration
@@ -149,6 +153,7 @@ class ResolveHoldCall:
     capture: bool
     amount: int | None
     description: str | None
+    metadata: str | None  # a capture's; None: the hold's
     capture_type: str
     not_found_code: str
     captured_code: str
@@ -259,6 +264,7 @@ def _sqlite_balance_change(conn: Connection, call: BalanceChangeCall) -> Balance
         reference=call.reference,
         idempotency_key=call.idempotency_key,
         now=now,
+        metadata=call.metadata,
     )
     if call.block is not None:
         blocks.insert_block(
@@ -361,6 +367,7 @@ def _expire_due(
             reference=None,
             idempotency_key=f"{expiration.key_prefix}{entry_id}",
             now=now,
+            metadata=NO_METADATA,
             entry_id=entry_id,
         )
         blocks.insert_allocation(conn, entry.seq, 0, block_seq, -remaining)
@@ -408,6 +415,7 @@ def _sqlite_undo(conn: Connection, call: UndoCall) -> BalanceChangeOutcome:
         reference=None,
         idempotency_key=call.idempotency_key,
         now=now,
+        metadata=call.metadata,
         reverses_seq=original.seq,
     )
     if call.restore:
@@ -477,6 +485,7 @@ def _sqlite_create_hold(conn: Connection, call: CreateHoldCall) -> BalanceChange
         reference=call.reference,
         idempotency_key=call.idempotency_key,
         now=now,
+        metadata=call.metadata,
     )
     _draw(conn, wallet.seq, call.amount, hold_seq=hold.seq)
     wallet = blocks.set_balance(
@@ -525,6 +534,7 @@ def _sqlite_resolve_hold(conn: Connection, call: ResolveHoldCall) -> BalanceChan
             reference=hold.reference,
             idempotency_key=call.idempotency_key,
             now=now,
+            metadata=hold.metadata if call.metadata is None else call.metadata,
         )
         left, ordinal = amount, 0
         for block_seq, reserved in holds.reservations(conn, hold.seq):

@@ -134,6 +134,7 @@ _BALANCE_CHANGE = _LedgerFunction(
         "ceiling",
         "description",
         "reference",
+        "metadata",
         "create_missing",
         "wallet_id",
         "entry_id",
@@ -165,6 +166,7 @@ _UNDO = _LedgerFunction(
         "undoable_types",
         "ceiling",
         "description",
+        "metadata",
         "entry_id",
         "channel",
         "not_found_code",
@@ -190,6 +192,7 @@ _CREATE_HOLD = _LedgerFunction(
         "seconds",
         "description",
         "reference",
+        "metadata",
         "hold_id",
         "channel",
         "missing_code",
@@ -212,6 +215,7 @@ _RESOLVE_HOLD = _LedgerFunction(
         "capture",
         "amount",
         "description",
+        "metadata",
         "entry_id",
         "channel",
         "capture_type",
@@ -254,11 +258,11 @@ def _outcome(row: Any) -> BalanceChangeOutcome:
     if row.t_seq is not None:
         (
             seq, id_, wallet_seq, type_, amount, balance_after, description, reference,
-            idempotency_key, created_at, reverses_seq, held_after,
+            idempotency_key, created_at, reverses_seq, held_after, metadata,
         ) = _OUTCOME_ENTRY(row)  # fmt: skip
         transaction = TransactionRecord(
             seq, id_, wallet_seq, type_, amount, balance_after, description, reference,
-            idempotency_key, utc(created_at), reverses_seq, held_after,
+            idempotency_key, utc(created_at), reverses_seq, held_after, metadata,
         )  # fmt: skip
     hold = None
     if getattr(row, "h_seq", None) is not None:

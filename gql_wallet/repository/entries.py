@@ -27,6 +27,7 @@ def insert_transaction(
     reference: str | None,
     idempotency_key: str,
     now: datetime,
+    metadata: str,
     entry_id: uuid.UUID | None = None,
     reverses_seq: int | None = None,
 ) -> TransactionRecord:
@@ -44,6 +45,7 @@ def insert_transaction(
         "p_idempotency_key": idempotency_key,
         "p_now": now,
         "p_reverses_seq": reverses_seq,
+        "p_metadata": metadata,
     }
     # Only the sequence number comes back: every other value is the one just bound, so the
     # writer (holding the write lock) converts nothing back.
@@ -61,6 +63,7 @@ def insert_transaction(
         utc(now),
         reverses_seq,
         held_after,
+        metadata,
     )
 
 
@@ -79,6 +82,7 @@ _INSERT_TRANSACTION = DriverWrite(
         idempotency_key=bindparam("p_idempotency_key"),
         created_at=bindparam("p_now"),
         reverses_seq=bindparam("p_reverses_seq"),
+        metadata=bindparam("p_metadata"),
     )
     .returning(transactions.c.seq)
 )

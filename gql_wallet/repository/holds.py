@@ -51,6 +51,7 @@ def insert_hold(
     reference: str | None,
     idempotency_key: str,
     now: datetime,
+    metadata: str,
 ) -> HoldRecord:
     ((seq,),) = _INSERT_HOLD.execute(
         conn,
@@ -64,6 +65,7 @@ def insert_hold(
             "p_reference": reference,
             "p_key": idempotency_key,
             "p_now": now,
+            "p_metadata": metadata,
         },
     )
     return hold_by_seq(conn, seq)
@@ -83,6 +85,7 @@ _INSERT_HOLD = DriverWrite(
         reference=bindparam("p_reference"),
         idempotency_key=bindparam("p_key"),
         created_at=bindparam("p_now"),
+        metadata=bindparam("p_metadata"),
     )
     .returning(wallet_holds.c.seq)
 )

@@ -123,6 +123,7 @@ class TransactionRecord(NamedTuple):
     created_at: datetime
     reverses_seq: int | None  # a REFUND's charge, a REVERSAL's top-up or grant
     held_after: int  # the wallet's held balance right after it
+    metadata: str  # canonical JSON, "{}" for none (money.canonical_metadata)
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> TransactionRecord:
@@ -139,6 +140,7 @@ class TransactionRecord(NamedTuple):
             utc(row.created_at),
             row.reverses_seq,
             row.held_after,
+            row.metadata,
         )
 
 
@@ -195,6 +197,7 @@ class HoldRecord(NamedTuple):
     idempotency_key: str
     created_at: datetime
     capture_seq: int | None
+    metadata: str  # canonical JSON, "{}" for none
     expired: bool  # OPEN and past its expiry, by the database's clock at the read
 
     @classmethod
@@ -214,6 +217,7 @@ class HoldRecord(NamedTuple):
             row.idempotency_key,
             utc(row.created_at),
             row.capture_seq,
+            row.metadata,
             bool(row.expired),
         )
 

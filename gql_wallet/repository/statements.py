@@ -11,8 +11,11 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Select, case, func, select
+from sqlalchemy import Boolean, Select, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from gql_wallet.repository.records import (
     TransactionRecord,
@@ -99,9 +102,11 @@ def period_page(
     start: datetime | None,
     end: datetime | None,
     types: Sequence[str] | None,
+    metadata: str | None = None,
 ) -> Select[tuple[int, ...]]:
     """A page of the wallet's entries, newest first, keyset-paginated by seq, of those created
-    after `start`, at or before `end`, of one of `types` (None: no such bound)."""
+    after `start`, at or before `end`, of one of `types`, whose metadata has every key and
+    value of `metadata` (canonical JSON) (None: no such bound)."""
     query = select(*transactions.c).where(transactions.c.wallet_seq == wallet_seq)
     if before_seq is not None:
         query = query.where(transactions.c.seq < before_seq)
@@ -111,7 +116,37 @@ def period_page(
         query = query.where(transactions.c.created_at <= end)
     if types is not None:
         query = query.where(transactions.c.type.in_(types))
+    if metadata is not None:
+        query = query.where(_MetadataContains(transactions.c.metadata, metadata))
     return query.order_by(transactions.c.seq.desc()).limit(limit)
+
+
+class _MetadataContains(FunctionElement[bool]):
+    """(stored, match): the stored metadata (JSON text) has every key of `match` (JSON text)
+    with its value. Compiled for each database below."""
+
+    type = Boolean()
+    inherit_cache = True
+    name = "metadata_contains"
+
+
+def _parts(element: _MetadataContains, compiler: SQLCompiler, **kw: Any) -> list[str]:
+    return [compiler.process(clause, **kw) for clause in element.clauses]
+
+
+@compiles(_MetadataContains, "postgresql")
+def _contains_pg(element: _MetadataContains, compiler: SQLCompiler, **kw: Any) -> str:
+    stored, match = _parts(element, compiler, **kw)
+    return f"(CAST({stored} AS jsonb) @> CAST({match} AS jsonb))"
+
+
+@compiles(_MetadataContains, "sqlite")
+def _contains_sqlite(element: _MetadataContains, compiler: SQLCompiler, **kw: Any) -> str:
+    stored, match = _parts(element, compiler, **kw)
+    return (
+        f"(NOT EXISTS (SELECT 1 FROM json_each({match}) AS m WHERE NOT EXISTS ("  # noqa: S608
+        f"SELECT 1 FROM json_each({stored}) AS e WHERE e.key = m.key AND e.value = m.value)))"
+    )
 
 
 async def transaction_by_id(
@@ -149,12 +184,14 @@ class ExportRow(NamedTuple):
     description: str | None
     reference: str | None
     idempotency_key: str
+    metadata: str
 
 
 _EXPORT_COLUMNS = (
     transactions.c.id, transactions.c.created_at, wallets.c.id, wallets.c.customer_id,
     wallets.c.currency, transactions.c.type, transactions.c.amount, transactions.c.balance_after,
     transactions.c.description, transactions.c.reference, transactions.c.idempotency_key,
+    transactions.c.metadata,
 )  # fmt: skip
 
 

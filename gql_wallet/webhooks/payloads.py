@@ -4,7 +4,6 @@ the API names and serializes them."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -13,10 +12,8 @@ from strawberry.schema.config import StrawberryConfig
 
 from gql_wallet.graphql.context import Context
 from gql_wallet.graphql.types import (
-    DATETIME_SCALAR,
-    SAFE_INT_SCALAR,
+    SCALARS,
     CustomerWallet,
-    SafeInt,
     WalletHold,
     WalletTransaction,
 )
@@ -36,7 +33,7 @@ class _Batch:
 
 _SCHEMA = strawberry.Schema(
     query=_Batch,
-    config=StrawberryConfig(scalar_map={SafeInt: SAFE_INT_SCALAR, datetime: DATETIME_SCALAR}),
+    config=StrawberryConfig(scalar_map=SCALARS),
 )
 _WALLET = (
     "id createdAt modifiedAt customerId currency balance heldBalance availableBalance "
@@ -45,9 +42,9 @@ _WALLET = (
 _DOCUMENT = f"""{{ events {{
   wallet {{ {_WALLET} }}
   transaction {{ id createdAt type amount balanceAfter description reference idempotencyKey
-                 reverses {{ id }} allocations {{ amount credit {{ id }} }} }}
+                 metadata reverses {{ id }} allocations {{ amount credit {{ id }} }} }}
   hold {{ id createdAt amount capturedAmount status expiresAt resolvedAt description reference
-          idempotencyKey }}
+          idempotencyKey metadata }}
 }} }}"""
 
 
