@@ -111,7 +111,7 @@ async def test_a_listener_waits_for_the_writes_that_found_no_listener(database_u
             await transaction.start()
             outcome = await writer.fetchval(
                 "SELECT outcome FROM gql_wallet_balance_change($1, 'in-flight', '{}', 'cus_1', "
-                "'usd', 'TOP_UP', 5, 0, 100, NULL, NULL, false, $2, $3, $4, 'm', 'r', $5, "
+                "'usd', 'TOP_UP', 5, 0, 100, NULL, NULL, '{}', false, $2, $3, $4, 'm', 'r', $5, "
                 "'PAID', 50, NULL, 'k', 'EXPIRATION', 'x:')",
                 s.organization_id,
                 uuid.uuid4(),

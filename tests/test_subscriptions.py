@@ -461,6 +461,7 @@ def test_a_subscriber_queue_is_bounded() -> None:
             repository.now_utc(),
             None,
             0,
+            "{}",
         )
         subscriber.offer(WalletChange(wallet, entry, (seq, entry.created_at)))
     assert subscriber.queue.qsize() == 3  # two changes and the marker that ends the reader
