@@ -68,7 +68,16 @@ def _cause(error: BaseException) -> str:
         error = error.orig.__cause__ or error.orig
     if isinstance(error, TimeoutError) and not str(error):
         return "no answer (timed out)"
-    return " ".join(str(error).split()) or type(error).__name__
+    said = " ".join(str(error).split()) or type(error).__name__
+    if "unsupported startup parameter" in said:
+        # PgBouncer's answer to the statement timeout gql_wallet sends a server it talks to
+        # directly.
+        said += (
+            " (behind a pooler in transaction mode, such as PgBouncer, set "
+            "GQL_WALLET_DB_TRANSACTION_POOLER=true and GQL_WALLET_LISTEN_DATABASE_URL: "
+            "docs/deploy.md)"
+        )
+    return said
 
 
 def _sqlite_path(database_url: str) -> Path | None:

@@ -278,7 +278,7 @@ class LedgerFeed:
 
     async def _listen(self) -> None:
         """LISTEN on PostgreSQL for changes committed by any process, reconnecting as needed."""
-        dsn = asyncpg_dsn(self.settings.database_url)
+        dsn = asyncpg_dsn(self.settings.listen_url)
         while True:
             try:
                 conn = await asyncpg.connect(dsn, timeout=self.settings.db_connect_timeout_seconds)

@@ -39,6 +39,18 @@ class Settings(BaseSettings):
         description="sqlite:///path.db (default, in the working directory) or "
         "postgresql://user@host/db.",
     )
+    db_transaction_pooler: bool = Field(
+        default=False,
+        description="database_url is a connection pooler in transaction mode (PgBouncer's "
+        "pool_mode = transaction): no startup parameters, no named prepared statements, no "
+        "session state; the statement timeout is set per transaction (SET LOCAL).",
+    )
+    listen_database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL: where the subscription listener connects (LISTEN needs a "
+        "session of its own): the database itself or a session-mode pool. Default: "
+        "database_url, which behind a transaction pooler must be set apart.",
+    )
     db_pool_size: int = Field(
         default=10, ge=1, le=1000, description="Database connections per server process."
     )
@@ -267,6 +279,13 @@ class Settings(BaseSettings):
             raise ValueError("must start with sqlite:// or postgresql://")
         return value
 
+    @field_validator("listen_database_url")
+    @classmethod
+    def _postgresql_listener(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql://")
+        return value
+
     @field_validator("cors_allow_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -296,6 +315,15 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _listener_apart_from_a_transaction_pooler(self) -> Self:
+        if self.db_transaction_pooler and self.listen_database_url is None:
+            raise ValueError(
+                "GQL_WALLET_LISTEN_DATABASE_URL is required with GQL_WALLET_DB_TRANSACTION_POOLER: "
+                "LISTEN needs a session of its own (PostgreSQL itself, or a session-mode pool)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _production_needs_its_own_secret(self) -> Self:
         if self.environment == "production" and self.token_secret is None:
             raise ValueError(
@@ -303,6 +331,11 @@ class Settings(BaseSettings):
                 "e.g. from `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
             )
         return self
+
+    @property
+    def listen_url(self) -> str:
+        """Where the subscription listener's session connects (PostgreSQL)."""
+        return self.listen_database_url or self.database_url
 
     @property
     def development(self) -> bool:
@@ -370,7 +403,7 @@ def _shown_value(name: str, field: FieldInfo, value: Any) -> str:
     """`=<value>` as set, for the message; never a secret, nor a password in a database URL."""
     if SecretStr in _alternatives(field.annotation):
         return " (value hidden)"
-    if name == "database_url" and isinstance(value, str):
+    if name in ("database_url", "listen_database_url") and isinstance(value, str):
         with suppress(ArgumentError, ValueError):  # not URL-shaped: no password to find in it
             value = make_url(value).render_as_string(hide_password=True)
     return f"={value!r}"

@@ -42,6 +42,7 @@ class Database:
         url = async_url(settings.database_url)
         self.engine = create_engine(url, settings)
         self.dialect = self.engine.dialect
+        self.transaction_pooler = settings.db_transaction_pooler
         self.sqlite_writer: SqliteWriterQueue | None = None
         self.sqlite_reader: SqliteReader | None = None
         self.pg_groups: PgGroupCommit | None = None
@@ -95,6 +96,12 @@ class Database:
         """
         assert self.dialect.name == "postgresql", "SQLite needs an explicit transaction"
         async with connect(self.engine) as conn:
+            if self.transaction_pooler:
+                # SQLAlchemy parses and executes a statement in two message sequences; outside
+                # a transaction a pooler may run them on two server connections.
+                async with conn.begin():
+                    yield conn
+                return
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
 

@@ -16,8 +16,10 @@ to retry. Locks are always taken in the order key -> wallet, so writes cannot de
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -83,14 +85,56 @@ def postgresql_engine(url: URL, settings: Settings, pool_size: int | None = None
         # connections are replaced before firewalls or server-side timeouts drop them.
         pool_pre_ping=False,
         pool_recycle=_POOL_RECYCLE_SECONDS,
-        connect_args={
+        connect_args=_postgresql_connect_args(settings),
+    )
+
+
+def _postgresql_connect_args(settings: Settings) -> dict[str, Any]:
+    if not settings.db_transaction_pooler:
+        return {
             "timeout": settings.db_connect_timeout_seconds,
             "server_settings": {
                 "application_name": "gql_wallet",
                 "statement_timeout": str(settings.db_statement_timeout_ms),
             },
-        },
-    )
+        }
+    # Behind a transaction pooler each transaction may run on another server connection, which
+    # other clients' transactions share: no startup parameter but the ones PgBouncer tracks, no
+    # named prepared statement (asyncpg's cache off: it parses in the same message sequence it
+    # executes in; SQLAlchemy's off, and its statements unnamed, which `single_statement` keeps
+    # inside a transaction), and the timeout set per transaction.
+    return {
+        "timeout": settings.db_connect_timeout_seconds,
+        "server_settings": {"application_name": "gql_wallet"},
+        "statement_cache_size": 0,
+        "prepared_statement_cache_size": 0,
+        "prepared_statement_name_func": _unnamed,
+        "connection_class": _timed_transactions(settings.db_statement_timeout_ms),
+    }
+
+
+def _unnamed() -> str:
+    return ""
+
+
+@functools.cache
+def _timed_transactions(timeout_ms: int) -> type[asyncpg.Connection]:
+    """An asyncpg connection whose every transaction sets statement_timeout for itself (SET
+    LOCAL), in the same simple-query message as its BEGIN: no extra round trip, and nothing
+    that outlives the transaction on a shared server connection."""
+
+    class TimedTransactions(asyncpg.Connection):  # type: ignore[misc]
+        async def execute(
+            self,
+            query: str,
+            *args: Any,
+            timeout: float | None = None,  # noqa: ASYNC109 (asyncpg's own signature)
+        ) -> str:
+            if timeout_ms and not args and query.startswith("BEGIN"):
+                query = f"{query} SET LOCAL statement_timeout = {int(timeout_ms)};"
+            return await super().execute(query, *args, timeout=timeout)  # type: ignore[no-any-return]
+
+    return TimedTransactions
 
 
 def sqlite_engine(url: URL, settings: Settings) -> AsyncEngine:
