@@ -7,7 +7,6 @@ import fcntl
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,8 @@ from gql_wallet.auth import SCOPES, create_api_key
 from gql_wallet.db import Database, asyncpg_dsn
 from gql_wallet.repository import idempotency_keys, transactions, wallets
 from gql_wallet.settings import Settings
+from tests import pgbouncer as pooler
+from tests.pgbouncer import Bouncer, free_port, pgbouncer_directory
 
 CLI = str(Path(sys.executable).with_name("gql-wallet"))
 
@@ -227,16 +228,59 @@ async def advisory_locks(url: str, key: int) -> list[tuple[str, bool]]:
         await conn.close()
 
 
+# CI sets this: there a missing PgBouncer is a failure, never a skip.
+REQUIRE_PGBOUNCER = os.environ.get("GQL_WALLET_TEST_REQUIRE_PGBOUNCER") == "1"
+# Every test that races server processes runs on these, and the ones that must hold behind a
+# connection pooler also on "pgbouncer" (`database_url`).
+WITH_PGBOUNCER = pytest.mark.parametrize(
+    "database_url", ["sqlite", "postgresql", "pgbouncer"], indirect=True
+)
+
+
+@contextmanager
+def run_pgbouncer(directory: Path, **options: Any) -> Iterator[Bouncer]:
+    """tests.pgbouncer.run_pgbouncer in front of the test PostgreSQL: skipped where PgBouncer
+    is not installed, failed where it is required (CI)."""
+    if (missing := pooler.missing()) is not None:
+        if REQUIRE_PGBOUNCER:
+            pytest.fail(missing)
+        pytest.skip(missing)
+    with pooler.run_pgbouncer(directory, POSTGRES_URL, **options) as bouncer:
+        yield bouncer
+
+
+@pytest.fixture(scope="session")
+def pgbouncer() -> Iterator[Bouncer]:
+    with pgbouncer_directory() as directory, run_pgbouncer(directory) as bouncer:
+        yield bouncer
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    sqlite_template: Path,
-    postgres_template: str | None,
-) -> Iterator[str]:
-    """A fresh, migrated database of each kind for every test."""
-    with fresh_database(request.param, tmp_path, sqlite_template, postgres_template) as url:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated database of each kind for every test; "pgbouncer" only where a test
+    asks for it (`WITH_PGBOUNCER`, see `database_of_kind`)."""
+    with database_of_kind(request, request.param, tmp_path) as url:
         yield url
+
+
+@contextmanager
+def database_of_kind(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated database of `kind`: sqlite, postgresql, or pgbouncer (a PostgreSQL
+    database reached through the session's `pgbouncer`, with the settings that tell every
+    process and command of the test: GQL_WALLET_DB_TRANSACTION_POOLER, and
+    GQL_WALLET_LISTEN_DATABASE_URL the database itself)."""
+    sqlite_template = request.getfixturevalue("sqlite_template")
+    postgres_template = request.getfixturevalue("postgres_template")
+    base = "postgresql" if kind == "pgbouncer" else kind
+    with fresh_database(base, tmp_path, sqlite_template, postgres_template) as url:
+        if kind != "pgbouncer":
+            yield url
+            return
+        bouncer: Bouncer = request.getfixturevalue("pgbouncer")
+        monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+        monkeypatch.setenv("GQL_WALLET_DB_TRANSACTION_POOLER", "true")
+        monkeypatch.setenv("GQL_WALLET_LISTEN_DATABASE_URL", url)
+        yield bouncer.url(make_url(url).database or "")
 
 
 @pytest.fixture
@@ -288,13 +332,6 @@ async def app_env(settings: Settings) -> AsyncIterator[Env]:
                 api=Api(client, await create_api_key(database, secret, "org-a")),
                 other=Api(client, await create_api_key(database, secret, "org-b")),
             )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def cli(

@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from gql_wallet.db import create_database
 from gql_wallet.settings import Settings
-from tests.conftest import LiveServer, cli, start_server, stop_server
+from tests.conftest import WITH_PGBOUNCER, LiveServer, cli, start_server, stop_server
 from tests.workload import READ, Op, Record, mixed_ops, run_clients
 
 CUSTOMERS = [f"cus_{i}" for i in range(10)]
@@ -65,6 +65,7 @@ async def assert_exact(server: LiveServer, api_key: str, record: Record) -> None
     assert "0 problems" in cli(server.database_url, "verify").stdout
 
 
+@WITH_PGBOUNCER
 async def test_many_processes_stay_exact(database_url: str, tmp_path: Path) -> None:
     server = start_server(database_url, workers=WORKERS, log=tmp_path / "server.log")
     try:
@@ -97,6 +98,7 @@ async def test_many_processes_stay_exact(database_url: str, tmp_path: Path) -> N
         stop_server(server)
 
 
+@WITH_PGBOUNCER
 async def test_kill_9_loses_no_acknowledged_write_and_applies_none_twice(
     database_url: str, tmp_path: Path
 ) -> None:

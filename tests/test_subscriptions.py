@@ -26,9 +26,10 @@ from tests.conftest import (
     CHARGE,
     NODE_CLIENT,
     TOP_UP,
+    WITH_PGBOUNCER,
     LiveServer,
     advisory_locks,
-    fresh_database,
+    database_of_kind,
     start_server,
     stop_server,
 )
@@ -95,6 +96,7 @@ async def session_token(client: httpx.AsyncClient, key: str, customer: str) -> s
     return str(response.json()["data"]["createCustomerSession"]["token"])
 
 
+@WITH_PGBOUNCER
 async def test_gql_client_gets_current_state_then_every_change(server: LiveServer) -> None:
     key = server.new_key("acme")
     async with httpx.AsyncClient(base_url=server.url) as client:
@@ -295,11 +297,11 @@ async def burst(server: LiveServer, subscribers: int, charges: int) -> None:
         assert len({e["transaction"]["id"] for e in events}) == charges
 
 
-@pytest.fixture
-def postgres_url(
-    tmp_path: Path, sqlite_template: Path, postgres_template: str | None
-) -> Iterator[str]:
-    with fresh_database("postgresql", tmp_path, sqlite_template, postgres_template) as url:
+@pytest.fixture(params=["postgresql", "pgbouncer"])
+def postgres_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """PostgreSQL, directly and through PgBouncer in transaction mode (LISTEN on the direct
+    URL, GQL_WALLET_LISTEN_DATABASE_URL)."""
+    with database_of_kind(request, request.param, tmp_path) as url:
         yield url
 
 
