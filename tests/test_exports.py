@@ -18,7 +18,7 @@ from typing import Any
 
 from gql_wallet import repository as repo
 from gql_wallet.ledger import exports
-from tests.conftest import CLI, Env, cli
+from tests.conftest import CLI, WITH_PGBOUNCER, Env, cli
 
 START = (datetime.now(UTC) - timedelta(days=30)).isoformat()
 
@@ -138,6 +138,7 @@ def _read(screen: Any) -> bytes:
         return b""
 
 
+@WITH_PGBOUNCER
 async def test_an_export_is_one_snapshot_while_writes_go_on(env: Env) -> None:
     for n in range(20):
         await env.api.top_up(f"cus_{n % 4}", 10_000, f"seed{n}")
@@ -183,6 +184,7 @@ async def _organization(env: Env) -> Any:
         return await repo.statements.organization_named(conn, "org-a")
 
 
+@WITH_PGBOUNCER
 async def test_the_same_over_http(env: Env) -> None:
     await _ledger(env)
     url = "/exports/transactions"

@@ -19,7 +19,7 @@ from gql_wallet.repository.records import (
     wallets,
 )
 from gql_wallet.repository.records import wallet_holds as holds
-from tests.conftest import Api, Env, start_server, stop_server
+from tests.conftest import WITH_PGBOUNCER, Api, Env, start_server, stop_server
 from tests.test_credits import ENTRY, charge, codes, grant, later, refund, reverse, top_up, write
 from tests.test_subscriptions import NO_LIMITS, workers_for
 from tests.wsclient import connect
@@ -170,6 +170,7 @@ class TestCreate:
 
 
 class TestResolve:
+    @WITH_PGBOUNCER
     async def test_capture_part_releases_the_rest(self, env: Env) -> None:
         await top_up(env.api, 1_000, "t")
         hold = (await create(env.api, 300, "h", reference="job"))["hold"]

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from gql_wallet import repository as repo
 from gql_wallet.ledger import exports
 from gql_wallet.repository.records import idempotency_keys, transactions, wallet_holds
-from tests.conftest import Env
+from tests.conftest import WITH_PGBOUNCER, Env
 from tests.test_credits import charge, codes, grant, refund, reverse, top_up, write
 
 ENTRY = "id type amount metadata"
@@ -36,6 +36,7 @@ FILTERED = """query($c: String!, $m: Metadata, $types: [WalletTransactionType!],
 USAGE = {"usage_record": "ur_123", "meter": "gpu-seconds"}
 
 
+@WITH_PGBOUNCER
 async def test_every_write_stores_its_metadata(env: Env) -> None:
     """A top-up, grant, charge, refund and reversal each keep the metadata they were given,
     in the write's answer and in every later read."""
@@ -62,6 +63,7 @@ async def test_every_write_stores_its_metadata(env: Env) -> None:
     ] == {}
 
 
+@WITH_PGBOUNCER
 async def test_a_capture_keeps_its_own_metadata_or_takes_its_holds(env: Env) -> None:
     await top_up(env.api, 1_000, "t")
     holds = []
@@ -181,6 +183,7 @@ async def test_the_limits_themselves_are_accepted_exactly(env: Env) -> None:
     assert found["metadata"] == metadata
 
 
+@WITH_PGBOUNCER
 async def test_transactions_filter_by_metadata(env: Env) -> None:
     await top_up(env.api, 10_000, "t", metadata={"order": "o_1"})
     ids = {}

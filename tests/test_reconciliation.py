@@ -7,7 +7,7 @@ import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
-from tests.conftest import Api, Env
+from tests.conftest import WITH_PGBOUNCER, Api, Env
 
 BALANCE_AT = """query($id: ID!, $at: DateTime!) { wallet(id: $id) {
   balanceAt(at: $at) { at balance paidBalance promotionalBalance } } }"""
@@ -77,6 +77,7 @@ async def test_balance_at_each_instant_of_the_ledger(env: Env) -> None:
     assert later["balance"] == 1_000
 
 
+@WITH_PGBOUNCER
 async def test_a_statement_adds_up(env: Env) -> None:
     wallet_id, entries = await _history(env)
     created = [e["createdAt"] for e in entries]
@@ -151,6 +152,7 @@ async def test_bad_periods_are_refused_with_their_field(env: Env) -> None:
         assert error["extensions"] == {"code": "INVALID_INPUT", "field": [field]}, error
 
 
+@WITH_PGBOUNCER
 async def test_an_entry_by_id_and_by_idempotency_key(env: Env) -> None:
     _wallet_id, entries = await _history(env)
     charge = entries[2]

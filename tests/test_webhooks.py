@@ -22,7 +22,7 @@ from gql_wallet.settings import Settings
 from gql_wallet.webhooks import worker as worker_module
 from gql_wallet.webhooks.events import EVENT_TYPES
 from gql_wallet.webhooks.guard import AddressNotAllowed, guarded_client
-from tests.conftest import Env, app_env, changed
+from tests.conftest import WITH_PGBOUNCER, Env, app_env, changed
 from tests.test_credits import later
 from tests.test_holds import create as create_hold
 from tests.webhook_receiver import Receiver
@@ -231,6 +231,7 @@ class TestSsrf:
 
 
 class TestEvents:
+    @WITH_PGBOUNCER
     async def test_deliveries_are_signed_per_standard_webhooks(
         self, hooks: tuple[Env, Receiver]
     ) -> None:
