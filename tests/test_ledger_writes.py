@@ -1024,3 +1024,68 @@ async def test_postgresql_group_that_breaks_after_the_database_fails_only_itself
     assert responses[2].json()["errors"][0]["message"] == "Internal server error."
     after = await env.api.post(LOOKUP)
     assert after.json()["data"]["customerWallets"] == [{"balance": 100}]
+
+
+# gql_wallet_balance_change's parameters, in order, as migrations/sql/ (newest) declares them.
+_CALL = (
+    "SELECT outcome FROM gql_wallet_balance_change($1, $2, $3, 'cus_1', 'usd', 'TOP_UP', $4, 0, "
+    "9007199254740991, NULL, NULL, '{}', true, $5, $6, $7, 'WALLET_NOT_FOUND', "
+    "'BALANCE_LIMIT_EXCEEDED', $8, 'PAID', 50, NULL, $9, 'EXPIRATION', 'gql-wallet:expiration:')"
+)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_write_alone_that_a_deadlock_rolls_back_is_sent_again(env: Env) -> None:
+    """Another process's group holds cus_1's wallet for its first write and then claims the key
+    this process's write (alone) has claimed, while that write waits for the wallet: a
+    deadlock. PostgreSQL rolls this write back; it is sent again, and replays the group's
+    outcome for its key instead of failing the request."""
+    from tests.test_subscriptions import organization_of
+
+    await env.api.top_up("cus_1", 100, "seed")
+    organization = await organization_of(env.database, env.api.key)
+    change = ledger.BalanceChange("cus_1", "usd", 5, "raced")
+    request = ledger.service._canonical_request(ledger.TransactionType.TOP_UP, change, "usd")
+    block = ledger.credits.burn_key(50, None, ledger.credits.CreditCategory.PAID)
+    group = await asyncpg.connect(env.settings.database_url)
+    try:
+        async with group.transaction():
+
+            async def call(key: str, request: str) -> str:
+                return await group.fetchval(  # type: ignore[no-any-return]
+                    _CALL, organization, key, request, 5, uuid.uuid4(), uuid.uuid4(),
+                    repository.LEDGER_CHANNEL, uuid.uuid4(), block,
+                )  # fmt: skip
+
+            assert await call("first", '{"other":"request"}') == "applied"  # holds the wallet
+            alone = asyncio.create_task(env.api.top_up("cus_1", 5, "raced"))
+            await _until_a_session_waits_for_a_lock(env)  # the key claimed, the wallet awaited
+            assert await call("raced", request) == "applied"  # the deadlock's survivor
+        answer = await alone
+    finally:
+        await group.close()
+    assert answer["userErrors"] == [] and answer["transaction"] is not None
+    assert answer["wallet"]["balance"] == 110  # seed, first, and raced once
+    async with env.database.read_connection() as conn:
+        rows = await conn.execute(
+            select(repository.transactions.c.idempotency_key).where(
+                repository.transactions.c.idempotency_key == "raced"
+            )
+        )
+        assert len(rows.all()) == 1
+
+
+async def _until_a_session_waits_for_a_lock(env: Env) -> None:
+    probe = await asyncpg.connect(env.settings.database_url)
+    try:
+        for _ in range(200):
+            waiting = await probe.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"
+            )
+            if waiting:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the write alone never waited for the wallet")
+    finally:
+        await probe.close()

@@ -11,7 +11,9 @@ condition against the newest committed row, so concurrent writers of one wallet 
 lock and none can lose an update or overdraw. An idempotency key is claimed with
 `INSERT ... ON CONFLICT DO NOTHING`, which waits for a concurrent claim of the same key to commit or
 roll back. SERIALIZABLE would add nothing to these single-row guarantees but serialization failures
-to retry. Locks are always taken in the order key -> wallet, so writes cannot deadlock.
+to retry. Each write takes its locks in the order key -> wallet; a group commit's calls take
+them in their wallets' order, one call after the other, so a duplicate key racing a group can
+deadlock with it, and PostgreSQL's victim is sent again (`groups.PgGroupCommit`).
 """
 
 from __future__ import annotations

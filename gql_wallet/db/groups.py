@@ -26,6 +26,10 @@ _T = TypeVar("_T")
 _DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, DBAPIError, OSError)
 
 
+# How often a statement sent alone is tried when it is a deadlock's victim each time.
+DEADLOCK_ATTEMPTS = 3
+
+
 async def _release(held: list[AsyncConnection]) -> None:
     """Give a sender's connection (if it holds one) back to the pool."""
     if held:
@@ -69,7 +73,8 @@ class PgGroupCommit:
     the same idempotency key in one group is `taken`, and replays once the group has
     committed). If the group statement raises (a deadlock with another process, a constraint,
     a lost connection), its transaction wrote nothing, and each write of the group is sent
-    again alone, so one bad write fails only itself. Nobody hears of success before the group
+    again alone, so one bad write fails only itself; a write alone that is a deadlock's victim
+    is sent again (`_send_alone`). Nobody hears of success before the group
     has committed. A caller cancelled while its write waits is taken out of the line; once its
     group has been sent, the write completes, and a retry with the same key replays it.
 
@@ -157,15 +162,29 @@ class PgGroupCommit:
                 return
         for item, future in group:
             try:
-                if not held:
-                    held.append(await checkout(self.engine))
-                outcome: tuple[bool, Any] = (True, await line.send_one(held[0], item))
+                outcome: tuple[bool, Any] = (True, await self._send_alone(line, item, held))
             except Exception as error:
                 await _release(held)
                 outcome = (False, error)
             else:
                 line.observe(1)
             settle(future, outcome)
+
+    async def _send_alone(self, line: _Line, item: Any, held: list[AsyncConnection]) -> Any:
+        """One statement, its own transaction. A deadlock is sent again: PostgreSQL rolled the
+        whole transaction back. Within a group a call's key claim comes after the wallet locks
+        of the calls before it, so a group and a write of a duplicate key, which claims the key
+        before the wallet, can each wait for the other."""
+        for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+            if not held:
+                held.append(await checkout(self.engine))
+            try:
+                return await line.send_one(held[0], item)
+            except asyncpg.exceptions.DeadlockDetectedError:
+                if attempt == DEADLOCK_ATTEMPTS:
+                    raise
+                logger.warning("a statement was a deadlock's victim; sending it again")
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         """Let the groups in flight finish, then close the senders' connections."""
