@@ -584,9 +584,7 @@ class CustomerWallet:
     ) -> WalletStatement:
         refuse(check_period(from_, to))
         async with info.context.database.read_transaction() as conn:
-            opening = await repo.statements.balance_at(conn, self.seq, from_)
-            totals = await repo.statements.totals_by_type(conn, self.seq, from_, to)
-            closing = await repo.statements.balance_at(conn, self.seq, to)
+            opening, totals, closing = await repo.statements.statement(conn, self.seq, from_, to)
         return WalletStatement(
             from_=from_,
             to=to,

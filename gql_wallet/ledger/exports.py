@@ -222,9 +222,7 @@ async def check_statement(database: Database, rows: list[dict[str, str]]) -> lis
             if seq is None:
                 problems.append(f"line {number}: wallet {wallet}: no such wallet")
                 continue
-            opening = await repo.statements.balance_at(conn, seq, start)
-            closing = await repo.statements.balance_at(conn, seq, end)
-            totals = await repo.statements.totals_by_type(conn, seq, start, end)
+            opening, totals, closing = await repo.statements.statement(conn, seq, start, end)
             ledger = [opening.balance, sum(t.total for t in totals), closing.balance]
             entries = sum(t.entries for t in totals)
             for name, said, found in zip(

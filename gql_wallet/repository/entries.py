@@ -109,6 +109,12 @@ async def list_transactions(
 _NEWEST = 2**63 - 1
 
 
+def ledger_page(wallet_seq: int, before_seq: int | None, limit: int) -> Select[Any]:
+    """A page of the wallet's ledger, newest first, before `before_seq` (None: from the newest),
+    for a caller that narrows it further (repository.statements.period_page)."""
+    return _page(wallet_seq, _NEWEST if before_seq is None else before_seq, limit)
+
+
 def _page(wallet_seq: Any, before_seq: Any, limit: Any) -> Select[Any]:
     # The (wallet_seq, seq) index, a page at most.
     return (

@@ -17,6 +17,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
+from gql_wallet.repository import credits
+from gql_wallet.repository.entries import ledger_page
 from gql_wallet.repository.records import (
     TransactionRecord,
     credit_allocations,
@@ -95,6 +97,24 @@ async def totals_by_type(
     return [TypeTotal(row[0], int(row[1]), int(row[2])) for row in await conn.execute(query)]
 
 
+class Statement(NamedTuple):
+    opening: BalanceAt  # at the period's start
+    totals: list[TypeTotal]  # of the entries after the start, up to the end
+    closing: BalanceAt  # at its end
+
+
+async def statement(
+    conn: AsyncConnection, wallet_seq: int, start: datetime, end: datetime
+) -> Statement:
+    """The wallet's statement for the period after `start` up to `end`; in one snapshot when
+    `conn` is a read transaction."""
+    return Statement(
+        await balance_at(conn, wallet_seq, start),
+        await totals_by_type(conn, wallet_seq, start, end),
+        await balance_at(conn, wallet_seq, end),
+    )
+
+
 def period_page(
     wallet_seq: int,
     before_seq: int | None,
@@ -107,9 +127,7 @@ def period_page(
     """A page of the wallet's entries, newest first, keyset-paginated by seq, of those created
     after `start`, at or before `end`, of one of `types`, whose metadata has every key and
     value of `metadata` (canonical JSON) (None: no such bound)."""
-    query = select(*transactions.c).where(transactions.c.wallet_seq == wallet_seq)
-    if before_seq is not None:
-        query = query.where(transactions.c.seq < before_seq)
+    query = ledger_page(wallet_seq, before_seq, limit)
     if start is not None:
         query = query.where(transactions.c.created_at > start)
     if end is not None:
@@ -118,7 +136,7 @@ def period_page(
         query = query.where(transactions.c.type.in_(types))
     if metadata is not None:
         query = query.where(_MetadataContains(transactions.c.metadata, metadata))
-    return query.order_by(transactions.c.seq.desc()).limit(limit)
+    return query
 
 
 class _MetadataContains(FunctionElement[bool]):
@@ -152,11 +170,8 @@ def _contains_sqlite(element: _MetadataContains, compiler: SQLCompiler, **kw: An
 async def transaction_by_id(
     conn: AsyncConnection, organization_id: uuid.UUID, entry_id: uuid.UUID
 ) -> TransactionRecord | None:
-    query = select(*transactions.c).where(
-        transactions.c.organization_id == organization_id, transactions.c.id == entry_id
-    )
-    row = (await conn.execute(query)).first()
-    return None if row is None else TransactionRecord.from_row(row)
+    """The organization's entry with this ID (the lookup an undo's replay makes, too)."""
+    return await conn.run_sync(credits.transaction_by_id, organization_id, entry_id)
 
 
 async def transaction_by_key(
