@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import make_url
@@ -273,8 +274,6 @@ async def _rolling_restart_under_load(
 
 
 async def _ledger_keys(url: str) -> list[str]:
-    import asyncpg
-
     conn = await asyncpg.connect(url)
     try:
         rows = await conn.fetch("SELECT idempotency_key FROM wallet_transactions")

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from sqlalchemy import make_url, text
 
-from gql_wallet.db import create_database
+from gql_wallet.db import asyncpg_dsn, create_database
 from gql_wallet.settings import Settings
 from tests.conftest import (
     Bouncer,
@@ -154,15 +154,11 @@ async def test_the_statement_timeout_is_per_transaction_and_leaks_to_no_one(
     finally:
         await database.dispose()
     # Another client on the same (only) server connection: the server's default.
-    other = await asyncpg.connect(asyncpg_url(url), statement_cache_size=0)
+    other = await asyncpg.connect(asyncpg_dsn(url), statement_cache_size=0)
     try:
         assert await other.fetchval("SHOW statement_timeout") == "0"
     finally:
         await other.close()
-
-
-def asyncpg_url(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(False)
 
 
 def test_a_transaction_pooler_needs_a_listener_url_of_its_own() -> None:
