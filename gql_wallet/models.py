@@ -25,6 +25,8 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, SQLModel
 
+from gql_wallet.money import NO_METADATA
+
 # BIGINT on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY (which is 64-bit there).
 BigSeq = BigInteger().with_variant(Integer(), "sqlite")
 UtcDateTime = DateTime(timezone=True)
@@ -150,8 +152,8 @@ class WalletTransaction(SQLModel, table=True):
     )
     # The caller's metadata: canonical JSON of string keys to string values, {} for none.
     metadata_: str = Field(
-        default="{}",
-        sa_column=Column("metadata", Text, nullable=False, server_default="{}"),
+        default=NO_METADATA,
+        sa_column=Column("metadata", Text, nullable=False, server_default=NO_METADATA),
     )
 
 
@@ -266,8 +268,8 @@ class WalletHold(SQLModel, table=True):
     capture_seq: int | None = Field(default=None, sa_column=Column(BigSeq))
     # The caller's metadata (as an entry's); a capture that is given none takes the hold's.
     metadata_: str = Field(
-        default="{}",
-        sa_column=Column("metadata", Text, nullable=False, server_default="{}"),
+        default=NO_METADATA,
+        sa_column=Column("metadata", Text, nullable=False, server_default=NO_METADATA),
     )
 
 
